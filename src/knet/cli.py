@@ -1,0 +1,61 @@
+"""The ``knet`` command. Each verb lives in its own module under :mod:`knet.apps` and exposes
+``add_arguments(parser)`` and ``run(args) -> int``; modules are imported only when their verb runs,
+so ``knet --version`` and ``knet --help`` stay instant."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import List, Optional
+
+from . import __version__
+from .errors import KnetError
+
+# verb -> (module under knet.apps, one-line help)
+VERBS = {
+    "models": ("models", "list the presets (rows of the results table and their -tiny twins)"),
+    "config": ("show_config", "print the config of a preset, with --set overrides applied"),
+    "convert": ("convert", "convert a reference .pth into a native directory (model.safetensors + config.json)"),
+    "test": ("test", "evaluate a checkpoint on a dataset: aAcc, mIoU, mAcc, per-class IoU/Acc"),
+    "train": ("train", "train a model (single process, or torchrun for many GPUs/machines)"),
+    "plot-log": ("plot_log", "draw loss and mIoU curves from a training log.jsonl"),
+    "predict": ("predict", "segment images: label maps, colour overlays, probabilities"),
+    "demo": ("demo", "train, evaluate and run a tiny K-Net on generated scenes (nothing to download)"),
+    "benchmark": ("benchmark", "measure the inference speed and memory of a model"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="knet", description="K-Net semantic segmentation")
+    parser.add_argument("--version", action="version", version=f"knet {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    for verb, (module_name, help_text) in VERBS.items():
+        p = sub.add_parser(verb, help=help_text, description=help_text)
+        p.set_defaults(_module=module_name, _verb=verb)
+        _load(module_name).add_arguments(p)
+    return parser
+
+
+def _load(module_name: str):
+    return importlib.import_module(f"knet.apps.{module_name}")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "verb", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(_load(args._module).run(args) or 0)
+    except KnetError as err:
+        print(f"knet {args._verb}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"knet {args._verb}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

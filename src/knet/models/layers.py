@@ -1,0 +1,45 @@
+"""Small building blocks shared by the backbones and heads."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ConvBNReLU(nn.Module):
+    """Conv2d (no bias) -> BatchNorm2d -> ReLU. Attribute names ``conv``/``bn`` match the
+    reference's ConvModule so checkpoints map one to one."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int = 0,
+                 dilation: int = 1, stride: int = 1) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
+                              dilation=dilation, bias=False)
+        self.bn = nn.BatchNorm2d(out_channels)
+        self.activate = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activate(self.bn(self.conv(x)))
+
+
+def resize(x: torch.Tensor, size, align_corners: bool = False) -> torch.Tensor:
+    """Bilinear resize of (N,C,H,W) to ``size`` (H,W); a no-op when the size already matches."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=align_corners)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop whole residual branches per sample during training."""
+
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        mask = x.new_empty(shape).bernoulli_(keep)
+        return x * mask / keep
