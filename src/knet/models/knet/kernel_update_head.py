@@ -1,0 +1,124 @@
+"""One K-Net stage: assemble group features with the current masks, update the kernels, let the
+kernels attend to each other, and predict new masks with the updated kernels."""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..layers import resize
+from .kernel_updator import KernelUpdator
+
+
+class KernelAttention(nn.Module):
+    """Multi-head self-attention among the kernels of one image, with a residual connection."""
+
+    def __init__(self, embed_dims: int, num_heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(embed_dims, num_heads, dropout=dropout, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, N, D) -> (B, N, D)."""
+        return x + self.attn(x, x, x, need_weights=False)[0]
+
+
+class FFN(nn.Module):
+    """Two-layer MLP with a residual connection; ``layers.0.0``/``layers.1`` as in the reference."""
+
+    def __init__(self, embed_dims: int, feedforward_channels: int, num_fcs: int = 2, dropout: float = 0.0) -> None:
+        super().__init__()
+        if num_fcs < 2:
+            raise ValueError(f"FFN needs at least 2 fully connected layers, got num_fcs={num_fcs}")
+        layers = []
+        in_channels = embed_dims
+        for _ in range(num_fcs - 1):
+            layers.append(nn.Sequential(nn.Linear(in_channels, feedforward_channels), nn.ReLU(inplace=True),
+                                        nn.Dropout(dropout)))
+            in_channels = feedforward_channels
+        layers += [nn.Linear(feedforward_channels, embed_dims), nn.Dropout(dropout)]
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.layers(x)
+
+
+class FeatTransform(nn.Module):
+    """1x1 conv (with bias, no norm, no activation) applied to the features before each stage."""
+
+    def __init__(self, channels: int, kernel_size: int = 1) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class KernelUpdateHead(nn.Module):
+    """A kernel-update stage.
+
+    ``forward(feats, kernels, masks)``:
+        feats: (B, C, H, W) decoder features; kernels: (B, N, C, K, K); masks: (B, N, h, w) logits.
+    Returns new mask logits (B, N, H, W) and updated kernels (B, N, C, K, K).
+    """
+
+    def __init__(self, in_channels: int = 256, out_channels: int = 256, num_heads: int = 8,
+                 feedforward_channels: int = 2048, updator_channels: int = 256, num_ffn_fcs: int = 2,
+                 num_mask_fcs: int = 1, conv_kernel_size: int = 1, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.conv_kernel_size = conv_kernel_size
+        embed = in_channels * conv_kernel_size ** 2
+        self.attention = KernelAttention(embed, num_heads, dropout)
+        self.attention_norm = nn.LayerNorm(embed)
+        self.kernel_update_conv = KernelUpdator(updator_channels, updator_channels, updator_channels)
+        self.feat_transform = FeatTransform(in_channels)
+        self.ffn = FFN(in_channels, feedforward_channels, num_ffn_fcs, dropout)
+        self.ffn_norm = nn.LayerNorm(in_channels)
+        mask_fcs = []
+        for _ in range(num_mask_fcs):
+            mask_fcs += [nn.Linear(in_channels, in_channels, bias=False), nn.LayerNorm(in_channels), nn.ReLU(inplace=True)]
+        self.mask_fcs = nn.Sequential(*mask_fcs)
+        self.fc_mask = nn.Linear(in_channels, out_channels)
+
+    def forward(self, feats: torch.Tensor, kernels: torch.Tensor, masks: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        batch, num_kernels = kernels.shape[:2]
+        k = self.conv_kernel_size
+        feats = self.feat_transform(feats)
+        height, width = feats.shape[-2:]
+
+        # Group feature assembling: every mask, softmax-normalised across classes, pools the
+        # features it covers into one vector per kernel.
+        weights = resize(masks, (height, width)).softmax(dim=1)
+        group_feats = torch.einsum("bnhw,bchw->bnc", weights, feats)
+
+        # (B, N, C, K, K) -> (B, N, K*K, C)
+        kernels = kernels.reshape(batch, num_kernels, self.in_channels, -1).permute(0, 1, 3, 2)
+        kernels = self.kernel_update_conv(group_feats, kernels)
+
+        # Kernel interaction: attention over the N kernels of each image.
+        kernels = kernels.reshape(batch, num_kernels, -1)
+        kernels = self.attention_norm(self.attention(kernels))
+        kernels = kernels.reshape(batch, num_kernels, -1, self.in_channels)  # (B, N, K*K, C)
+        kernels = self.ffn_norm(self.ffn(kernels))
+
+        mask_kernels = self.fc_mask(self.mask_fcs(kernels)).permute(0, 1, 3, 2)  # (B, N, C_out, K*K)
+        new_masks = self._dynamic_conv(feats, mask_kernels.reshape(batch, num_kernels, self.out_channels, k, k))
+        kernels = kernels.permute(0, 1, 3, 2).reshape(batch, num_kernels, self.in_channels, k, k)
+        return new_masks, kernels
+
+    @staticmethod
+    def _dynamic_conv(feats: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+        """Each image convolved with its own kernels, in one batched op.
+
+        feats (B, C, H, W), kernels (B, N, C, K, K) -> (B, N, H, W).
+        """
+        batch, num_kernels, channels, k, _ = kernels.shape
+        if k == 1:
+            return torch.einsum("bnc,bchw->bnhw", kernels.reshape(batch, num_kernels, channels), feats)
+        height, width = feats.shape[-2:]
+        out = F.conv2d(feats.reshape(1, batch * channels, height, width),
+                       kernels.reshape(batch * num_kernels, channels, k, k), padding=k // 2, groups=batch)
+        return out.reshape(batch, num_kernels, height, width)
