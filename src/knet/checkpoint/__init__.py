@@ -1,0 +1,150 @@
+"""Checkpoint I/O: the reference's ``.pth`` files, knet training checkpoints, native directories.
+
+    knet.load_checkpoint(model, "ref.pth")          # strict by default
+    model = knet.checkpoint.load_model("ref.pth", "knet-r50-fcn")
+    knet.save_pretrained(model, "out_dir"); knet.from_pretrained("out_dir")
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Union
+
+import torch
+
+from ..config import KNetConfig
+from ..errors import CheckpointError
+from .native import is_native_dir, read_native, save_pretrained, with_class_meta
+from .reference import class_meta, convert_reference_state_dict, extract_state_dict, num_classes_of, presets_fitting
+from .safe_load import safe_load
+
+PathLike = Union[str, os.PathLike]
+
+
+@dataclass
+class LoadResult:
+    """What a load did not use. Empty lists after a strict load."""
+
+    missing: List[str] = field(default_factory=list)  # model keys the file lacks
+    unexpected: List[str] = field(default_factory=list)  # file keys the model lacks
+    mismatched: List[str] = field(default_factory=list)  # same key, other shape ("key: file vs model")
+
+    @property
+    def skipped(self) -> List[str]:
+        return self.missing + self.unexpected + self.mismatched
+
+    def __bool__(self) -> bool:
+        return bool(self.skipped)
+
+
+def _names(keys: List[str], limit: int = 8) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def read_checkpoint(path: PathLike) -> Dict[str, Any]:
+    """Any supported checkpoint -> ``{"state_dict", "config" (KNetConfig or None), "class_names",
+    "palette", "raw"}``, read without executing pickled code."""
+    path = os.fspath(path)
+    if is_native_dir(path):
+        native = read_native(path)
+        cfg = native["config"]
+        return {"state_dict": native["state_dict"], "config": cfg, "class_names": cfg.class_names,
+                "palette": cfg.palette, "raw": None}
+    raw = safe_load(path)
+    original = extract_state_dict(raw, path)
+    state, unaccounted = convert_reference_state_dict(original)
+    for key in unaccounted:  # not a part of K-Net: kept so that the load reports it as unexpected
+        state[key] = original[key]
+    config = None
+    if isinstance(raw, Mapping) and isinstance(raw.get("config"), Mapping):  # a knet training checkpoint
+        config = KNetConfig.from_dict(dict(raw["config"]))
+    names, palette = class_meta(raw)
+    return {"state_dict": state, "config": config, "class_names": names, "palette": palette, "raw": raw}
+
+
+def load_state_dict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], strict: bool = True,
+                    source: str = "checkpoint") -> LoadResult:
+    """Copy ``state`` into ``model``; strict: every key and shape must agree, else CheckpointError
+    naming them and the presets the file does fit."""
+    own = model.state_dict()
+    result = LoadResult(
+        missing=[k for k in own if k not in state],
+        unexpected=[k for k in state if k not in own],
+        mismatched=[f"{k}: {tuple(state[k].shape)} in file vs {tuple(v.shape)} in model"
+                    for k, v in own.items() if k in state and tuple(state[k].shape) != tuple(v.shape)],
+    )
+    if strict and result:
+        problems = []
+        if result.missing:
+            problems.append(f"{len(result.missing)} missing key(s): {_names(result.missing)}")
+        if result.unexpected:
+            problems.append(f"{len(result.unexpected)} unexpected key(s): {_names(result.unexpected)}")
+        if result.mismatched:
+            problems.append(f"{len(result.mismatched)} shape mismatch(es): {_names(result.mismatched, 4)}")
+        fitting = presets_fitting(state)
+        hint = (f"presets whose shapes fit it: {', '.join(fitting)}" if fitting
+                else "no preset's shapes fit it")
+        name = getattr(getattr(model, "config", None), "name", type(model).__name__)
+        raise CheckpointError(f"{source} does not fit model {name} ({hint}): {'; '.join(problems)} "
+                              "(strict=False loads what fits)")
+    skip = set(result.missing) | {m.split(":")[0] for m in result.mismatched}
+    fitting_state = {k: v for k, v in state.items() if k in own and k not in skip}
+    model.load_state_dict(fitting_state, strict=False)
+    return result
+
+
+def load_checkpoint(model: torch.nn.Module, path: PathLike, strict: bool = True) -> LoadResult:
+    """Load a reference ``.pth``, a knet training checkpoint or a native directory into ``model``.
+
+    Strict by default: missing, unexpected or mis-shaped keys raise CheckpointError listing them by
+    name. ``strict=False`` loads what fits and returns the skipped keys (``LoadResult``).
+    """
+    ckpt = read_checkpoint(path)
+    result = load_state_dict(model, ckpt["state_dict"], strict=strict, source=os.fspath(path))
+    config = getattr(model, "config", None)
+    if isinstance(config, KNetConfig) and config.class_names is None and ckpt["class_names"]:
+        if len(ckpt["class_names"]) == config.num_classes:
+            model.config = config.replace(class_names=ckpt["class_names"], palette=ckpt["palette"])
+    return result
+
+
+def load_model(path: PathLike, name: Optional[str] = None, overrides: Optional[Dict[str, Any]] = None,
+               strict: bool = True) -> torch.nn.Module:
+    """Build and load a model in one call.
+
+    The config comes from ``name`` (a preset) when given, else from the checkpoint itself (native
+    directory or knet training checkpoint), else from the one preset whose shapes fit the file.
+    """
+    from ..models.segmentor import build_model
+
+    ckpt = read_checkpoint(path)
+    if name is not None:
+        num_classes = num_classes_of(ckpt["state_dict"])
+        base = {"num_classes": num_classes} if num_classes and not (overrides or {}).get("num_classes") else {}
+        model = build_model(name, {**base, **(overrides or {})})
+    elif ckpt["config"] is not None:
+        model = build_model(ckpt["config"], overrides)
+    else:
+        fitting = presets_fitting(ckpt["state_dict"])
+        if len(fitting) != 1:
+            hint = f"candidates: {', '.join(fitting)}" if fitting else "no preset's shapes fit it"
+            raise CheckpointError(f"{os.fspath(path)} does not say which model it belongs to; pass the "
+                                  f"preset name (--model NAME); {hint}")
+        model = build_model(fitting[0].split(" ")[0], {"num_classes": num_classes_of(ckpt["state_dict"]),
+                                                        **(overrides or {})})
+    load_state_dict(model, ckpt["state_dict"], strict=strict, source=os.fspath(path))
+    if model.config.class_names is None and ckpt["class_names"] and len(ckpt["class_names"]) == model.num_classes:
+        model.config = model.config.replace(class_names=ckpt["class_names"], palette=ckpt["palette"])
+    return model
+
+
+def from_pretrained(directory: PathLike, **overrides: Any) -> torch.nn.Module:
+    """Build and load a model from a native directory (``model.safetensors`` + ``config.json``)."""
+    if not is_native_dir(directory):
+        raise CheckpointError(f"{os.fspath(directory)} is not a directory (expected model.safetensors + config.json)")
+    return load_model(directory, overrides=overrides or None)
+
+
+__all__ = ["LoadResult", "load_checkpoint", "load_model", "from_pretrained", "save_pretrained", "read_checkpoint",
+           "load_state_dict", "safe_load", "with_class_meta"]
