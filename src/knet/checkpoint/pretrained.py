@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from .safe_load import safe_load
 from ..models.backbones.resnet import ResNetV1c
 from ..models.backbones.swin import SwinTransformer
 
@@ -39,11 +40,6 @@ PathLike = Union[str, Path]
 RESNET_V1C = "resnet_v1c"
 SWIN_CONVERTED = "swin_converted"
 SWIN_ORIGINAL = "swin_original"
-
-
-def _read(path: Path) -> object:
-    """Read a checkpoint without executing pickled code (tensors and plain containers only)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -231,10 +227,7 @@ def load_backbone_weights(backbone: nn.Module, path: PathLike) -> List[str]:
     source = str(path)
     if not path.is_file():
         raise CheckpointError(f"backbone weight file {source} does not exist")
-    try:
-        raw = _read(path)
-    except Exception as exc:  # any failure to unpickle/parse is the file's fault
-        raise CheckpointError(f"cannot read backbone weight file {source}: {exc}") from exc
+    raw = safe_load(path)  # never executes pickled code; raises CheckpointError naming the file
 
     state = _unwrap(raw, source)
     state, skipped = _strip_prefixes(state)
