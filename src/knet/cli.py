@@ -25,14 +25,16 @@ VERBS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(verb: Optional[str] = None) -> argparse.ArgumentParser:
+    """The parser; only the module of ``verb`` (the one being run) is imported for its options."""
     parser = argparse.ArgumentParser(prog="knet", description="K-Net semantic segmentation")
     parser.add_argument("--version", action="version", version=f"knet {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
-    for verb, (module_name, help_text) in VERBS.items():
-        p = sub.add_parser(verb, help=help_text, description=help_text)
-        p.set_defaults(_module=module_name, _verb=verb)
-        _load(module_name).add_arguments(p)
+    for name, (module_name, help_text) in VERBS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module_name, _verb=name)
+        if name == verb:
+            _load(module_name).add_arguments(p)
     return parser
 
 
@@ -42,7 +44,7 @@ def _load(module_name: str):
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    parser = build_parser(next((a for a in argv if a in VERBS), None))
     args = parser.parse_args(argv)
     if not getattr(args, "verb", None):
         parser.print_help()

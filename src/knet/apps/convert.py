@@ -1,0 +1,25 @@
+"""``knet convert REF.pth OUT_DIR --model NAME``: a reference checkpoint -> native directory."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="reference .pth (mmsegmentation), or a knet training checkpoint")
+    parser.add_argument("out_dir", help="directory to write model.safetensors and config.json into")
+    parser.add_argument("--model", default=None,
+                        help="preset name; may be left out when the file carries its config or only one preset fits")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field of the written config")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..checkpoint import load_model, save_pretrained
+    from ..config import parse_set_options
+
+    model = load_model(args.checkpoint, args.model, parse_set_options(args.overrides) or None)
+    out = save_pretrained(model, args.out_dir)
+    params = sum(p.numel() for p in model.parameters())
+    print(f"wrote {out}/model.safetensors and {out}/config.json ({model.config.name}, "
+          f"{params / 1e6:.2f}M parameters, {model.num_classes} classes)")
+    return 0
