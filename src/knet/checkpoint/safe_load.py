@@ -54,25 +54,27 @@ def _numpy_allowed() -> Dict[Tuple[str, str], Any]:
 
 
 class Placeholder:
-    """Stands in for a class or function the restricted unpickler would not import.
+    """Base of the stand-ins for classes and functions the restricted unpickler will not import.
 
-    Calling it (pickle's REDUCE/NEWOBJ) or setting its state only records the data, so an object
-    of the reference's own classes loads as inert data and a payload such as ``os.system`` never
-    runs.
+    For each refused global the unpickler makes a subclass named after it. Instantiating one
+    (pickle's REDUCE/NEWOBJ) or setting its state only records the data, so an object of the
+    reference's own classes loads as inert data and a payload such as ``os.system`` never runs.
     """
 
-    def __init__(self, module: str, name: str, args: tuple = (), kwargs: dict = None) -> None:
-        self.module, self.name, self.args, self.kwargs = module, name, args, kwargs or {}
-        self.state: Any = None
+    qualified_name = "?"
 
-    def __call__(self, *args: Any, **kwargs: Any) -> "Placeholder":
-        return Placeholder(self.module, self.name, args, kwargs)
+    def __new__(cls, *args: Any, **kwargs: Any) -> "Placeholder":
+        obj = object.__new__(cls)
+        obj.args, obj.kwargs, obj.state = args, kwargs, None
+        return obj
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass  # __new__ recorded the arguments; nothing else may happen
 
     def __setstate__(self, state: Any) -> None:
         self.state = state
 
-    # pickle's BUILD falls back to __dict__.update / setattr only without __setstate__; with it,
-    # these container protocols keep APPEND/SETITEM opcodes from failing on odd payloads.
+    # Container opcodes (APPENDS, SETITEMS) on a stand-in for a list or dict subclass.
     def append(self, item: Any) -> None:
         self.args = self.args + (item,)
 
@@ -83,7 +85,18 @@ class Placeholder:
         self.kwargs[key] = value
 
     def __repr__(self) -> str:
-        return f"<unloaded {self.module}.{self.name}>"
+        return f"<unloaded {self.qualified_name}>"
+
+
+_placeholders: Dict[Tuple[str, str], type] = {}
+
+
+def _placeholder(module: str, name: str) -> type:
+    key = (module, name)
+    if key not in _placeholders:
+        _placeholders[key] = type(name.split(".")[-1], (Placeholder,),
+                                  {"qualified_name": f"{module}.{name}", "__module__": "knet.unloaded"})
+    return _placeholders[key]
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -97,7 +110,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
             _RestrictedUnpickler._numpy = _numpy_allowed()
         if key in _RestrictedUnpickler._numpy:
             return _RestrictedUnpickler._numpy[key]
-        return Placeholder(module, name)
+        return _placeholder(module, name)
 
 
 # torch.load takes a "pickle module": anything with Unpickler and load.
