@@ -1,0 +1,204 @@
+"""``knet benchmark``: inference speed, latency, peak memory and multiply-accumulates of a model.
+
+It times the model forward of the predict path (``model.inference`` in whole or slide mode on a
+normalised batch of ``size x size`` images) after warm-up, one synchronised call per iteration,
+and counts the multiply-accumulates of one forward with :class:`torch.utils.flop_counter.FlopCounterMode`
+(MACs = FLOPs / 2; convolutions and matrix products, which are all but a sliver of the work).
+
+    knet benchmark --model knet-r50-fcn --size 512 --iters 20 --json
+
+``--json`` prints one object on stdout::
+
+    {"model", "device", "threads", "batch_size", "size", "images_per_s",
+     "latency_ms": {"p50", "p90", "p99"}, "peak_memory_mb", "gmacs"}
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Dict, List, Optional
+
+from ..errors import KnetError
+
+
+@dataclass
+class BenchmarkResult:
+    """What :func:`benchmark` measured; ``to_dict`` gives the ``--json`` object."""
+
+    model: str
+    device: str
+    threads: int
+    batch_size: int
+    size: int
+    mode: str
+    iters: int
+    images_per_s: float
+    latency_ms: Dict[str, float]
+    peak_memory_mb: float
+    gmacs: float
+
+    def to_dict(self) -> Dict[str, Any]:
+        data = asdict(self)
+        return {key: data[key] for key in (
+            "model", "device", "threads", "batch_size", "size", "mode", "iters", "images_per_s",
+            "latency_ms", "peak_memory_mb", "gmacs")}
+
+    def summary(self) -> str:
+        """Human-readable lines, as ``knet benchmark`` prints them without ``--json``."""
+        lat = self.latency_ms
+        return "\n".join([
+            f"model           {self.model} ({self.mode}, {self.size}x{self.size}, batch {self.batch_size})",
+            f"device          {self.device} ({self.threads} thread{'s' if self.threads != 1 else ''})",
+            f"throughput      {self.images_per_s:.2f} images/s over {self.iters} iterations",
+            f"latency (batch) p50 {lat['p50']:.1f} ms   p90 {lat['p90']:.1f} ms   p99 {lat['p99']:.1f} ms",
+            f"peak memory     {self.peak_memory_mb:.1f} MB",
+            f"compute         {self.gmacs:.2f} GMACs per forward of the batch",
+        ])
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", metavar="NAME",
+                        help="preset name (see `knet models`); may be left out when --checkpoint "
+                             "carries its config (a native directory or a knet training checkpoint)")
+    parser.add_argument("--checkpoint", metavar="PATH",
+                        help="weights to load (speed does not depend on them; default: random weights)")
+    parser.add_argument("--size", type=int, default=512, help="square input side in pixels (default 512)")
+    parser.add_argument("--batch-size", type=int, default=1, help="images per forward (default 1)")
+    parser.add_argument("--mode", choices=("whole", "slide"), default="whole",
+                        help="whole-image or sliding-window forward (default whole)")
+    parser.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N|mps (default auto)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: torch's own choice)")
+    parser.add_argument("--iters", type=int, default=20, help="timed iterations (default 20)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed warm-up iterations (default 3)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def _peak_host_memory_mb() -> float:
+    """Peak resident set size of this process in MB (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def count_macs(forward: Callable[[], Any]) -> float:
+    """Multiply-accumulates of one call of ``forward`` (FLOPs / 2 as counted by
+    :class:`torch.utils.flop_counter.FlopCounterMode`: convolutions, matrix products, attention)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        forward()
+    return counter.get_total_flops() / 2
+
+
+def _percentile(values: List[float], q: float) -> float:
+    import numpy as np
+
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
+
+
+def benchmark(model: Any, size: int = 512, batch_size: int = 1, device: str = "auto",
+              threads: Optional[int] = None, iters: int = 20, warmup: int = 3, mode: str = "whole",
+              name: Optional[str] = None) -> BenchmarkResult:
+    """Time ``model.inference`` on random normalised ``(batch_size, 3, size, size)`` inputs.
+
+    Args:
+        model: a :class:`knet.KNet` (or anything with ``inference(x, mode=...)``); moved to
+            ``device`` and put in eval mode.
+        device: ``auto`` picks CUDA, then MPS, then the CPU.
+        threads: ``torch.set_num_threads`` when given.
+        iters, warmup: timed and untimed iterations.
+
+    Returns:
+        a :class:`BenchmarkResult`. Peak memory is the accelerator's peak allocation on CUDA
+        (and MPS), the process's peak resident memory on the CPU.
+    """
+    import torch
+
+    from ..engine.inference import resolve_device
+
+    for label, value, low in (("size", size, 1), ("batch size", batch_size, 1), ("iters", iters, 1),
+                              ("warmup", warmup, 0)):
+        if value < low:
+            raise KnetError(f"{label} must be at least {low}, got {value}")
+    if threads is not None:
+        if threads < 1:
+            raise KnetError(f"threads must be at least 1, got {threads}")
+        torch.set_num_threads(threads)
+    dev = resolve_device(device)
+    model = model.to(dev).eval()
+    x = torch.randn(batch_size, 3, size, size, device=dev)
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        elif dev.type == "mps":
+            torch.mps.synchronize()
+
+    def forward() -> Any:
+        return model.inference(x, mode=mode)
+
+    with torch.inference_mode():
+        macs = count_macs(forward)
+        for _ in range(warmup):
+            forward()
+        sync()
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        times = []
+        total_start = time.perf_counter()
+        for _ in range(iters):
+            start = time.perf_counter()
+            forward()
+            sync()
+            times.append(time.perf_counter() - start)
+        total = time.perf_counter() - total_start
+    if dev.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(dev) / 2**20
+    elif dev.type == "mps":
+        peak = torch.mps.driver_allocated_memory() / 2**20
+    else:
+        peak = _peak_host_memory_mb()
+    latencies = [t * 1000.0 for t in times]
+    config = getattr(model, "config", None)
+    return BenchmarkResult(
+        model=name or getattr(config, "name", type(model).__name__),
+        device=str(dev),
+        threads=torch.get_num_threads(),
+        batch_size=batch_size,
+        size=size,
+        mode=mode,
+        iters=iters,
+        images_per_s=round(batch_size * iters / total, 3),
+        latency_ms={q: round(_percentile(latencies, float(q[1:])), 3) for q in ("p50", "p90", "p99")},
+        peak_memory_mb=round(peak, 1),
+        gmacs=round(macs / 1e9, 3),
+    )
+
+
+def _load(args: argparse.Namespace) -> Any:
+    if args.checkpoint:
+        from ..checkpoint import load_model
+
+        return load_model(args.checkpoint, args.model)
+    if not args.model:
+        raise KnetError("give --model NAME (see `knet models`), or a --checkpoint that carries its config")
+    from ..models.segmentor import build_model
+
+    return build_model(args.model)
+
+
+def run(args: argparse.Namespace) -> int:
+    model = _load(args)
+    result = benchmark(model, size=args.size, batch_size=args.batch_size, device=args.device,
+                       threads=args.threads, iters=args.iters, warmup=args.warmup, mode=args.mode,
+                       name=args.model)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        print(result.summary())
+    return 0
