@@ -10,7 +10,6 @@ TORCH_PIN ?= torch==2.13.0
 
 $(BIN)/knet: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_PIN)"
 	$(BIN)/pip install -q -e ".[test]"
 	touch $(BIN)/knet
