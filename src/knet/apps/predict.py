@@ -1,0 +1,377 @@
+"""``knet predict``: segment image files, folders and globs into label maps and colour overlays.
+
+    knet predict --model knet-r50-fcn --checkpoint ref.pth photos/ extra/*.jpg --out-dir out
+
+For each image, under ``--out-dir``:
+
+- ``<stem>.png``: the label map, one class index per pixel (uint8; uint16 beyond 255 classes);
+- ``<stem>_overlay.png``: the image blended with the palette, plus a legend of the classes present;
+- ``<stem>.npy`` with ``--save-probs``: float32 class probabilities, shape (C, H, W).
+
+Images inside a folder (searched recursively) keep their path relative to that folder, and glob
+matches their path relative to the glob's first directory without wildcards, so equal stems in
+different folders never collide. It runs the pipeline of ``knet test``
+(:class:`knet.engine.inference.TestPipeline`, through :class:`knet.Segmenter`), whole or slide,
+with or without ``--tta``. Every output is written atomically (a temporary file, then a rename).
+
+A corrupt or unreadable image is reported by name and skipped; the others are still written and
+the exit code is 1. A missing path, a folder without images or a glob that matches nothing is an
+error before any work starts (exit code 2).
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Set, Tuple
+
+import numpy as np
+
+from ..errors import DataError, KnetError
+
+# Suffixes (lower case) taken from folders and globs; files named on the command line are tried
+# whatever their suffix.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm",
+                  ".pnm", ".jp2", ".jpe")
+_MAGIC = set("*?[")
+
+
+@dataclass(frozen=True)
+class PredictItem:
+    """One image to segment and where its outputs go: ``<out_dir>/<relative>.png`` etc."""
+
+    path: Path
+    relative: Path  # output path under the output folder, without suffix
+
+    def outputs(self, out_dir: Path) -> Dict[str, Path]:
+        base = out_dir / self.relative
+        return {"labels": base.with_name(base.name + ".png"),
+                "overlay": base.with_name(base.name + "_overlay.png"),
+                "probs": base.with_name(base.name + ".npy")}
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------------------------
+def _has_magic(text: str) -> bool:
+    return any(ch in _MAGIC for ch in text)
+
+
+def _is_image_name(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def _inside(path: Path, folder: Optional[Path]) -> bool:
+    if folder is None:
+        return False
+    try:
+        path.resolve().relative_to(folder)
+        return True
+    except ValueError:
+        return False
+
+
+def _folder_images(folder: Path, exclude: Optional[Path]) -> List[Path]:
+    """Image files under ``folder`` (recursively, hidden files and folders skipped, nothing under
+    ``exclude``), sorted by relative path."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        root_path = Path(root)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not _inside(root_path / d, exclude))
+        for name in sorted(files):
+            path = root_path / name
+            if not name.startswith(".") and _is_image_name(path) and path.is_file():
+                found.append(path)
+    return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def _glob_base(pattern: str) -> Path:
+    """The leading directories of ``pattern`` that hold no wildcard."""
+    parts = Path(pattern).parts
+    base: List[str] = []
+    for part in parts[:-1]:
+        if _has_magic(part):
+            break
+        base.append(part)
+    return Path(*base) if base else Path(".")
+
+
+def expand_inputs(inputs: Sequence[str], out_dir: Optional[Path] = None) -> List[PredictItem]:
+    """Files, folders and globs -> the images to segment with their output names.
+
+    - a file: ``<stem>`` (whatever its suffix; a non-image fails later, by name);
+    - a folder: every image under it (recursively), named by its path relative to the folder;
+    - a glob (``*``, ``?``, ``[...]``, ``**`` for any depth): every image file it matches, named
+      by its path relative to the pattern's first directory without wildcards.
+
+    The same file given twice is segmented once. When two images would still get the same output
+    name (``a.jpg`` and ``a.png`` in one folder, or files of equal stems named one by one), the
+    later ones get ``_2``, ``_3``, ... appended, and a note says so.
+
+    Raises:
+        DataError: before any work, for a path that does not exist, a folder holding no images or a
+            glob that matches no image.
+    """
+    if not inputs:
+        raise DataError("no inputs: give image files, folders or globs")
+    exclude = out_dir.resolve() if out_dir is not None and out_dir.exists() else None
+    items: List[PredictItem] = []
+    seen: Set[Path] = set()
+
+    def add(path: Path, relative: Path) -> None:
+        key = path.resolve()
+        if key not in seen:
+            seen.add(key)
+            items.append(PredictItem(path, relative))
+
+    problems: List[str] = []
+    for text in inputs:
+        path = Path(text)
+        if path.is_dir():
+            images = _folder_images(path, exclude)
+            if not images:
+                problems.append(f"{text}: folder holds no images (looked for {', '.join(IMAGE_SUFFIXES)}, "
+                                "in subfolders too)")
+            for image in images:
+                add(image, image.relative_to(path).with_suffix(""))
+        elif path.is_file():
+            add(path, Path(path.stem))
+        elif os.path.lexists(text):
+            problems.append(f"{text}: not a regular file or folder")
+        elif _has_magic(text):
+            base = _glob_base(text)
+            matches = sorted(Path(m) for m in glob.glob(text, recursive=True))
+            images = [m for m in matches if m.is_file() and _is_image_name(m) and not _inside(m, exclude)]
+            if not images:
+                what = f"only non-image files ({len(matches)})" if matches else "nothing"
+                problems.append(f"{text}: the pattern matches {what}; expected image files "
+                                f"({', '.join(IMAGE_SUFFIXES)})")
+            for image in images:
+                add(image, image.relative_to(base).with_suffix(""))
+        else:
+            problems.append(f"{text}: no such file or folder")
+    if problems:
+        raise DataError("; ".join(problems))
+    return _unique_names(items)
+
+
+def _unique_names(items: List[PredictItem]) -> List[PredictItem]:
+    """Rename items whose outputs would overwrite another item's (suffix ``_2``, ``_3``, ...)."""
+    claimed: Set[str] = set()
+    result = []
+    for item in items:
+        relative, n = item.relative, 1
+        while True:
+            names = {(relative.parent / (relative.name + s)).as_posix().lower()
+                     for s in (".png", "_overlay.png", ".npy")}
+            if not names & claimed:
+                break
+            n += 1
+            relative = item.relative.with_name(f"{item.relative.name}_{n}")
+        if relative != item.relative:
+            print(f"knet predict: note: {item.path} is written as {relative.as_posix()}.png "
+                  f"({item.relative.as_posix()}.png is taken by another input)", file=sys.stderr)
+        claimed |= names
+        result.append(PredictItem(item.path, relative))
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------
+def save_npy(path: Path, array: np.ndarray) -> None:
+    """``np.save`` atomically: a temporary file in the same folder, then a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"{path}: cannot write ({err.strerror or err})") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_outputs(result, item: PredictItem, out_dir: Path, opacity: float, save_probs: bool) -> None:
+    """Write the label map, the overlay and (optionally) the probabilities of one result."""
+    from ..data.io import write_image
+
+    outputs = item.outputs(out_dir)
+    write_image(outputs["labels"], result.labels)
+    write_image(outputs["overlay"], result.overlay(opacity=opacity, legend=True))
+    if save_probs:
+        save_npy(outputs["probs"], result.probabilities().astype(np.float32, copy=False))
+
+
+# --------------------------------------------------------------------------------------------
+# Progress
+# --------------------------------------------------------------------------------------------
+class Progress:
+    """A one-line progress bar over the images on stderr (when it is a terminal)."""
+
+    def __init__(self, total: int, enabled: Optional[bool] = None) -> None:
+        self.total = max(total, 1)
+        self.done = 0
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.start = time.perf_counter()
+        self._draw()
+
+    def _draw(self) -> None:
+        if not self.enabled:
+            return
+        width = 30
+        filled = int(width * self.done / self.total)
+        elapsed = time.perf_counter() - self.start
+        rate = self.done / elapsed if elapsed > 0 and self.done else 0.0
+        eta = f"{(self.total - self.done) / rate:.0f}s" if rate > 0 else "--"
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} images "
+                         f"{rate:.2f}/s eta {eta} ")
+        sys.stderr.flush()
+
+    def advance(self, count: int = 1) -> None:
+        self.done += count
+        self._draw()
+
+    def message(self, text: str) -> None:
+        """Print a line (on stderr) without breaking the bar."""
+        if self.enabled:
+            sys.stderr.write("\r\033[K")
+        print(text, file=sys.stderr, flush=True)
+        self._draw()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+# --------------------------------------------------------------------------------------------
+# The verb
+# --------------------------------------------------------------------------------------------
+def _size_pair(text: str) -> Tuple[int, int]:
+    """``"512"`` -> (512, 512); ``"2048,512"`` -> (2048, 512) (width, height)."""
+    try:
+        values = [int(v) for v in text.replace("x", ",").split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"expected N or W,H (positive integers), got {text!r}")
+    return values[0], values[1]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="image files, folders (searched recursively) or globs (quote them: 'photos/*.jpg')")
+    parser.add_argument("--out-dir", required=True, metavar="DIR", help="folder for the outputs")
+    parser.add_argument("--model", metavar="NAME",
+                        help="preset name (see `knet models`); optional when the checkpoint carries its config")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", metavar="PATH",
+                        help="a reference .pth, a knet training checkpoint or a native directory")
+    source.add_argument("--pretrained", metavar="DIR", help="a native directory (model.safetensors + config.json)")
+    parser.add_argument("--tta", action="store_true", help="multi-scale + flip (the table's ms+flip protocol)")
+    parser.add_argument("--mode", choices=("whole", "slide"), default="whole", help="whole image (default) or sliding window")
+    parser.add_argument("--crop-size", type=_size_pair, metavar="N|W,H", help="sliding-window crop (default the model's)")
+    parser.add_argument("--stride", type=_size_pair, metavar="N|W,H", help="sliding-window step (default 2/3 of the crop)")
+    parser.add_argument("--test-scale", type=_size_pair, metavar="W,H",
+                        help="resize images to fit this (default the model's, 2048,512 for ADE20K)")
+    parser.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N|mps (default auto)")
+    parser.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--batch-size", type=int, default=1, metavar="B",
+                        help="images per forward; equal-size images share one (default 1)")
+    parser.add_argument("--opacity", type=float, default=0.5, metavar="A",
+                        help="weight of the class colours in the overlays, 0..1 (default 0.5)")
+    parser.add_argument("--save-probs", action="store_true",
+                        help="also write the class probabilities as <stem>.npy, float32 (C, H, W)")
+
+
+def _build_segmenter(args: argparse.Namespace):
+    from .segmenter import Segmenter
+
+    options = dict(device=args.device, mode=args.mode, tta=args.tta, test_scale=args.test_scale,
+                   crop_size=args.crop_size, stride=args.stride, batch_size=args.batch_size)
+    if args.pretrained:
+        path = Path(args.pretrained)
+        if not path.is_dir():
+            raise KnetError(f"--pretrained {path}: not a folder (expected model.safetensors + config.json); "
+                            "use --checkpoint for a .pth file")
+        if args.model:
+            return Segmenter(args.model, checkpoint=path, **options)
+        return Segmenter.from_pretrained(path, **options)
+    return Segmenter(args.model, checkpoint=args.checkpoint, **options)
+
+
+def predict(segmenter, items: Sequence[PredictItem], out_dir: Path, opacity: float = 0.5,
+            save_probs: bool = False, progress: Optional[bool] = None) -> List[Tuple[Path, str]]:
+    """Segment ``items`` with ``segmenter`` and write their outputs under ``out_dir``.
+
+    Images are read and segmented ``segmenter.batch_size`` at a time. Returns the images that
+    failed, as ``(path, message)``; the others are all written.
+    """
+    from .segmenter import load_input
+
+    failures: List[Tuple[Path, str]] = []
+    bar = Progress(len(items), progress)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        for start in range(0, len(items), segmenter.batch_size):
+            chunk = items[start:start + segmenter.batch_size]
+            good: List[PredictItem] = []
+            arrays: List[np.ndarray] = []
+            for item in chunk:
+                try:
+                    arrays.append(load_input(item.path)[0])
+                    good.append(item)
+                except DataError as err:
+                    failures.append((item.path, str(err)))
+                    bar.message(f"knet predict: skipped {err}")
+                    bar.advance()
+            for item, result in zip(good, segmenter.segment_arrays(arrays, [str(i.path) for i in good])):
+                try:
+                    write_outputs(result, item, out_dir, opacity, save_probs)
+                except DataError as err:
+                    failures.append((item.path, str(err)))
+                    bar.message(f"knet predict: failed {err}")
+                bar.advance()
+    finally:
+        bar.close()
+    return failures
+
+
+def run(args: argparse.Namespace) -> int:
+    if not 0.0 <= args.opacity <= 1.0:
+        raise KnetError(f"--opacity must be between 0 and 1, got {args.opacity}")
+    if args.batch_size < 1:
+        raise KnetError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.threads is not None and args.threads < 1:
+        raise KnetError(f"--threads must be at least 1, got {args.threads}")
+    out_dir = Path(args.out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise KnetError(f"--out-dir {out_dir}: exists and is not a folder")
+    items = expand_inputs(args.inputs, out_dir)  # every input error before the model is loaded
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    segmenter = _build_segmenter(args)
+    print(f"knet predict: {len(items)} image{'s' if len(items) != 1 else ''} with {segmenter}", file=sys.stderr)
+    failures = predict(segmenter, items, out_dir, opacity=args.opacity, save_probs=args.save_probs)
+    written = len(items) - len(failures)
+    extra = ", <stem>.npy" if args.save_probs else ""
+    print(f"wrote {written} label map{'s' if written != 1 else ''} (<stem>.png) and overlays "
+          f"(<stem>_overlay.png{extra}) to {out_dir}")
+    if failures:
+        print(f"knet predict: {len(failures)} image{'s' if len(failures) != 1 else ''} failed:", file=sys.stderr)
+        for path, message in failures:
+            print(f"  {message}", file=sys.stderr)
+        return 1
+    return 0
