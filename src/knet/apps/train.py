@@ -1,0 +1,92 @@
+"""``knet train``: train a preset with the reference's recipe, on one process or under torchrun.
+
+    knet train --model knet-r50-fcn --dataset ade20k --data-root data/ade --work-dir runs/fcn
+    torchrun --nproc_per_node=8 -m knet train --model knet-r50-fcn ...   # 8 GPUs, 2 images each
+    knet train ... --resume                  # continue from runs/fcn/last_checkpoint
+
+Options left out keep the preset's recipe (``knet config NAME`` prints it); ``--set key=value``
+overrides any config field (e.g. ``--set train.lr=1e-3 data.crop_size=256,256``).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Dict
+
+from ..errors import KnetError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, metavar="NAME", help="preset name (see `knet models`)")
+    parser.add_argument("--data-root", required=True, metavar="ROOT", help="dataset folder")
+    parser.add_argument("--work-dir", required=True, metavar="DIR",
+                        help="where checkpoints, log.jsonl, config.json and tb/ go")
+    parser.add_argument("--dataset", choices=("auto", "ade20k", "folder"), default="auto",
+                        help="dataset layout; auto: ade20k when ROOT has annotations/ (or "
+                             "ADEChallengeData2016/), else folder (images/, masks/, classes.txt)")
+    parser.add_argument("--iters", type=int, metavar="N", help="total iterations (preset: 80000)")
+    parser.add_argument("--batch-size", type=int, metavar="B", help="images per process (preset: 2)")
+    parser.add_argument("--val-interval", type=int, metavar="K", help="validate every K iterations (preset: 8000)")
+    parser.add_argument("--checkpoint-interval", type=int, metavar="K",
+                        help="write iter_<N>.pth every K iterations (preset: 8000)")
+    parser.add_argument("--keep", type=int, default=3, metavar="K",
+                        help="keep the newest K iteration checkpoints, plus the best (default 3)")
+    parser.add_argument("--resume", nargs="?", const="auto", default=None, metavar="PATH",
+                        help="continue a run: from PATH, or without PATH from the work dir's newest checkpoint")
+    parser.add_argument("--load-from", metavar="PATH",
+                        help="start from these weights (reference .pth, knet checkpoint or model dir); "
+                             "class-dependent tensors are re-initialised when the class count differs")
+    parser.add_argument("--backbone-weights", metavar="PATH",
+                        help="ImageNet weights for the backbone (ResNetV1c or Swin file)")
+    parser.add_argument("--amp", choices=("fp16", "bf16"), default=None,
+                        help="mixed precision on CUDA (fp16 with loss scaling, or bf16)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--workers", type=int, default=2, metavar="W", help="data loading workers per process (default 2)")
+    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", dest="set",
+                        help="config overrides, e.g. train.lr=1e-3 data.crop_size=256,256")
+    parser.add_argument("--quiet", action="store_true", help="no console lines or progress bar")
+
+
+def _detect_dataset(root: Path) -> str:
+    if (root / "annotations").is_dir() or (root / "ADEChallengeData2016").is_dir():
+        return "ade20k"
+    return "folder"
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..config import parse_set_options
+    from ..engine.training import TrainOptions, train
+    from ..presets import get_config
+
+    overrides: Dict[str, Any] = dict(parse_set_options(args.set))
+    for option, key in (("iters", "train.iters"), ("batch_size", "train.batch_size"),
+                        ("val_interval", "train.val_interval"),
+                        ("checkpoint_interval", "train.checkpoint_interval")):
+        value = getattr(args, option)
+        if value is not None:
+            if value < 1:
+                raise KnetError(f"--{option.replace('_', '-')} must be at least 1, got {value}")
+            overrides[key] = value
+    cfg = get_config(args.model, overrides)
+    root = Path(args.data_root)
+    if not root.is_dir():
+        raise KnetError(f"--data-root {root}: no such folder")
+    dataset = _detect_dataset(root) if args.dataset == "auto" else args.dataset
+    options = TrainOptions(
+        work_dir=args.work_dir, data_root=root, dataset=dataset, device=args.device, amp=args.amp,
+        seed=args.seed, workers=args.workers, keep=args.keep, resume=args.resume, load_from=args.load_from,
+        backbone_weights=args.backbone_weights, quiet=args.quiet, progress=False if args.quiet else None,
+    )
+    result = train(cfg, options)
+    if not args.quiet and (result.model is not None):
+        from ..engine.training import dist_info_from_env
+
+        if dist_info_from_env().is_main:
+            summary = f"finished at iteration {result.iteration}"
+            if result.last_checkpoint:
+                summary += f"; last checkpoint {result.last_checkpoint}"
+            if result.best_checkpoint:
+                summary += f"; best mIoU {result.best_miou:.2f} ({result.best_checkpoint})"
+            print(summary, flush=True)
+    return 0

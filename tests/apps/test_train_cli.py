@@ -1,0 +1,190 @@
+"""``knet train`` and ``knet plot-log`` from the command line: exact resume after SIGKILL,
+torchrun with two CPU processes (gloo), user errors, the curves image."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from knet.cli import main
+from knet.data.synthetic import make_synthetic_dataset
+
+SMALL = ["data.crop_size=64,64", "data.train_scale=64,64", "data.test_scale=64,64", "train.log_interval=1",
+         "train.warmup_iters=4", "train.lr=1e-3"]
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    return make_synthetic_dataset(tmp_path_factory.mktemp("toy"), num_classes=4, num_train=8, num_val=2,
+                                  size=(64, 64), seed=0)
+
+
+def train_args(toy, work_dir, iters, *extra):
+    return ["train", "--model", "knet-r50-fcn-tiny", "--data-root", str(toy.root), "--work-dir", str(work_dir),
+            "--iters", str(iters), "--batch-size", "2", "--workers", "0", "--device", "cpu",
+            *extra, "--set", *SMALL]
+
+
+def subprocess_env():
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = "1"  # the same arithmetic in every process, and fair to shared CPUs
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def records(work_dir):
+    lines = (Path(work_dir) / "log.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def test_resume_after_sigkill_equals_an_uninterrupted_run(toy, tmp_path):
+    iters = 16
+    common = ["--checkpoint-interval", "3", "--val-interval", "4", "--keep", "2"]
+    python = [sys.executable, "-m", "knet"]
+
+    whole = tmp_path / "whole"
+    done = subprocess.run(python + train_args(toy, whole, iters, *common), env=subprocess_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen(python + train_args(toy, cut, iters, *common), env=subprocess_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    killed_at = None
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            log = cut / "log.jsonl"
+            if log.exists():
+                its = [json.loads(l)["iter"] for l in log.read_text().splitlines() if l.endswith("}")]
+                if its and max(its) >= 7:
+                    killed_at = max(its)
+                    break
+            time.sleep(0.02)
+        assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read()}"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert killed_at is not None and killed_at < iters
+    assert not (cut / f"iter_{iters}.pth").exists()
+    latest = (cut / "last_checkpoint").read_text().strip()
+    assert latest in {"iter_6.pth", "iter_9.pth", "iter_12.pth"}
+    torch.load(cut / latest, weights_only=True)  # the newest checkpoint is complete
+
+    resumed = subprocess.run(python + train_args(toy, cut, iters, *common, "--resume"), env=subprocess_env(),
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed from {cut / latest}" in resumed.stdout
+
+    a = torch.load(whole / f"iter_{iters}.pth", weights_only=True)
+    b = torch.load(cut / f"iter_{iters}.pth", weights_only=True)
+    for key, value in a["state_dict"].items():
+        if value.is_floating_point():
+            assert torch.allclose(value, b["state_dict"][key], atol=1e-5, rtol=0), key
+        else:
+            assert torch.equal(value, b["state_dict"][key]), key
+    # The log of the resumed run has each iteration once, as the uninterrupted one.
+    assert [r["iter"] for r in records(cut)] == [r["iter"] for r in records(whole)]
+    assert sorted(p.name for p in cut.glob("*.pth")) == sorted(p.name for p in whole.glob("*.pth"))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_cpu_processes(toy, tmp_path):
+    work, logs = tmp_path / "ddp", tmp_path / "torchrun_logs"
+    iters = 4
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "--log-dir", str(logs), "--redirects", "3",
+           "-m", "knet"] + train_args(toy, work, iters, "--checkpoint-interval", "2", "--val-interval", "4")
+    done = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    outputs = {}
+    for rank in (0, 1):
+        found = list(logs.rglob(f"attempt_0/{rank}/stdout.log"))
+        assert len(found) == 1, list(logs.rglob("*"))
+        outputs[rank] = found[0].read_text()
+    assert "parameters identical on all 2 ranks" in outputs[0]
+    assert "iter 4/4" in outputs[0]
+    assert outputs[1].strip() == ""  # only rank 0 prints
+
+    # Only rank 0 wrote: one log with each iteration once, the checkpoints, nothing else.
+    its = [r["iter"] for r in records(work) if "loss" in r]
+    assert its == [1, 2, 3, 4]
+    assert len([r for r in records(work) if "mIoU" in r]) == 1
+    names = sorted(p.name for p in work.iterdir())
+    assert names == sorted(["config.json", "iter_2.pth", "iter_4.pth", "last_checkpoint", "log.jsonl",
+                            "best_mIoU_iter_4.pth"] + (["tb"] if (work / "tb").exists() else []))
+    ckpt = torch.load(work / "iter_4.pth", weights_only=True)
+    assert ckpt["sampler"]["world_size"] == 2 and len(ckpt["rng"]) == 2
+    assert not any(k.startswith("module.") for k in ckpt["state_dict"])
+
+
+def test_user_errors_exit_2_with_one_line(toy, tmp_path, capsys):
+    assert main(train_args(toy, tmp_path / "a", 2, "--amp", "bf16")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("knet train: error:") and "bf16" in err and "\n" not in err
+    assert not (tmp_path / "a").exists()
+
+    assert main(["train", "--model", "knet-r50-fcn-tiny", "--data-root", str(tmp_path / "nowhere"),
+                 "--work-dir", str(tmp_path / "b")]) == 2
+    assert "nowhere" in capsys.readouterr().err
+
+    assert main(train_args(toy, tmp_path / "c", 2, "--resume", str(tmp_path / "missing.pth"))) == 2
+    assert "missing.pth" in capsys.readouterr().err
+
+    assert main(train_args(toy, tmp_path / "d", 2) + ["train.no_such_key=1"]) == 2
+    assert "no_such_key" in capsys.readouterr().err
+
+
+def test_train_then_resume_without_checkpoint_and_plot(toy, tmp_path, capsys):
+    work = tmp_path / "run"
+    assert main(train_args(toy, work, 3, "--resume", "--checkpoint-interval", "2")) == 0
+    out = capsys.readouterr().out
+    assert "no checkpoint" in out and "iter 3/3" in out and "eta" in out and "lr" in out
+    assert (work / "last_checkpoint").read_text().strip() == "iter_3.pth"
+
+    # Resuming a finished run does nothing but say so.
+    assert main(train_args(toy, work, 3, "--resume")) == 0
+    assert "resumed from" in capsys.readouterr().out
+
+    png = tmp_path / "curves.png"
+    assert main(["plot-log", str(work / "log.jsonl"), "--out", str(png)]) == 0
+    with Image.open(png) as image:
+        assert image.size == (1200, 450) and image.mode == "RGB"
+        assert len(np.unique(np.asarray(image).reshape(-1, 3), axis=0)) > 5  # something was drawn
+    assert main(["plot-log", str(work), "--out", str(tmp_path / "dir.png")]) == 0  # a work dir works too
+    assert main(["plot-log", str(tmp_path / "none.jsonl")]) == 2
+    assert "none.jsonl" in capsys.readouterr().err
+
+
+def test_plot_log_reads_partial_logs(tmp_path):
+    from knet.apps.plot_log import nice_ticks, plot_log, read_log
+
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"iter": 1, "loss": 2.0}\n{"iter": 2, "loss": 1.5}\n{"iter": 2, "mIoU": 40.0, "aAcc": 70.0, '
+                   '"mAcc": 50.0}\n{"iter": 3, "lo')  # the last line was cut by a kill
+    train, val = read_log(log)
+    assert [r["iter"] for r in train] == [1, 2] and [r["iter"] for r in val] == [2]
+    out = plot_log(log, tmp_path / "c.png", size=(640, 320))
+    assert Image.open(out).size == (640, 320)
+    ticks = nice_ticks(0, 87)
+    assert ticks[0] == 0 and ticks[-1] >= 87 and len(ticks) <= 8
