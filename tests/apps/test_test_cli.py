@@ -1,0 +1,208 @@
+"""``knet test`` end to end on generated datasets (ADE20K and folder layouts), whole, slide and
+``--tta``, outputs (--out, --show-dir), and every bad input (one-line error, nothing written)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import knet
+from knet.cli import main
+from knet.data.datasets import build_dataset
+from knet.engine.evaluation import run_evaluation
+from tests.conftest import golden_path
+
+SCALE = (64, 32)
+
+
+def _rgb(rng, h, w):
+    return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def make_ade20k(root: Path, n=3) -> Path:
+    """ROOT/ADEChallengeData2016/{images,annotations}/validation with labels 0..150."""
+    base = root / "ADEChallengeData2016"
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        h, w = (30, 40) if i % 2 == 0 else (24, 36)
+        name = f"ADE_val_{i + 1:08d}"
+        (base / "images" / "validation").mkdir(parents=True, exist_ok=True)
+        (base / "annotations" / "validation").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(_rgb(rng, h, w)).save(base / "images" / "validation" / f"{name}.jpg")
+        Image.fromarray(rng.integers(0, 151, (h, w)).astype(np.uint8)).save(
+            base / "annotations" / "validation" / f"{name}.png")
+    return base
+
+
+def make_folder(root: Path, n=3, num_classes=3) -> Path:
+    rng = np.random.default_rng(1)
+    (root / "images" / "val").mkdir(parents=True)
+    (root / "masks" / "val").mkdir(parents=True)
+    (root / "classes.txt").write_text("".join(f"class{i}\n" for i in range(num_classes)))
+    for i in range(n):
+        h, w = (30, 40) if i % 2 == 0 else (20, 20)
+        Image.fromarray(_rgb(rng, h, w)).save(root / "images" / "val" / f"im{i}.png")
+        label = rng.integers(0, num_classes, (h, w)).astype(np.uint8)
+        label[0] = 255
+        Image.fromarray(label).save(root / "masks" / "val" / f"im{i}.png")
+    return root
+
+
+def _native(directory: Path, num_classes: int) -> Path:
+    torch.manual_seed(0)
+    model = knet.build_model("knet-r50-fcn-tiny", num_classes=num_classes, **{"data.test_scale": SCALE})
+    knet.save_pretrained(model, directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def ade_model(tmp_path_factory) -> Path:
+    return _native(tmp_path_factory.mktemp("m") / "ade", 150)
+
+
+@pytest.fixture(scope="module")
+def folder_model(tmp_path_factory) -> Path:
+    return _native(tmp_path_factory.mktemp("m") / "folder", 3)
+
+
+def _test(*args) -> int:
+    return main(["test", "--workers", "0", "--device", "cpu", *map(str, args)])
+
+
+# ---- runs ------------------------------------------------------------------------------------
+def test_ade20k_layout(tmp_path, ade_model, capsys):
+    make_ade20k(tmp_path / "data")
+    out = tmp_path / "metrics.json"
+    assert _test("--checkpoint", ade_model, "--data-root", tmp_path / "data", "--out", out) == 0
+    captured = capsys.readouterr()
+    assert "per-class results:" in captured.out and "| wall" in captured.out and "summary:" in captured.out
+    assert "3 images, 150 classes, single scale, whole inference on cpu" in captured.out
+    assert "test:" in captured.err  # the progress bar
+    metrics = json.loads(out.read_text())
+    assert set(metrics) == {"aAcc", "mIoU", "mAcc", "per_class"}
+    assert len(metrics["per_class"]) == 150 and set(metrics["per_class"]["wall"]) == {"IoU", "Acc"}
+    # The same as the Python API.
+    model = knet.from_pretrained(ade_model)
+    dataset = build_dataset("ade20k", tmp_path / "data")
+    assert knet.evaluate(model, dataset, device="cpu") == metrics
+
+
+@pytest.mark.parametrize("extra, kwargs", [
+    ([], {}),
+    (["--mode", "slide", "--crop-size", "24", "--stride", "16,12"],
+     {"mode": "slide", "crop_size": (24, 24), "stride": (16, 12)}),
+    (["--tta", "--batch-size", "2"], {"tta": True}),
+])
+def test_folder_layout_whole_slide_tta(tmp_path, folder_model, capsys, extra, kwargs):
+    root = make_folder(tmp_path / "data")
+    out = tmp_path / "m.json"
+    assert _test("--checkpoint", folder_model, "--data-root", root, "--out", out, "--quiet", *extra) == 0
+    metrics = json.loads(out.read_text())
+    assert list(metrics["per_class"]) == ["class0", "class1", "class2"]
+    expected = run_evaluation(knet.from_pretrained(folder_model), build_dataset("folder", root), device="cpu", **kwargs)
+    assert metrics == expected.metrics
+    assert capsys.readouterr().err == ""  # --quiet: no progress bar
+
+
+def test_reference_checkpoint_with_model_name_and_overrides(tmp_path, capsys):
+    pth = golden_path("knet-r50-fcn.tiny.pth")
+    make_ade20k(tmp_path / "data", n=1)
+    out = tmp_path / "m.json"
+    code = _test("--model", "knet-r50-fcn-tiny", "--checkpoint", pth, "--data-root", tmp_path / "data",
+                 "--dataset", "ade20k", "--split", "val", "--set", "data.test_scale=64,32", "--out", out)
+    assert code == 0
+    a = json.loads(out.read_text())
+    code = _test("--model", "knet-r50-fcn-tiny", "--checkpoint", pth, "--data-root", tmp_path / "data",
+                 "--test-scale", "64,32", "--out", out, "--workers", "1")
+    assert code == 0 and json.loads(out.read_text()) == a
+
+
+def test_reduce_zero_label_and_show_dir(tmp_path, folder_model, capsys):
+    root = make_folder(tmp_path / "data", num_classes=4)  # mask values 0..3, 0 = ignore -> 3 classes
+    (root / "classes.txt").write_text("a\nb\nc\n")
+    show = tmp_path / "show"
+    assert _test("--checkpoint", folder_model, "--data-root", root, "--reduce-zero-label",
+                 "--show-dir", show, "--quiet") == 0
+    assert sorted(p.name for p in show.iterdir()) == ["im0.png", "im1.png", "im2.png"]
+    assert np.array(Image.open(show / "im0.png")).shape == (30, 80, 3)
+
+
+# ---- bad input -------------------------------------------------------------------------------
+def _assert_error(capsys, *fragments):
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("knet test: error: ")
+    for fragment in fragments:
+        assert fragment in err, err
+    return err
+
+
+def _corrupt_image(root):
+    (root / "images" / "val" / "im1.png").write_bytes(b"not a png")
+    return "im1.png: cannot decode image"
+
+
+def _corrupt_label(root):
+    (root / "masks" / "val" / "im1.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    return "im1.png: cannot decode label"
+
+
+def _bad_value(root):
+    Image.fromarray(np.full((20, 20), 9, np.uint8)).save(root / "masks" / "val" / "im1.png")
+    return "im1.png: label value 9 is neither a class (0..2) nor 255"
+
+
+def _size_mismatch(root):
+    Image.fromarray(np.zeros((21, 20), np.uint8)).save(root / "masks" / "val" / "im1.png")
+    return "im1.png is 20x20 but its label"
+
+
+def _missing_mask(root):
+    (root / "masks" / "val" / "im1.png").unlink()
+    return "missing mask"
+
+
+@pytest.mark.parametrize("spoil", [_corrupt_image, _corrupt_label, _bad_value, _size_mismatch, _missing_mask])
+def test_bad_file_stops_or_is_skipped(tmp_path, folder_model, capsys, spoil):
+    root = make_folder(tmp_path / "data")
+    fragment = spoil(root)
+    out = tmp_path / "m.json"
+    assert _test("--checkpoint", folder_model, "--data-root", root, "--out", out, "--quiet") == 2
+    _assert_error(capsys, fragment)
+    assert not out.exists()  # nothing half-written
+    assert _test("--checkpoint", folder_model, "--data-root", root, "--out", out, "--quiet", "--skip-bad") == 0
+    captured = capsys.readouterr()
+    assert "skipped 1 bad item(s):" in captured.err and fragment in captured.err
+    assert "2 images" in captured.out and out.exists()
+
+
+def test_bad_folders_and_arguments(tmp_path, folder_model, ade_model, capsys):
+    root = make_folder(tmp_path / "data")
+    assert _test("--checkpoint", folder_model, "--data-root", root, "--split", "test") == 2
+    _assert_error(capsys, "missing split folder", "images/test")
+    (root / "images" / "empty").mkdir()
+    assert _test("--checkpoint", folder_model, "--data-root", root, "--split", "empty") == 2
+    _assert_error(capsys, "no images in", "empty")
+    assert _test("--checkpoint", ade_model, "--data-root", tmp_path / "nothing", "--dataset", "ade20k") == 2
+    _assert_error(capsys, "not an ADE20K folder", "images/ and annotations/")
+    base = make_ade20k(tmp_path / "ade", n=1)
+    for p in (base / "images" / "validation").iterdir():
+        p.unlink()
+    assert _test("--checkpoint", ade_model, "--data-root", base) == 2
+    _assert_error(capsys, "no .jpg images in", "validation")
+    assert _test("--checkpoint", ade_model, "--data-root", root) == 2
+    _assert_error(capsys, "model predicts 150 classes but the dataset has 3")
+    assert _test("--checkpoint", folder_model, "--data-root", root, "--batch-size", "0") == 2
+    _assert_error(capsys, "--batch-size must be at least 1")
+    assert _test("--checkpoint", folder_model, "--data-root", root, "--set", "nonsense=1") == 2
+    _assert_error(capsys, "unknown config key 'nonsense'")
+    assert _test("--checkpoint", tmp_path / "missing.pth", "--data-root", root) == 2
+    _assert_error(capsys, "missing.pth")
+    with pytest.raises(SystemExit) as info:
+        _test("--checkpoint", folder_model, "--data-root", root, "--test-scale", "big")
+    assert info.value.code == 2
+    assert "expected N or W,H" in capsys.readouterr().err
