@@ -24,6 +24,16 @@ FAST = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread: on a small CPU shared with other processes, several threads per process
+    can be an order of magnitude slower (they wait for each other's cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     return make_synthetic_dataset(tmp_path_factory.mktemp("toy"), num_classes=4, num_train=8, num_val=2,
@@ -356,7 +366,6 @@ def test_syncbn_conversion_keeps_names_and_parameters():
 # --------------------------------------------------------------------------------------------
 def test_tiny_knet_learns_the_toy_dataset(tmp_path):
     """A -tiny preset trained from scratch on CPU reaches mIoU >= 80% on held-out toy images."""
-    torch.set_num_threads(2)
     data = make_synthetic_dataset(tmp_path / "toy", num_classes=4, num_train=64, num_val=16, seed=0)
     cfg = knet.get_config("knet-r50-fcn-tiny", {
         "data.crop_size": "256,256", "data.train_scale": "256,256", "data.test_scale": "256,256",
@@ -370,3 +379,20 @@ def test_tiny_knet_learns_the_toy_dataset(tmp_path):
     print(f"toy convergence: mIoU {result.last_metrics['mIoU']:.2f} after {result.iteration} iterations "
           f"in {seconds:.0f} s")
     assert result.last_metrics["mIoU"] >= 80.0
+
+
+def test_progress_bar_and_console_lines(toy, tmp_path, capsys):
+    cfg = fast_config(**{"train.iters": 2})
+    T.train(cfg, T.TrainOptions(work_dir=tmp_path, workers=0, data_root=toy.root, progress=True), val_dataset=[])
+    captured = capsys.readouterr()
+    assert "train:" in captured.err and "2/2" in captured.err  # the bar, on stderr
+    line = [l for l in captured.out.splitlines() if l.startswith("iter 2/2")][0]
+    for part in ("loss", "decode.loss_ce.s0", "decode.loss_ce.s3", "aux.loss_ce", "lr", "s/it", "eta"):
+        assert part in line, part
+
+
+@pytest.mark.skipif(not __import__("importlib").util.find_spec("tensorboard"), reason="tensorboard is not installed")
+def test_tensorboard_events(toy, tmp_path):
+    T.train(fast_config(**{"train.iters": 2}), T.TrainOptions(work_dir=tmp_path, workers=0, data_root=toy.root,
+                                                              quiet=True))
+    assert any((tmp_path / "tb").rglob("events.out.tfevents.*"))

@@ -56,7 +56,7 @@ def _detect_dataset(root: Path) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from ..config import parse_set_options
-    from ..engine.training import TrainOptions, train
+    from ..engine.training import TrainOptions, dist_info_from_env, train
     from ..presets import get_config
 
     overrides: Dict[str, Any] = dict(parse_set_options(args.set))
@@ -79,14 +79,11 @@ def run(args: argparse.Namespace) -> int:
         backbone_weights=args.backbone_weights, quiet=args.quiet, progress=False if args.quiet else None,
     )
     result = train(cfg, options)
-    if not args.quiet and (result.model is not None):
-        from ..engine.training import dist_info_from_env
-
-        if dist_info_from_env().is_main:
-            summary = f"finished at iteration {result.iteration}"
-            if result.last_checkpoint:
-                summary += f"; last checkpoint {result.last_checkpoint}"
-            if result.best_checkpoint:
-                summary += f"; best mIoU {result.best_miou:.2f} ({result.best_checkpoint})"
-            print(summary, flush=True)
+    if not args.quiet and dist_info_from_env().is_main:
+        summary = f"finished at iteration {result.iteration}"
+        if result.last_checkpoint:
+            summary += f"; last checkpoint {result.last_checkpoint}"
+        if result.best_checkpoint and result.best_miou is not None:
+            summary += f"; best mIoU {result.best_miou:.2f} ({result.best_checkpoint})"
+        print(summary, flush=True)
     return 0

@@ -329,6 +329,8 @@ def check_amp(amp: Optional[str], device: torch.device) -> Optional[torch.dtype]
 def _init_distributed(info: DistInfo, device: torch.device) -> None:
     if not info.distributed or dist.is_initialized():
         return
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL's collectives run on the current device
     backend = "nccl" if device.type == "cuda" else "gloo"
     for var in ("MASTER_ADDR", "MASTER_PORT"):
         if var not in os.environ:
@@ -822,6 +824,8 @@ class _Trainer:
             val_dataset = default_val if val_dataset is None else val_dataset
         if len(train_dataset) == 0:
             raise DataError(f"the training set of {options.data_root} is empty")
+        if not getattr(train_dataset, "has_labels", True):
+            raise DataError(f"the training set of {options.data_root} has no labels (masks) to learn from")
         self.cfg = _with_dataset_classes(cfg, train_dataset)
         self.train_dataset = train_dataset
         self.val_dataset = val_dataset
@@ -851,6 +855,8 @@ class _Trainer:
         if self.amp_dtype == torch.float16:
             self.scaler = torch.amp.GradScaler("cuda")
         self.start_iter = 0
+        self.seed = self.options.seed
+        self.sampler_start = 0
         self.best: Dict[str, Any] = {"mIoU": None, "iteration": None, "path": None}
         self.resumed_from: Optional[Path] = None
         rng_states: Optional[List[Dict[str, Any]]] = None
@@ -913,10 +919,14 @@ class _Trainer:
         if self.scaler is not None and checkpoint.get("scaler"):
             self.scaler.load_state_dict(checkpoint["scaler"])
         self.start_iter = int(checkpoint["iteration"])
+        self.sampler_start = self.start_iter * self.cfg.train.batch_size
         best = checkpoint.get("best") or {}
         self.best = {"mIoU": best.get("mIoU"), "iteration": best.get("iteration"), "path": best.get("path")}
         sampler = checkpoint["sampler"]
-        if int(sampler.get("world_size", 1)) != self.info.world_size:
+        self.seed = int(sampler.get("seed", self.seed))  # the data order and augmentations continue
+        if int(sampler.get("world_size", 1)) == self.info.world_size:
+            self.sampler_start = int(sampler.get("consumed_per_rank", self.sampler_start))
+        else:
             self.log_lines.append(
                 f"warning: {path} was written by a run of {sampler.get('world_size')} process(es), this run "
                 f"has {self.info.world_size}: the data order and random states continue, but not bit-exactly")
@@ -927,13 +937,11 @@ class _Trainer:
 
     def _build_loader(self) -> None:
         t = self.cfg.train
-        self.sampler = InfiniteSampler(len(self.train_dataset), seed=self.options.seed, rank=self.info.rank,
-                                       world_size=self.info.world_size,
-                                       start=self.start_iter * t.batch_size)
-        samples = TrainSamples(self.train_dataset, self.transform, self.options.seed,
-                               self.cfg.data.mean, self.cfg.data.std)
+        self.sampler = InfiniteSampler(len(self.train_dataset), seed=self.seed, rank=self.info.rank,
+                                       world_size=self.info.world_size, start=self.sampler_start)
+        samples = TrainSamples(self.train_dataset, self.transform, self.seed, self.cfg.data.mean, self.cfg.data.std)
         generator = torch.Generator()
-        generator.manual_seed(self.options.seed * 1000 + self.info.rank)
+        generator.manual_seed(self.seed * 1000 + self.info.rank)
         workers = self.options.workers
         self.loader = DataLoader(samples, batch_size=t.batch_size, sampler=self.sampler, drop_last=True,
                                  num_workers=workers, pin_memory=self.device.type == "cuda",
@@ -949,15 +957,16 @@ class _Trainer:
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "iteration": iteration,
             "rng": rng_states,
-            "sampler": {"seed": self.options.seed, "world_size": self.info.world_size,
-                        "consumed_per_rank": iteration * self.cfg.train.batch_size},
+            "sampler": {"seed": self.seed, "world_size": self.info.world_size,
+                        "consumed_per_rank": self.sampler_start
+                        + (iteration - self.start_iter) * self.cfg.train.batch_size},
             "best": dict(self.best),
             "config": self.cfg.to_dict(),
             "meta": {
                 "class_names": list(self.cfg.class_names or []),
                 "palette": [list(c) for c in (self.cfg.palette or [])],
                 "iteration": iteration,
-                "seed": self.options.seed,
+                "seed": self.seed,
                 "world_size": self.info.world_size,
                 "knet_version": _knet_version(),
                 "time": datetime.datetime.now().isoformat(timespec="seconds"),
