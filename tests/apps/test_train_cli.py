@@ -118,20 +118,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_torchrun_two_cpu_processes(toy, tmp_path):
-    work, logs = tmp_path / "ddp", tmp_path / "torchrun_logs"
-    iters = 4
+def _torchrun(args, logs):
+    """Run ``torchrun --nproc_per_node=2 -m knet ARGS`` on CPU; returns each rank's stdout."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
            "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "--log-dir", str(logs), "--redirects", "3",
-           "-m", "knet"] + train_args(toy, work, iters, "--checkpoint-interval", "2", "--val-interval", "4")
+           "-m", "knet"] + args
     done = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stdout + done.stderr
-
     outputs = {}
     for rank in (0, 1):
         found = list(logs.rglob(f"attempt_0/{rank}/stdout.log"))
         assert len(found) == 1, list(logs.rglob("*"))
         outputs[rank] = found[0].read_text()
+    return outputs
+
+
+def test_torchrun_two_cpu_processes(toy, tmp_path):
+    work = tmp_path / "ddp"
+    iters = 4
+    outputs = _torchrun(train_args(toy, work, iters, "--checkpoint-interval", "2", "--val-interval", "4"),
+                        tmp_path / "logs")
     assert "parameters identical on all 2 ranks" in outputs[0]
     assert "iter 4/4" in outputs[0]
     assert outputs[1].strip() == ""  # only rank 0 prints
@@ -146,6 +152,13 @@ def test_torchrun_two_cpu_processes(toy, tmp_path):
     ckpt = torch.load(work / "iter_4.pth", weights_only=True)
     assert ckpt["sampler"]["world_size"] == 2 and len(ckpt["rng"]) == 2
     assert not any(k.startswith("module.") for k in ckpt["state_dict"])
+
+    # The distributed run resumes and goes on, still in step.
+    outputs = _torchrun(train_args(toy, work, 6, "--checkpoint-interval", "2", "--val-interval", "4", "--resume"),
+                        tmp_path / "logs_resumed")
+    assert f"resumed from {work / 'iter_4.pth'} at iteration 4" in outputs[0]
+    assert "parameters identical on all 2 ranks" in outputs[0] and outputs[1].strip() == ""
+    assert [r["iter"] for r in records(work) if "loss" in r] == [1, 2, 3, 4, 5, 6]
 
 
 def test_user_errors_exit_2_with_one_line(toy, tmp_path, capsys):
@@ -171,6 +184,10 @@ def test_train_then_resume_without_checkpoint_and_plot(toy, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "no checkpoint" in out and "iter 3/3" in out and "eta" in out and "lr" in out
     assert (work / "last_checkpoint").read_text().strip() == "iter_3.pth"
+
+    # A fresh run into a work dir that holds another run's checkpoints is refused.
+    assert main(train_args(toy, work, 3)) == 2
+    assert "--resume" in capsys.readouterr().err
 
     # Resuming a finished run does nothing but say so.
     assert main(train_args(toy, work, 3, "--resume")) == 0

@@ -396,3 +396,20 @@ def test_tensorboard_events(toy, tmp_path):
     T.train(fast_config(**{"train.iters": 2}), T.TrainOptions(work_dir=tmp_path, workers=0, data_root=toy.root,
                                                               quiet=True))
     assert any((tmp_path / "tb").rglob("events.out.tfevents.*"))
+
+
+def test_backbone_weights_are_loaded_before_training(toy, tmp_path, capsys):
+    torch.manual_seed(3)
+    imagenet = knet.build_model("knet-r50-fcn-tiny").backbone.state_dict()
+    imagenet = {k: v + 0.5 if v.is_floating_point() else v for k, v in imagenet.items()}
+    imagenet["fc.weight"], imagenet["fc.bias"] = torch.zeros(10, 32), torch.zeros(10)  # an ImageNet classifier
+    torch.save({"state_dict": imagenet}, tmp_path / "r50_v1c.pth")
+    cfg = fast_config(**{"train.iters": 1, "train.lr": 0.0})  # lr 0: the parameters stay as loaded
+    result = T.train(cfg, T.TrainOptions(work_dir=tmp_path / "run", workers=0, data_root=toy.root,
+                                         backbone_weights=tmp_path / "r50_v1c.pth"), val_dataset=[])
+    for name, value in result.model.backbone.named_parameters():
+        assert torch.equal(value, imagenet[name]), name
+    assert "backbone weights" in capsys.readouterr().out
+    with pytest.raises(CheckpointError):
+        T.train(cfg, T.TrainOptions(work_dir=tmp_path / "bad", workers=0, data_root=toy.root,
+                                    backbone_weights=tmp_path / "missing.pth"), val_dataset=[])

@@ -354,6 +354,15 @@ def _all_gather_objects(obj: Any, info: DistInfo) -> List[Any]:
     return gathered
 
 
+def _broadcast_from_main(obj: Any, info: DistInfo) -> Any:
+    """Rank 0's ``obj`` on every rank."""
+    if not info.distributed:
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
 # --------------------------------------------------------------------------------------------
 # Random states
 # --------------------------------------------------------------------------------------------
@@ -860,7 +869,15 @@ class _Trainer:
         self.best: Dict[str, Any] = {"mIoU": None, "iteration": None, "path": None}
         self.resumed_from: Optional[Path] = None
         rng_states: Optional[List[Dict[str, Any]]] = None
-        resume_path = self._resume_path()
+        # Rank 0 decides (the work directory is its own), the other ranks follow.
+        resume_path, stale = _broadcast_from_main(
+            (self._resume_path(), [p.name for _, p in self.checkpoints.iteration_checkpoints()])
+            if self.info.is_main else None, self.info)
+        if resume_path is None:
+            if stale:
+                raise TrainingError(
+                    f"{self.work_dir} already holds the checkpoints of a run ({', '.join(stale)}): pass "
+                    "--resume to continue it, or choose another --work-dir")
         if resume_path is not None:
             rng_states = self._resume(resume_path)
         elif self.options.load_from:
