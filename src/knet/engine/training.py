@@ -326,9 +326,11 @@ def check_amp(amp: Optional[str], device: torch.device) -> Optional[torch.dtype]
     return torch.float16 if amp == "fp16" else torch.bfloat16
 
 
-def _init_distributed(info: DistInfo, device: torch.device) -> None:
+def _init_distributed(info: DistInfo, device: torch.device) -> bool:
+    """Join the process group torchrun describes; returns whether this call created it (a caller
+    that created its own keeps it)."""
     if not info.distributed or dist.is_initialized():
-        return
+        return False
     if device.type == "cuda":
         torch.cuda.set_device(device)  # NCCL's collectives run on the current device
     backend = "nccl" if device.type == "cuda" else "gloo"
@@ -338,6 +340,7 @@ def _init_distributed(info: DistInfo, device: torch.device) -> None:
                                 "runs with torchrun (it sets the rendezvous variables)")
     dist.init_process_group(backend=backend, init_method="env://", rank=info.rank,
                             world_size=info.world_size)
+    return True
 
 
 def _all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
@@ -844,7 +847,7 @@ class _Trainer:
     def _build(self) -> None:
         from ..models.segmentor import build_model
 
-        _init_distributed(self.info, self.device)
+        self.owns_process_group = _init_distributed(self.info, self.device)
         if self.info.is_main:
             self.work_dir.mkdir(parents=True, exist_ok=True)
         seed_everything(self.options.seed)
@@ -1132,5 +1135,5 @@ def train(cfg: KNetConfig, options: TrainOptions, train_dataset: Any = None, val
     try:
         return trainer.run()
     finally:
-        if trainer.info.distributed and dist.is_initialized():
+        if getattr(trainer, "owns_process_group", False) and dist.is_initialized():
             dist.destroy_process_group()
