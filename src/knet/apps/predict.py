@@ -24,7 +24,6 @@ import argparse
 import glob
 import os
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Set, Tuple
@@ -210,46 +209,11 @@ def write_outputs(result, item: PredictItem, out_dir: Path, opacity: float, save
         save_npy(outputs["probs"], result.probabilities().astype(np.float32, copy=False))
 
 
-# --------------------------------------------------------------------------------------------
-# Progress
-# --------------------------------------------------------------------------------------------
-class Progress:
-    """A one-line progress bar over the images on stderr (when it is a terminal)."""
-
-    def __init__(self, total: int, enabled: Optional[bool] = None) -> None:
-        self.total = max(total, 1)
-        self.done = 0
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
-        self.start = time.perf_counter()
-        self._draw()
-
-    def _draw(self) -> None:
-        if not self.enabled:
-            return
-        width = 30
-        filled = int(width * self.done / self.total)
-        elapsed = time.perf_counter() - self.start
-        rate = self.done / elapsed if elapsed > 0 and self.done else 0.0
-        eta = f"{(self.total - self.done) / rate:.0f}s" if rate > 0 else "--"
-        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} images "
-                         f"{rate:.2f}/s eta {eta} ")
-        sys.stderr.flush()
-
-    def advance(self, count: int = 1) -> None:
-        self.done += count
-        self._draw()
-
-    def message(self, text: str) -> None:
-        """Print a line (on stderr) without breaking the bar."""
-        if self.enabled:
-            sys.stderr.write("\r\033[K")
-        print(text, file=sys.stderr, flush=True)
-        self._draw()
-
-    def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
+def _message(text: str) -> None:
+    """Print a line on stderr, clearing a progress bar drawn on the same terminal line first."""
+    if sys.stderr.isatty():
+        sys.stderr.write("\r\033[K")
+    print(text, file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -317,12 +281,12 @@ def predict(segmenter, items: Sequence[PredictItem], out_dir: Path, opacity: flo
     Images are read and segmented ``segmenter.batch_size`` at a time. Returns the images that
     failed, as ``(path, message)``; the others are all written.
     """
+    from ..utils.progress import ProgressBar
     from .segmenter import load_input
 
     failures: List[Tuple[Path, str]] = []
-    bar = Progress(len(items), progress)
     out_dir.mkdir(parents=True, exist_ok=True)
-    try:
+    with ProgressBar(total=len(items), desc="predict", enabled=progress) as bar:
         for start in range(0, len(items), segmenter.batch_size):
             chunk = items[start:start + segmenter.batch_size]
             good: List[PredictItem] = []
@@ -333,17 +297,15 @@ def predict(segmenter, items: Sequence[PredictItem], out_dir: Path, opacity: flo
                     good.append(item)
                 except DataError as err:
                     failures.append((item.path, str(err)))
-                    bar.message(f"knet predict: skipped {err}")
-                    bar.advance()
+                    _message(f"knet predict: skipped {err}")
+                    bar.update()
             for item, result in zip(good, segmenter.segment_arrays(arrays, [str(i.path) for i in good])):
                 try:
                     write_outputs(result, item, out_dir, opacity, save_probs)
                 except DataError as err:
                     failures.append((item.path, str(err)))
-                    bar.message(f"knet predict: failed {err}")
-                bar.advance()
-    finally:
-        bar.close()
+                    _message(f"knet predict: failed {err}")
+                bar.update()
     return failures
 
 
