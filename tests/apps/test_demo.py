@@ -47,6 +47,18 @@ def test_short_demo_writes_everything(tmp_path, capsys):
         assert str(out / name) in printed
 
 
+def test_demo_runs_again_in_the_same_folder(tmp_path):
+    out = tmp_path / "demo"
+    argv = ["demo", "--out-dir", str(out), "--iters", "2", "--num-train", "5", "--num-val", "3",
+            "--image-size", "48", "--quiet"]
+    assert main(argv) == 0
+    (out / "notes.txt").write_text("mine")
+    argv[argv.index("--num-train") + 1] = "3"
+    assert main(argv) == 0  # a fresh run, not refused over the earlier run's checkpoints
+    assert len(list((out / "data" / "images" / "train").glob("*.png"))) == 3
+    assert (out / "notes.txt").read_text() == "mine"
+
+
 def test_demo_rejects_bad_options(tmp_path, capsys):
     assert main(["demo", "--out-dir", str(tmp_path / "d"), "--iters", "0"]) == 2
     assert "--iters" in capsys.readouterr().err

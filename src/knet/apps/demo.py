@@ -104,6 +104,25 @@ def _check(settings: DemoSettings) -> None:
         raise KnetError(f"--out-dir {out}: exists and is not a folder")
 
 
+# Files of an earlier demo run in the same output folder: removed before a new run starts fresh
+# (training refuses a work dir holding another run's checkpoints; a smaller dataset must not keep
+# the earlier run's extra scenes). Nothing else in the folder is touched.
+_PREVIOUS_RUN = (
+    "train/iter_*.pth", "train/best_mIoU_iter_*.pth", "train/last_checkpoint", "train/log.jsonl",
+    "train/config.json", "train/tb/events.*", "data/images/train/[0-9][0-9][0-9][0-9].png",
+    "data/images/val/[0-9][0-9][0-9][0-9].png", "data/masks/train/[0-9][0-9][0-9][0-9].png",
+    "data/masks/val/[0-9][0-9][0-9][0-9].png", "predictions/[0-9][0-9][0-9][0-9].png",
+    "predictions/[0-9][0-9][0-9][0-9]_overlay.png",
+)
+
+
+def _clear_previous_run(out: Path) -> None:
+    for pattern in _PREVIOUS_RUN:
+        for path in out.glob(pattern):
+            if path.is_file():
+                path.unlink()
+
+
 def _write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")
@@ -191,6 +210,7 @@ def run_demo(settings: DemoSettings) -> Dict[str, Any]:
         torch.set_num_threads(settings.threads)
     out = settings.out_dir
     out.mkdir(parents=True, exist_ok=True)
+    _clear_previous_run(out)
     data_dir, work_dir, model_dir = out / "data", out / "train", out / "model"
     pred_dir = out / "predictions"
 
