@@ -11,10 +11,8 @@ from typing import Any, Callable, Dict, List
 
 from .errors import KnetError
 from .config import (
-    AuxiliaryHeadConfig,
     DataConfig,
     KernelGenerateHeadConfig,
-    KernelUpdateConfig,
     KNetConfig,
     ResNetConfig,
     SwinConfig,

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from ..errors import KnetError
+from ..utils.atomic import atomic_write_text
 
 PRESET = "knet-r50-fcn-tiny"
 NUM_CLASSES = 4
@@ -121,12 +121,6 @@ def _clear_previous_run(out: Path) -> None:
         for path in out.glob(pattern):
             if path.is_file():
                 path.unlink()
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _gallery(results: List[Any], truths: List[np.ndarray], palette: List[List[int]]) -> np.ndarray:
@@ -279,7 +273,7 @@ def run_demo(settings: DemoSettings) -> Dict[str, Any]:
     record = {**{k: metrics[k] for k in ("aAcc", "mIoU", "mAcc", "per_class")}, **info,
               "files": {name: str(out / name) for name in files}}
     write_json(out / "metrics.json", record)
-    _write_text(out / "report.md", _report(settings, metrics, info, files))
+    atomic_write_text(out / "report.md", _report(settings, metrics, info, files))
     return record
 
 

@@ -30,6 +30,7 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
+from ..utils.atomic import atomic_write
 from ..errors import DataError, KnetError
 
 # Suffixes (lower case) taken from folders and globs; files named on the command line are tried
@@ -184,18 +185,7 @@ def _unique_names(items: List[PredictItem]) -> List[PredictItem]:
 # --------------------------------------------------------------------------------------------
 def save_npy(path: Path, array: np.ndarray) -> None:
     """``np.save`` atomically: a temporary file in the same folder, then a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise DataError(f"{path}: cannot write ({err.strerror or err})") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: np.save(f, array))
 
 
 def write_outputs(result, item: PredictItem, out_dir: Path, opacity: float, save_probs: bool) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Union
 
@@ -15,6 +14,7 @@ import torch
 
 from ..config import KNetConfig
 from ..errors import CheckpointError
+from ..utils.atomic import atomic_path, atomic_write_text
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -35,18 +35,6 @@ def with_class_meta(config: KNetConfig) -> KNetConfig:
     return config.replace(class_names=config.class_names or names, palette=config.palette or palette)
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def save_pretrained(model: torch.nn.Module, directory: Union[str, os.PathLike]) -> Path:
     """Write ``model.safetensors`` and ``config.json`` into ``directory`` (each file atomically)."""
     from safetensors.torch import save_file
@@ -55,8 +43,10 @@ def save_pretrained(model: torch.nn.Module, directory: Union[str, os.PathLike]) 
     directory.mkdir(parents=True, exist_ok=True)
     config = with_class_meta(model.config)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    _atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt", "knet": "1"}))
-    _atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(config.to_json() + "\n"))
+    # safetensors writes by file name; atomic_path renames its output into place
+    with atomic_path(directory / WEIGHTS_NAME) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt", "knet": "1"})
+    atomic_write_text(directory / CONFIG_NAME, config.to_json() + "\n")
     return directory
 
 

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ..utils.atomic import atomic_write_bytes
 from ..errors import DataError
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -122,11 +123,4 @@ def write_image(path: PathLike, image: np.ndarray) -> None:
     ok, encoded = cv2.imencode(path.suffix or ".png", array)
     if not ok:
         raise DataError(f"{path}: cannot encode image as {path.suffix or '.png'}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        encoded.tofile(os.fspath(tmp))
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise DataError(f"{path}: cannot write image ({err.strerror or err})") from None
+    atomic_write_bytes(path, encoded.tobytes())

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..data.transforms import Size
+from ..utils.atomic import atomic_write_text
 from ..errors import DataError, KnetError
 from .inference import TestPipeline, resolve_device
 
@@ -362,12 +363,4 @@ def evaluate(model: nn.Module, dataset: Any, *, mode: str = "whole", tta: bool =
 def write_json(path: Union[str, os.PathLike], data: Dict[str, Any]) -> None:
     """Write ``data`` as JSON atomically (temp file + rename): the file is either complete or
     absent."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise KnetError(f"{path}: cannot write ({err.strerror or err})") from None
+    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")

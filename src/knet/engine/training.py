@@ -30,6 +30,7 @@ import json
 import math
 import os
 import random
+import shutil
 import re
 import sys
 import time
@@ -45,6 +46,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..config import KNetConfig, TrainConfig
+from ..utils.atomic import atomic_write, atomic_write_text
 from ..errors import CheckpointError, DataError, KnetError
 
 __all__ = [
@@ -520,28 +522,9 @@ def _worker_init(worker_id: int) -> None:
 # Checkpoints
 # --------------------------------------------------------------------------------------------
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """Write ``obj`` to ``path`` through a temporary file in the same folder, then rename, so
-    ``path`` is always either the old complete file or the new complete file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if tmp.exists():
-            tmp.unlink()
-        raise
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """``torch.save`` through :func:`atomic_write`: ``path`` is always either the old complete
+    file or the new complete file, flushed to disk."""
+    atomic_write(path, lambda f: torch.save(obj, f), fsync=True)
 
 
 class CheckpointManager:
@@ -582,7 +565,7 @@ class CheckpointManager:
     def save(self, state: Mapping[str, Any], iteration: int) -> Path:
         path = self.work_dir / f"iter_{iteration}.pth"
         atomic_torch_save(dict(state), path)
-        _atomic_write_text(self.work_dir / LAST_CHECKPOINT, path.name + "\n")
+        atomic_write(self.work_dir / LAST_CHECKPOINT, lambda f: f.write(f"{path.name}\n".encode()), fsync=True)
         for _, old in self.iteration_checkpoints()[:-self.keep]:
             if old != path:
                 old.unlink(missing_ok=True)
@@ -593,16 +576,8 @@ class CheckpointManager:
         the previous best."""
         path = self.work_dir / f"best_mIoU_iter_{iteration}.pth"
         if copy_of is not None and copy_of.is_file():
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            with open(copy_of, "rb") as src, open(tmp, "wb") as dst:
-                while True:
-                    chunk = src.read(1 << 22)
-                    if not chunk:
-                        break
-                    dst.write(chunk)
-                dst.flush()
-                os.fsync(dst.fileno())
-            os.replace(tmp, path)
+            with open(copy_of, "rb") as src:
+                atomic_write(path, lambda dst: shutil.copyfileobj(src, dst, 1 << 22), fsync=True)
         else:
             atomic_torch_save(dict(state), path)
         for old in self.best_checkpoints():
@@ -701,7 +676,7 @@ class _RunLog:
                 continue  # a line cut short by a kill
             if int(record.get("iter", 0)) <= iteration:
                 kept.append(json.dumps(record))
-        _atomic_write_text(self.path, "".join(k + "\n" for k in kept))
+        atomic_write_text(self.path, "".join(k + "\n" for k in kept))
 
     def info(self, message: str) -> None:
         if self.enabled and not self.quiet:
@@ -1004,7 +979,7 @@ class _Trainer:
             progress = sys.stderr.isatty()
         log = _RunLog(self.work_dir, main, self.start_iter, t.iters, bool(progress) and main, self.options.quiet)
         if main:
-            _atomic_write_text(self.work_dir / CONFIG_NAME, self.cfg.to_json() + "\n")
+            atomic_write_text(self.work_dir / CONFIG_NAME, self.cfg.to_json() + "\n")
             for line in self.log_lines:
                 log.info(line)
             log.info(f"training {self.cfg.name} ({self.cfg.num_classes} classes) on {self.device}"

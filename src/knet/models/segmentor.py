@@ -1,7 +1,7 @@
 """KNet: backbone + iterative K-Net decode head + auxiliary FCN head."""
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
