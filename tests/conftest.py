@@ -28,6 +28,25 @@ def _deterministic_threads():
     yield
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread: on a small CPU shared with other processes, several threads per process
+    can be an order of magnitude slower (they wait for each other's cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    """A small synthetic folder dataset: 4 classes, 8 training and 2 validation 64x64 scenes."""
+    from knet.data.synthetic import make_synthetic_dataset
+
+    return make_synthetic_dataset(tmp_path_factory.mktemp("toy"), num_classes=4, num_train=8, num_val=2,
+                                  size=(64, 64), seed=0)
+
+
 def golden_path(name: str) -> Path:
     """Path of a golden file; skips the test (saying what is missing) when it is absent."""
     path = GOLDENS / name

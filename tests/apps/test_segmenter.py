@@ -2,7 +2,6 @@
 overlay), loading (preset + checkpoint, native directory) and errors."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,26 +16,13 @@ import torch
 from PIL import Image
 
 from knet.cli import main
-from knet.data.synthetic import make_synthetic_dataset
 
 SMALL = ["data.crop_size=64,64", "data.train_scale=64,64", "data.test_scale=64,64", "train.log_interval=1",
          "train.warmup_iters=4", "train.lr=1e-3"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: on a small CPU shared with other processes, several threads per process
-    can be an order of magnitude slower (they wait for each other's cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    return make_synthetic_dataset(tmp_path_factory.mktemp("toy"), num_classes=4, num_train=8, num_val=2,
-                                  size=(64, 64), seed=0)
+# One torch thread (see tests/conftest.py); `toy` is the small synthetic dataset fixture there.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def train_args(toy, work_dir, iters, *extra):

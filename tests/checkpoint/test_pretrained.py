@@ -150,7 +150,7 @@ def test_unknown_layout(tmp_path):
 def test_not_a_tensor_dict(tmp_path):
     path = tmp_path / "list.pth"
     torch.save([1, 2, 3], path)
-    with pytest.raises(CheckpointError, match="list.pth: not a backbone weight file"):
+    with pytest.raises(CheckpointError, match="list.pth holds no state dict"):
         load_backbone_weights(_resnet_d8(), path)
 
 

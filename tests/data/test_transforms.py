@@ -139,8 +139,8 @@ def test_random_crop_follows_the_reference_retry_order():
     rng = np.random.default_rng(3)
     _, crop = random_crop(_image(50, 50), label, rng, (10, 10))
     reference = np.random.default_rng(3)
-    for _ in range(11):
-        y, x = int(reference.integers(0, 41)), int(reference.integers(0, 41))
+    for _ in range(11):  # one (y, x) draw per try: 10 retries and the final crop
+        reference.integers(0, 41), reference.integers(0, 41)
     assert rng.random() == reference.random()  # both generators consumed exactly 22 integers
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,20 +23,8 @@ FAST = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: on a small CPU shared with other processes, several threads per process
-    can be an order of magnitude slower (they wait for each other's cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    return make_synthetic_dataset(tmp_path_factory.mktemp("toy"), num_classes=4, num_train=8, num_val=2,
-                                  size=(64, 64), seed=0)
+# One torch thread (see tests/conftest.py); `toy` is the small synthetic dataset fixture there.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fast_config(**extra):

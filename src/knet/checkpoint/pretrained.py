@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from .reference import extract_state_dict
 from .safe_load import safe_load
 from ..models.backbones.resnet import ResNetV1c
 from ..models.backbones.swin import SwinTransformer
@@ -136,28 +137,9 @@ def _key_list(keys: List[str], limit: int = 12) -> str:
     return shown + (f" ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def _unwrap(raw: object, source: str) -> StateDict:
-    """The tensor dict inside a checkpoint (``state_dict`` / ``model`` wrappers removed)."""
-    state = raw
-    if isinstance(state, Mapping):
-        for wrapper in ("state_dict", "model"):
-            if wrapper in state and isinstance(state[wrapper], Mapping):
-                state = state[wrapper]
-                break
-    if not isinstance(state, Mapping) or not state:
-        raise CheckpointError(f"{source}: not a backbone weight file (expected a dict of tensors, "
-                              f"optionally under 'state_dict' or 'model'; got {type(raw).__name__})")
-    not_tensors = [str(k) for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
-    if not_tensors:
-        raise CheckpointError(f"{source}: entries that are not named tensors: {_key_list(not_tensors)}")
-    return dict(state)
-
-
 def _strip_prefixes(state: StateDict) -> Tuple[StateDict, List[str]]:
-    """Remove a ``module.`` (DDP) prefix, and keep only the ``backbone.*`` part of a segmentor
-    checkpoint. Returns the backbone dict and the keys left out."""
-    if all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+    """Keep only the ``backbone.*`` part of a segmentor checkpoint. Returns the backbone dict and
+    the keys left out."""
     if any(k.startswith("backbone.") for k in state):
         skipped = [k for k in state if not k.startswith("backbone.")]
         state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
@@ -229,7 +211,7 @@ def load_backbone_weights(backbone: nn.Module, path: PathLike) -> List[str]:
         raise CheckpointError(f"backbone weight file {source} does not exist")
     raw = safe_load(path)  # never executes pickled code; raises CheckpointError naming the file
 
-    state = _unwrap(raw, source)
+    state = extract_state_dict(raw, source)  # wrappers and a DDP "module." prefix removed
     state, skipped = _strip_prefixes(state)
     if not state:
         raise CheckpointError(f"{source}: no backbone keys")
