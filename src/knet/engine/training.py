@@ -285,31 +285,18 @@ def dist_info_from_env() -> DistInfo:
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` (CUDA if available, else MPS, else CPU), ``cpu``, ``cuda`` (the process's local
-    GPU) or ``mps``; unavailable devices raise :class:`TrainingError`."""
-    name = (name or "auto").lower()
-    if name == "auto":
-        if torch.cuda.is_available():
-            name = "cuda"
-        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            name = "mps"
-        else:
-            name = "cpu"
-    if name == "cpu":
-        return torch.device("cpu")
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise TrainingError("--device cuda: CUDA is not available on this machine (use --device cpu)")
+    """The ``--device`` of :func:`knet.engine.inference.resolve_device`, with ``cuda`` meaning this
+    process's local GPU under torchrun."""
+    from .inference import resolve_device as resolve
+
+    device = resolve(name)
+    if device.type == "cuda" and device.index is None:
         count = torch.cuda.device_count()
         if local_rank >= count:
             raise TrainingError(f"local rank {local_rank} needs GPU {local_rank}, but only {count} GPU(s) "
                                 "are visible; start at most that many processes per node")
-        return torch.device("cuda", local_rank)
-    if name == "mps":
-        if getattr(torch.backends, "mps", None) is None or not torch.backends.mps.is_available():
-            raise TrainingError("--device mps: Apple MPS is not available on this machine")
-        return torch.device("mps")
-    raise TrainingError(f"unknown device {name!r}; valid: auto, cpu, cuda, mps")
+        device = torch.device("cuda", local_rank)
+    return device
 
 
 def check_amp(amp: Optional[str], device: torch.device) -> Optional[torch.dtype]:
@@ -613,22 +600,14 @@ def load_for_finetuning(model: nn.Module, path: PathLike) -> List[str]:
     """Load the weights of ``path`` into ``model`` for fine-tuning. When the checkpoint has another
     number of classes, exactly :data:`CLASS_DEPENDENT_KEYS` keep the model's fresh initialisation;
     every other tensor must match by name and shape. Returns the re-initialised keys."""
+    from ..checkpoint import load_state_dict
+
     state = read_weights(path)
     own = model.state_dict()
     reinit = [k for k in CLASS_DEPENDENT_KEYS if k in own and k in state and state[k].shape != own[k].shape]
-    for key in reinit:
-        del state[key]
-    missing = [k for k in own if k not in state and k not in reinit]
-    unexpected = [k for k in state if k not in own]
-    mismatched = [f"{k} (checkpoint {tuple(v.shape)}, model {tuple(own[k].shape)})"
-                  for k, v in state.items() if k in own and v.shape != own[k].shape]
-    problems = []
-    for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
-        if keys:
-            problems.append(f"{label}: " + ", ".join(keys[:6]) + (" ..." if len(keys) > 6 else ""))
-    if problems:
-        raise CheckpointError(f"--load-from {path} does not fit the model ({'; '.join(problems)})")
-    model.load_state_dict(state, strict=False)
+    for key in reinit:  # keep the model's fresh initialisation of the class-dependent tensors
+        state[key] = own[key]
+    load_state_dict(model, state, strict=True, source=f"--load-from {path}")
     return reinit
 
 
