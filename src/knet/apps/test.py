@@ -2,7 +2,7 @@
 
     knet test --model knet-r50-fcn --checkpoint knet_s3_fcn_r50-d8_....pth \\
         --data-root data/ade/ADEChallengeData2016 [--tta] [--out metrics.json]
-    knet test --checkpoint work_dir/latest.pth --dataset folder --data-root my_data --split val
+    knet test --checkpoint runs/mine/iter_8000.pth --dataset folder --data-root my_data --split val
 
 A progress bar goes to stderr; the per-class table and the summary to stdout. ``--out`` writes
 ``{"aAcc", "mIoU", "mAcc", "per_class": {name: {"IoU", "Acc"}}}`` (percent, 2 decimals, null
