@@ -32,6 +32,7 @@ import numpy as np
 
 from ..utils.atomic import atomic_write
 from ..errors import DataError, KnetError
+from .options import size_pair
 
 # Suffixes (lower case) taken from folders and globs; files named on the command line are tried
 # whatever their suffix.
@@ -209,19 +210,6 @@ def _message(text: str) -> None:
 # --------------------------------------------------------------------------------------------
 # The verb
 # --------------------------------------------------------------------------------------------
-def _size_pair(text: str) -> Tuple[int, int]:
-    """``"512"`` -> (512, 512); ``"2048,512"`` -> (2048, 512) (width, height)."""
-    try:
-        values = [int(v) for v in text.replace("x", ",").split(",") if v.strip()]
-    except ValueError:
-        values = []
-    if len(values) == 1:
-        values = values * 2
-    if len(values) != 2 or min(values) <= 0:
-        raise argparse.ArgumentTypeError(f"expected N or W,H (positive integers), got {text!r}")
-    return values[0], values[1]
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="image files, folders (searched recursively) or globs (quote them: 'photos/*.jpg')")
@@ -234,9 +222,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--pretrained", metavar="DIR", help="a native directory (model.safetensors + config.json)")
     parser.add_argument("--tta", action="store_true", help="multi-scale + flip (the table's ms+flip protocol)")
     parser.add_argument("--mode", choices=("whole", "slide"), default="whole", help="whole image (default) or sliding window")
-    parser.add_argument("--crop-size", type=_size_pair, metavar="N|W,H", help="sliding-window crop (default the model's)")
-    parser.add_argument("--stride", type=_size_pair, metavar="N|W,H", help="sliding-window step (default 2/3 of the crop)")
-    parser.add_argument("--test-scale", type=_size_pair, metavar="W,H",
+    parser.add_argument("--crop-size", type=size_pair, metavar="N|W,H", help="sliding-window crop (default the model's)")
+    parser.add_argument("--stride", type=size_pair, metavar="N|W,H", help="sliding-window step (default 2/3 of the crop)")
+    parser.add_argument("--test-scale", type=size_pair, metavar="W,H",
                         help="resize images to fit this (default the model's, 2048,512 for ADE20K)")
     parser.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N|mps (default auto)")
     parser.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: torch's choice)")

@@ -14,23 +14,9 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Tuple
 
 from ..errors import KnetError
-
-
-def _size(text: str) -> Tuple[int, int]:
-    """``"512"`` -> (512, 512); ``"2048,512"`` or ``"2048x512"`` -> (2048, 512) (width, height)."""
-    parts = [p for p in text.replace("x", ",").split(",") if p.strip()]
-    try:
-        values = [int(p) for p in parts]
-    except ValueError:
-        values = []
-    if len(values) == 1:
-        values = values * 2
-    if len(values) != 2 or min(values) <= 0:
-        raise argparse.ArgumentTypeError(f"expected N or W,H with positive integers, got {text!r}")
-    return values[0], values[1]
+from .options import size_pair
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,11 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="multi-scale (0.5-1.75) + flip, the protocol of the results table's ms+flip column")
     parser.add_argument("--mode", choices=("whole", "slide"), default="whole",
                         help="whole-image (the reference's setting for K-Net) or sliding-window inference")
-    parser.add_argument("--crop-size", type=_size, default=None, metavar="N|W,H",
+    parser.add_argument("--crop-size", type=size_pair, default=None, metavar="N|W,H",
                         help="slide mode: window size (default: the config's crop, 512 or 640)")
-    parser.add_argument("--stride", type=_size, default=None, metavar="N|W,H",
+    parser.add_argument("--stride", type=size_pair, default=None, metavar="N|W,H",
                         help="slide mode: window step (default: two thirds of the crop, 341 for 512)")
-    parser.add_argument("--test-scale", type=_size, default=None, metavar="W,H",
+    parser.add_argument("--test-scale", type=size_pair, default=None, metavar="W,H",
                         help="keep-ratio resize to fit this size (default: the config's, 2048,512 or 2048,640)")
     parser.add_argument("--batch-size", type=int, default=1, metavar="B",
                         help="images per step; same result as 1 (images of equal size are batched together)")
