@@ -1,0 +1,45 @@
+"""The `knet` command itself: version, help, the preset listing and config printing."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+import knet
+from knet.cli import VERBS, main
+
+
+def test_version_and_help_run_as_a_program():
+    out = subprocess.run([sys.executable, "-m", "knet", "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == f"knet {knet.__version__}"
+    help_text = subprocess.run([sys.executable, "-m", "knet", "--help"], capture_output=True, text=True,
+                               check=True).stdout
+    for verb in VERBS:
+        assert verb in help_text
+
+
+def test_models_lists_every_preset_with_published_numbers(capsys):
+    assert main(["models", "--json"]) == 0
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert set(rows) == set(knet.list_presets())
+    assert rows["knet-swin-l-upernet-640"]["mIoU"] == 52.21
+    assert rows["knet-r50-fcn"]["checkpoint"].endswith("20220228_043751-abcab920.pth")
+    assert rows["knet-r50-fcn-tiny"]["mIoU"] is None
+
+
+def test_config_prints_overridden_json(capsys):
+    assert main(["config", "knet-r50-upernet", "--set", "num_classes=5", "--set", "train.lr=2e-4"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["num_classes"] == 5 and cfg["train"]["lr"] == 2e-4
+    assert cfg["backbone"]["strides"] == [1, 2, 2, 2] and cfg["decode_head"]["kind"] == "uper"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["config", "knet-r18"], "unknown model 'knet-r18'; valid names: knet-r50-fcn"),
+    (["config", "knet-r50-fcn", "--set", "backbone.depthh=3"], "'depthh' is not a field"),
+    (["config", "knet-r50-fcn", "--set", "num_classes"], "expected dotted.key=value"),
+])
+def test_bad_input_is_one_line_and_exit_2(capsys, argv, message):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
