@@ -216,3 +216,14 @@ def test_build_dataset(tmp_path):
         build_dataset("coco", root)
     with pytest.raises(DataError, match="dataset 'ade20k'.*reduce_zero_label"):
         build_dataset("ade20k", root, reduce_zero_label=True)
+
+
+def test_detect_dataset_kind(tmp_path):
+    from knet.data.datasets import detect_dataset_kind
+
+    assert detect_dataset_kind(make_folder(tmp_path / "f", n=1)) == "folder"
+    assert detect_dataset_kind(make_ade20k(tmp_path / "a", n=1)) == "ade20k"
+    (tmp_path / "parent" / "ADEChallengeData2016").mkdir(parents=True)
+    assert detect_dataset_kind(tmp_path / "parent") == "ade20k"
+    with pytest.raises(DataError, match="neither a folder dataset .*classes.txt.* nor ADE20K"):
+        detect_dataset_kind(tmp_path / "empty")

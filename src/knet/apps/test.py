@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from ..errors import KnetError
 from .options import size_pair
@@ -29,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ADE20K: the folder holding images/ and annotations/ (or its parent); "
                              "folder dataset: the folder holding classes.txt, images/ and masks/")
     parser.add_argument("--dataset", choices=("ade20k", "folder"), default=None,
-                        help="dataset layout (default: folder when ROOT/classes.txt exists, else ade20k)")
+                        help="dataset layout (default: folder when ROOT has classes.txt, ade20k when it has "
+                             "annotations/ or ADEChallengeData2016/)")
     parser.add_argument("--split", default=None,
                         help="split to evaluate (default: validation for ade20k, val for folder)")
     parser.add_argument("--reduce-zero-label", action="store_true",
@@ -60,16 +60,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override a config field, e.g. --set data.test_scale=2048,640 (repeatable)")
 
 
-def _dataset_kind(args: argparse.Namespace) -> str:
-    if args.dataset is not None:
-        return args.dataset
-    return "folder" if (Path(args.data_root) / "classes.txt").is_file() else "ade20k"
-
-
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint import load_model
     from ..config import parse_set_options
-    from ..data.datasets import build_dataset
+    from ..data.datasets import build_dataset, detect_dataset_kind
     from ..engine.evaluation import format_table, run_evaluation, write_json
     from ..engine.inference import resolve_device
 
@@ -79,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         raise KnetError(f"--workers must be 0 or more, got {args.workers}")
     if not 0.0 <= args.opacity <= 1.0:
         raise KnetError(f"--opacity must be between 0 and 1, got {args.opacity}")
-    kind = _dataset_kind(args)
+    kind = args.dataset or detect_dataset_kind(args.data_root)
     if args.reduce_zero_label and kind != "folder":
         raise KnetError("--reduce-zero-label applies to folder datasets (ADE20K always reduces label 0)")
     device = resolve_device(args.device)

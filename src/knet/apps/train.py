@@ -22,8 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--work-dir", required=True, metavar="DIR",
                         help="where checkpoints, log.jsonl, config.json and tb/ go")
     parser.add_argument("--dataset", choices=("auto", "ade20k", "folder"), default="auto",
-                        help="dataset layout; auto: ade20k when ROOT has annotations/ (or "
-                             "ADEChallengeData2016/), else folder (images/, masks/, classes.txt)")
+                        help="dataset layout; auto: folder when ROOT has classes.txt, ade20k when it has "
+                             "annotations/ (or ADEChallengeData2016/)")
     parser.add_argument("--iters", type=int, metavar="N", help="total iterations (preset: 80000)")
     parser.add_argument("--batch-size", type=int, metavar="B", help="images per process (preset: 2)")
     parser.add_argument("--val-interval", type=int, metavar="K", help="validate every K iterations (preset: 8000)")
@@ -48,15 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no console lines or progress bar")
 
 
-def _detect_dataset(root: Path) -> str:
-    if (root / "annotations").is_dir() or (root / "ADEChallengeData2016").is_dir():
-        return "ade20k"
-    return "folder"
-
-
 def run(args: argparse.Namespace) -> int:
     from ..config import parse_set_options
     from ..engine.training import TrainOptions, dist_info_from_env, train
+    from ..data.datasets import detect_dataset_kind
     from ..presets import get_config
 
     overrides: Dict[str, Any] = dict(parse_set_options(args.set))
@@ -72,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     root = Path(args.data_root)
     if not root.is_dir():
         raise KnetError(f"--data-root {root}: no such folder")
-    dataset = _detect_dataset(root) if args.dataset == "auto" else args.dataset
+    dataset = detect_dataset_kind(root) if args.dataset == "auto" else args.dataset
     options = TrainOptions(
         work_dir=args.work_dir, data_root=root, dataset=dataset, device=args.device, amp=args.amp,
         seed=args.seed, workers=args.workers, keep=args.keep, resume=args.resume, load_from=args.load_from,

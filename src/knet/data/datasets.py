@@ -314,6 +314,18 @@ DATASETS: Dict[str, Type[SegmentationDataset]] = {
 }
 
 
+def detect_dataset_kind(root: os.PathLike) -> str:
+    """``folder`` when ``root`` holds ``classes.txt``, ``ade20k`` when it holds ``annotations/`` or
+    ``ADEChallengeData2016/``; otherwise a DataError saying what was expected."""
+    root = Path(root)
+    if (root / "classes.txt").is_file():
+        return "folder"
+    if (root / "annotations").is_dir() or (root / "ADEChallengeData2016").is_dir():
+        return "ade20k"
+    raise DataError(f"{root}: neither a folder dataset (expected classes.txt, images/, masks/) nor ADE20K "
+                    "(expected annotations/ and images/, or ADEChallengeData2016/); pass --dataset to say which")
+
+
 def build_dataset(kind: str, root: os.PathLike, split: Optional[str] = None, **kwargs: Any) -> SegmentationDataset:
     """The dataset of ``kind`` (``ade20k`` or ``folder``) at ``root``.
 
