@@ -102,11 +102,16 @@ def load_checkpoint(model: torch.nn.Module, path: PathLike, strict: bool = True)
     """
     ckpt = read_checkpoint(path)
     result = load_state_dict(model, ckpt["state_dict"], strict=strict, source=os.fspath(path))
-    config = getattr(model, "config", None)
-    if isinstance(config, KNetConfig) and config.class_names is None and ckpt["class_names"]:
-        if len(ckpt["class_names"]) == config.num_classes:
-            model.config = config.replace(class_names=ckpt["class_names"], palette=ckpt["palette"])
+    _adopt_class_meta(model, ckpt)
     return result
+
+
+def _adopt_class_meta(model: torch.nn.Module, ckpt: Dict[str, Any]) -> None:
+    """Give a model without class names those the checkpoint carries, when their number fits."""
+    config = getattr(model, "config", None)
+    names = ckpt["class_names"]
+    if isinstance(config, KNetConfig) and config.class_names is None and names and len(names) == config.num_classes:
+        model.config = config.replace(class_names=names, palette=ckpt["palette"])
 
 
 def load_model(path: PathLike, name: Optional[str] = None, overrides: Optional[Dict[str, Any]] = None,
@@ -134,8 +139,7 @@ def load_model(path: PathLike, name: Optional[str] = None, overrides: Optional[D
         model = build_model(fitting[0].split(" ")[0], {"num_classes": num_classes_of(ckpt["state_dict"]),
                                                         **(overrides or {})})
     load_state_dict(model, ckpt["state_dict"], strict=strict, source=os.fspath(path))
-    if model.config.class_names is None and ckpt["class_names"] and len(ckpt["class_names"]) == model.num_classes:
-        model.config = model.config.replace(class_names=ckpt["class_names"], palette=ckpt["palette"])
+    _adopt_class_meta(model, ckpt)
     return model
 
 

@@ -585,24 +585,14 @@ def _read_training_checkpoint(path: Path) -> Dict[str, Any]:
     return dict(checkpoint)
 
 
-def read_weights(path: PathLike) -> Dict[str, torch.Tensor]:
-    """Model weights (knet names) of a knet training checkpoint, a reference ``.pth`` or a
-    native model directory; keys that are not K-Net weights are kept (and reported by the load)."""
-    from ..checkpoint import read_checkpoint
-
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    return dict(read_checkpoint(path)["state_dict"])
-
-
 def load_for_finetuning(model: nn.Module, path: PathLike) -> List[str]:
     """Load the weights of ``path`` into ``model`` for fine-tuning. When the checkpoint has another
     number of classes, exactly :data:`CLASS_DEPENDENT_KEYS` keep the model's fresh initialisation;
     every other tensor must match by name and shape. Returns the re-initialised keys."""
-    from ..checkpoint import load_state_dict
+    from ..checkpoint import load_state_dict, read_checkpoint
 
-    state = read_weights(path)
+    # any checkpoint kind; read_checkpoint names a missing or unreadable file
+    state = dict(read_checkpoint(path)["state_dict"])
     own = model.state_dict()
     reinit = [k for k in CLASS_DEPENDENT_KEYS if k in own and k in state and state[k].shape != own[k].shape]
     for key in reinit:  # keep the model's fresh initialisation of the class-dependent tensors
