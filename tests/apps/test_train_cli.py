@@ -110,7 +110,10 @@ def _torchrun(args, logs):
            "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "--log-dir", str(logs), "--redirects", "3",
            "-m", "knet"] + args
     done = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=400)
-    assert done.returncode == 0, done.stdout + done.stderr
+    if done.returncode != 0:
+        rank_logs = "\n".join(f"--- {path.relative_to(logs)} ---\n{path.read_text()[-4000:]}"
+                               for path in sorted(logs.rglob("*.log")))
+        pytest.fail(f"torchrun exited with {done.returncode}\n{rank_logs}\n--- torchrun ---\n{done.stderr[-4000:]}")
     outputs = {}
     for rank in (0, 1):
         found = list(logs.rglob(f"attempt_0/{rank}/stdout.log"))

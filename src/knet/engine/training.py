@@ -25,13 +25,14 @@ ranks.
 from __future__ import annotations
 
 import datetime
+import gc
 import hashlib
 import json
 import math
 import os
 import random
-import shutil
 import re
+import shutil
 import sys
 import time
 from contextlib import contextmanager, nullcontext
@@ -1076,8 +1077,22 @@ def train(cfg: KNetConfig, options: TrainOptions, train_dataset: Any = None, val
     class names and palette come from the training set. Under torchrun, call it on every rank.
     """
     trainer = _Trainer(cfg, options, train_dataset, val_dataset, transform)
+    finished = False
     try:
-        return trainer.run()
+        result = trainer.run()
+        finished = True
+        return result
     finally:
         if getattr(trainer, "owns_process_group", False) and dist.is_initialized():
-            dist.destroy_process_group()
+            _leave_process_group(trainer, finished)
+
+
+def _leave_process_group(trainer: "_Trainer", finished: bool) -> None:
+    """Destroy the process group this run created, so that no gloo thread outlives the
+    interpreter: a DDP wrapper still holding the group at exit can abort the process
+    ("terminate called without an active exception") after a successful run."""
+    trainer.net = trainer.model  # drop DDP (its reducer holds the group and pending work)
+    gc.collect()
+    if finished:
+        dist.barrier()  # no rank tears down the transport while a peer still uses it
+    dist.destroy_process_group()
