@@ -11,3 +11,11 @@ class CheckpointError(KnetError):
 
 class DataError(KnetError):
     """An unreadable or inconsistent image, label or dataset folder."""
+
+
+class TrainingError(KnetError):
+    """A training run that cannot start or continue (options, devices, resume state)."""
+
+
+class TrainingDivergedError(TrainingError):
+    """The loss became NaN or infinite."""
