@@ -44,7 +44,7 @@ def records(work_dir):
 
 
 def test_resume_after_sigkill_equals_an_uninterrupted_run(toy, tmp_path):
-    iters = 16
+    iters = 30  # the kill comes at iteration 7 or soon after: a wide window on a slow machine
     common = ["--checkpoint-interval", "3", "--val-interval", "4", "--keep", "2"]
     python = [sys.executable, "-m", "knet"]
 
@@ -76,7 +76,7 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(toy, tmp_path):
     assert killed_at is not None and killed_at < iters
     assert not (cut / f"iter_{iters}.pth").exists()
     latest = (cut / "last_checkpoint").read_text().strip()
-    assert latest in {"iter_6.pth", "iter_9.pth", "iter_12.pth"}
+    assert latest in {f"iter_{k}.pth" for k in range(6, iters, 3)}
     torch.load(cut / latest, weights_only=True)  # the newest checkpoint is complete
 
     resumed = subprocess.run(python + train_args(toy, cut, iters, *common, "--resume"), env=subprocess_env(),
