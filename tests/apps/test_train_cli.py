@@ -104,32 +104,35 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _torchrun(args, logs):
-    """Run ``torchrun --nproc_per_node=2 -m knet ARGS`` on CPU; returns each rank's stdout."""
+def _torchrun(args, logs, expect_success=True):
+    """Run ``torchrun --nproc_per_node=2 -m knet ARGS`` on CPU; returns the exit code and each
+    rank's stdout and stderr: ``{rank: {"stdout": ..., "stderr": ...}}``."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
            "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "--log-dir", str(logs), "--redirects", "3",
            "-m", "knet"] + args
     done = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=400)
-    if done.returncode != 0:
+    if expect_success and done.returncode != 0:
         rank_logs = "\n".join(f"--- {path.relative_to(logs)} ---\n{path.read_text()[-4000:]}"
                                for path in sorted(logs.rglob("*.log")))
         pytest.fail(f"torchrun exited with {done.returncode}\n{rank_logs}\n--- torchrun ---\n{done.stderr[-4000:]}")
     outputs = {}
     for rank in (0, 1):
-        found = list(logs.rglob(f"attempt_0/{rank}/stdout.log"))
-        assert len(found) == 1, list(logs.rglob("*"))
-        outputs[rank] = found[0].read_text()
-    return outputs
+        outputs[rank] = {}
+        for stream in ("stdout", "stderr"):
+            found = list(logs.rglob(f"attempt_0/{rank}/{stream}.log"))
+            assert len(found) == 1, list(logs.rglob("*"))
+            outputs[rank][stream] = found[0].read_text()
+    return done.returncode, outputs
 
 
 def test_torchrun_two_cpu_processes(toy, tmp_path):
     work = tmp_path / "ddp"
     iters = 4
-    outputs = _torchrun(train_args(toy, work, iters, "--checkpoint-interval", "2", "--val-interval", "4"),
-                        tmp_path / "logs")
-    assert "parameters identical on all 2 ranks" in outputs[0]
-    assert "iter 4/4" in outputs[0]
-    assert outputs[1].strip() == ""  # only rank 0 prints
+    _, outputs = _torchrun(train_args(toy, work, iters, "--checkpoint-interval", "2", "--val-interval", "4"),
+                           tmp_path / "logs")
+    assert "parameters identical on all 2 ranks" in outputs[0]["stdout"]
+    assert "iter 4/4" in outputs[0]["stdout"]
+    assert outputs[1]["stdout"].strip() == ""  # only rank 0 prints
 
     # Only rank 0 wrote: one log with each iteration once, the checkpoints, nothing else.
     its = [r["iter"] for r in records(work) if "loss" in r]
@@ -143,11 +146,22 @@ def test_torchrun_two_cpu_processes(toy, tmp_path):
     assert not any(k.startswith("module.") for k in ckpt["state_dict"])
 
     # The distributed run resumes and goes on, still in step.
-    outputs = _torchrun(train_args(toy, work, 6, "--checkpoint-interval", "2", "--val-interval", "4", "--resume"),
-                        tmp_path / "logs_resumed")
-    assert f"resumed from {work / 'iter_4.pth'} at iteration 4" in outputs[0]
-    assert "parameters identical on all 2 ranks" in outputs[0] and outputs[1].strip() == ""
+    _, outputs = _torchrun(train_args(toy, work, 6, "--checkpoint-interval", "2", "--val-interval", "4", "--resume"),
+                           tmp_path / "logs_resumed")
+    assert f"resumed from {work / 'iter_4.pth'} at iteration 4" in outputs[0]["stdout"]
+    assert "parameters identical on all 2 ranks" in outputs[0]["stdout"] and outputs[1]["stdout"].strip() == ""
     assert [r["iter"] for r in records(work) if "loss" in r] == [1, 2, 3, 4, 5, 6]
+
+    # A user error that rank 0 finds stops every rank with the same one-line message (not a
+    # traceback from a collective that lost its peer), and nothing is written.
+    missing = tmp_path / "missing.pth"
+    before = sorted(p.name for p in work.iterdir())
+    code, outputs = _torchrun(train_args(toy, work, 8, "--resume", str(missing)), tmp_path / "logs_error",
+                              expect_success=False)
+    assert code != 0
+    for rank in (0, 1):
+        assert outputs[rank]["stderr"].strip() == f"knet train: error: --resume {missing}: no such checkpoint file"
+    assert sorted(p.name for p in work.iterdir()) == before
 
 
 def test_user_errors_exit_2_with_one_line(toy, tmp_path, capsys):

@@ -9,20 +9,20 @@ import gc
 import hashlib
 import os
 from dataclasses import dataclass
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..errors import TrainingError
+from ..errors import KnetError, TrainingError
 
 __all__ = [
     "DistInfo",
     "all_gather_objects",
     "all_reduce_sum",
-    "broadcast_from_main",
     "check_amp",
+    "decide_on_main",
     "dist_info_from_env",
     "init_distributed",
     "leave_process_group",
@@ -126,13 +126,23 @@ def all_gather_objects(obj: Any, info: DistInfo) -> List[Any]:
     return gathered
 
 
-def broadcast_from_main(obj: Any, info: DistInfo) -> Any:
-    """Rank 0's ``obj`` on every rank."""
+def decide_on_main(decide: Callable[[], Any], info: DistInfo) -> Any:
+    """Rank 0's ``decide()``, on every rank. A :class:`KnetError` it raises (a user error that
+    rank 0 finds, e.g. a missing ``--resume`` file) is raised on every rank too, so all processes
+    stop with the same message instead of the others failing inside a broken collective."""
     if not info.distributed:
-        return obj
-    holder = [obj]
+        return decide()
+    holder: List[Any] = [None]
+    if info.is_main:
+        try:
+            holder = [(decide(), None)]
+        except KnetError as err:
+            holder = [(None, err)]
     dist.broadcast_object_list(holder, src=0)
-    return holder[0]
+    value, error = holder[0]
+    if error is not None:
+        raise error
+    return value
 
 
 def leave_process_group(synchronize: bool = True) -> None:

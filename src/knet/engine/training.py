@@ -44,7 +44,7 @@ from ..config import KNetConfig
 from ..errors import CheckpointError, DataError, TrainingDivergedError, TrainingError
 from ..utils.atomic import atomic_write_text
 from .checkpoints import CheckpointManager, load_for_finetuning, read_training_checkpoint
-from .distributed import (DistInfo, all_gather_objects, all_reduce_sum, broadcast_from_main, check_amp,
+from .distributed import (DistInfo, all_gather_objects, all_reduce_sum, check_amp, decide_on_main,
                           dist_info_from_env, init_distributed, leave_process_group, parameter_digest,
                           process_device)
 from .optim import WarmupStepSchedule, backward_step, build_optimizer
@@ -226,9 +226,9 @@ class _Trainer:
         self.resumed_from: Optional[Path] = None
         rng_states: Optional[List[Dict[str, Any]]] = None
         # Rank 0 decides (the work directory is its own), the other ranks follow.
-        resume_path, stale = broadcast_from_main(
-            (self._resume_path(), [p.name for _, p in self.checkpoints.iteration_checkpoints()])
-            if self.info.is_main else None, self.info)
+        resume_path, stale = decide_on_main(
+            lambda: (self._resume_path(), [p.name for _, p in self.checkpoints.iteration_checkpoints()]),
+            self.info)
         if resume_path is None:
             if stale:
                 raise TrainingError(
@@ -492,5 +492,5 @@ def train(cfg: KNetConfig, options: TrainOptions, train_dataset: Any = None, val
         return result
     finally:
         if getattr(trainer, "owns_process_group", False) and dist.is_initialized():
-            trainer.net = trainer.model  # no DDP reducer may outlive the group
+            trainer.net = None  # drop the DDP wrapper: no reducer may outlive the group
             leave_process_group(synchronize=finished)
