@@ -188,7 +188,15 @@ def test_progress_bar_and_console_lines(toy, tmp_path, capsys):
 def test_tensorboard_events(toy, tmp_path):
     T.train(fast_config(**{"train.iters": 2}), T.TrainOptions(work_dir=tmp_path, workers=0, data_root=toy.root,
                                                               quiet=True))
-    assert any((tmp_path / "tb").rglob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    for name in ("loss", "decode.loss_ce.s3", "aux.loss_ce", "lr"):
+        scalars = events.Scalars("train/" + name)  # the same values log.jsonl holds, per iteration
+        assert [s.step for s in scalars] == [r["iter"] for r in records if name in r] == [1, 2]
+        assert [s.value for s in scalars] == pytest.approx([r[name] for r in records if name in r], rel=1e-6)
 
 
 def test_backbone_weights_are_loaded_before_training(toy, tmp_path, capsys):
