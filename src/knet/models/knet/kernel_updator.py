@@ -1,6 +1,8 @@
 """The gated kernel updator: how a kernel absorbs the feature its mask assembled."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -9,7 +11,9 @@ class KernelUpdator(nn.Module):
     """Adaptive, gated update of kernels by their group features (K-Net, Sec. 3.2).
 
     A kernel of ``width`` channels is processed as ``width // in_channels`` independent chunks
-    of ``in_channels`` (the reference splits 512-wide kernels into two 256-wide halves).
+    of ``in_channels`` (the semantic reference splits 512-wide kernels into two 256-wide halves;
+    the panoptic/instance reference updates its 256-wide kernels whole). ``feat_channels`` is the
+    width of the gates (every reference config uses feat_channels = in_channels).
 
     Args of ``forward``:
         group_feats: (B, N, width) features assembled by each of the N masks.
@@ -17,7 +21,7 @@ class KernelUpdator(nn.Module):
     Returns: (B*N*chunks, K*K, out_channels) updated kernels (caller reshapes them back).
     """
 
-    def __init__(self, in_channels: int = 256, feat_channels: int = 64, out_channels: int = None) -> None:
+    def __init__(self, in_channels: int = 256, feat_channels: int = 64, out_channels: Optional[int] = None) -> None:
         super().__init__()
         self.in_channels = in_channels
         self.feat_channels = feat_channels
@@ -40,7 +44,7 @@ class KernelUpdator(nn.Module):
         params = self.dynamic_layer(group_feats)
         param_in, param_out = params[:, : self.feat_channels], params[:, -self.feat_channels:]
 
-        input_feats = self.input_layer(kernels.reshape(num_kernels, -1, self.feat_channels))  # (P, K*K, 2F)
+        input_feats = self.input_layer(kernels.reshape(num_kernels, -1, self.in_channels))  # (P, K*K, 2F)
         input_in, input_out = input_feats[..., : self.feat_channels], input_feats[..., -self.feat_channels:]
 
         gate_feats = input_in * param_in.unsqueeze(-2)

@@ -1,0 +1,61 @@
+"""Instance post-processing of the K-Net mask models (the reference's KernelIterHead.simple_test).
+
+Also home of :func:`rescale_masks`, which the panoptic merge shares: stride-4 mask logits of the
+padded batch -> mask probabilities at the original image size.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def rescale_masks(mask_logits: torch.Tensor, img_shape: Sequence[int], batch_input_shape: Sequence[int],
+                  ori_shape: Sequence[int]) -> torch.Tensor:
+    """(K, h, w) mask logits of one image -> (K, ori_h, ori_w) probabilities.
+
+    The sigmoid is taken first, then: bilinear resize (align_corners=False) to the padded batch
+    size ``batch_input_shape`` (H, W), crop to the resized image ``img_shape`` (h, w, ...) at the
+    top left, bilinear resize to the original size ``ori_shape`` (h, w, ...).
+    """
+    height, width = int(img_shape[0]), int(img_shape[1])
+    probs = F.interpolate(mask_logits[None].sigmoid(), size=(int(batch_input_shape[0]), int(batch_input_shape[1])),
+                          mode="bilinear", align_corners=False)
+    probs = probs[:, :, :height, :width]
+    return F.interpolate(probs, size=(int(ori_shape[0]), int(ori_shape[1])), mode="bilinear",
+                         align_corners=False)[0]
+
+
+@dataclass
+class InstanceResult:
+    """The instances of one image, in descending score order.
+
+    masks: (k, ori_h, ori_w) bool; labels: (k,) int64 class indices; scores: (k,) float
+    sigmoid class scores; proposal_indices: (k,) int64 the kernel each instance comes from
+    (a kernel may give several instances of different classes).
+    """
+
+    masks: torch.Tensor
+    labels: torch.Tensor
+    scores: torch.Tensor
+    proposal_indices: torch.Tensor
+
+
+def instance_inference(cls_logits: torch.Tensor, mask_logits: torch.Tensor, img_shape: Sequence[int],
+                       batch_input_shape: Sequence[int], ori_shape: Sequence[int], max_per_img: int = 100,
+                       mask_thr: float = 0.5) -> InstanceResult:
+    """One image's last-stage predictions -> its top-scoring instances.
+
+    cls_logits: (N, num_classes) class logits of the N kernels; mask_logits: (N, h, w) their
+    stride-4 mask logits (``KNetMaskSegmentor.final_mask_logits``). Every (kernel, class) pair is a
+    candidate scored by its sigmoid; the ``max_per_img`` best are kept (no score threshold), each
+    with its kernel's mask, rescaled (:func:`rescale_masks`) and thresholded (prob > mask_thr).
+    """
+    num_classes = cls_logits.shape[1]
+    scores, indices = cls_logits.sigmoid().flatten().topk(min(max_per_img, cls_logits.numel()), sorted=True)
+    proposal_indices = indices // num_classes
+    labels = indices % num_classes
+    probs = rescale_masks(mask_logits[proposal_indices], img_shape, batch_input_shape, ori_shape)
+    return InstanceResult(masks=probs > mask_thr, labels=labels, scores=scores, proposal_indices=proposal_indices)

@@ -1,0 +1,113 @@
+"""Panoptic post-processing of the K-Net mask models (the reference's KernelIterHead.get_panoptic
+and merge_stuff_thing).
+
+Two steps, each its own function: :func:`panoptic_candidates` turns the last stage's logits into
+one (mask probability, label, score) per kernel at the original image size, and
+:func:`merge_panoptic` paints them into a segment map.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Sequence, Tuple
+
+import torch
+
+from .instance import rescale_masks
+
+
+@dataclass
+class PanopticSegment:
+    """One segment of a panoptic map. ``id`` is its value in the map (from 1; 0 is void),
+    ``proposal`` the kernel row it comes from (proposals first, then one per stuff class)."""
+
+    id: int
+    label: int
+    score: float
+    area: int
+    proposal: int
+    is_thing: bool
+
+
+@dataclass
+class PanopticResult:
+    """segment_map: (H, W) int32, 0 = void, else the ``id`` of one of ``segments`` (ids numbered
+    1, 2, ... in descending score order)."""
+
+    segment_map: torch.Tensor
+    segments: List[PanopticSegment]
+
+
+def panoptic_candidates(cls_logits: torch.Tensor, mask_logits: torch.Tensor, img_shape: Sequence[int],
+                        batch_input_shape: Sequence[int], ori_shape: Sequence[int],
+                        num_thing_classes: int = 80) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One image's last-stage predictions -> the pre-merge (masks, labels, scores).
+
+    cls_logits: (K, num_classes) with K = num_proposals + num_stuff_classes, the stuff kernels
+    last and num_stuff_classes = num_classes - num_thing_classes; mask_logits: (K, h, w) stride-4
+    logits (``KNetMaskSegmentor.final_mask_logits``).
+    A proposal's label and score are the best of its sigmoid thing scores (stuff columns
+    ignored); stuff kernel j keeps label num_thing_classes + j, scored by its own class's sigmoid.
+    Returns masks (K, ori_h, ori_w) probabilities (:func:`rescale_masks`), labels (K,) int64,
+    scores (K,).
+    """
+    num_stuff = cls_logits.shape[1] - num_thing_classes
+    num_proposals = cls_logits.shape[0] - num_stuff
+    probs = cls_logits.sigmoid()
+    thing_scores, thing_labels = probs[:num_proposals, :num_thing_classes].max(dim=1)
+    stuff_scores = probs[num_proposals:, num_thing_classes:].diagonal()
+    stuff_labels = torch.arange(num_thing_classes, num_thing_classes + num_stuff, device=thing_labels.device)
+    masks = rescale_masks(mask_logits, img_shape, batch_input_shape, ori_shape)
+    return masks, torch.cat([thing_labels, stuff_labels]), torch.cat([thing_scores, stuff_scores])
+
+
+def merge_panoptic(masks: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor, num_thing_classes: int = 80,
+                   instance_score_thr: float = 0.3, overlap_thr: float = 0.6,
+                   mask_thr: float = 0.5) -> PanopticResult:
+    """Pre-merge candidates -> panoptic segment map.
+
+    masks: (K, H, W) probabilities; labels: (K,) (< num_thing_classes: thing); scores: (K,).
+    Every pixel goes to the candidate with the largest score x mask. Candidates are then visited
+    in descending score order (stable for ties); a thing scoring below ``instance_score_thr`` is
+    skipped, and so is any candidate whose won area is empty, whose own mask (prob >= mask_thr)
+    is empty, or whose won area / own mask area < ``overlap_thr``. The others become segments
+    1, 2, ... Pixels left to skipped candidates are void (0).
+    """
+    height, width = masks.shape[-2:]
+    segment_map = torch.zeros((height, width), dtype=torch.int32, device=masks.device)
+    winner = (scores[:, None, None] * masks).argmax(dim=0)
+    segments: List[PanopticSegment] = []
+    for k in torch.sort(scores, descending=True, stable=True).indices.tolist():
+        label = int(labels[k])
+        is_thing = label < num_thing_classes
+        score = float(scores[k])
+        if is_thing and score < instance_score_thr:
+            continue
+        won = winner == k
+        won_area = int(won.sum())
+        mask_area = int((masks[k] >= mask_thr).sum())
+        if won_area == 0 or mask_area == 0 or won_area / mask_area < overlap_thr:
+            continue
+        segment_id = len(segments) + 1
+        segment_map[won] = segment_id
+        segments.append(PanopticSegment(segment_id, label, score, won_area, k, is_thing))
+    return PanopticResult(segment_map, segments)
+
+
+def panoptic_inference(cls_logits: torch.Tensor, mask_logits: torch.Tensor, img_shape: Sequence[int],
+                       batch_input_shape: Sequence[int], ori_shape: Sequence[int], num_thing_classes: int = 80,
+                       instance_score_thr: float = 0.3, overlap_thr: float = 0.6,
+                       mask_thr: float = 0.5) -> PanopticResult:
+    """One image's last-stage predictions -> its panoptic result at the original size
+    (:func:`panoptic_candidates` then :func:`merge_panoptic`; shapes as there)."""
+    masks, labels, scores = panoptic_candidates(cls_logits, mask_logits, img_shape, batch_input_shape, ori_shape,
+                                                num_thing_classes)
+    return merge_panoptic(masks, labels, scores, num_thing_classes, instance_score_thr, overlap_thr, mask_thr)
+
+
+def reference_encoding(result: PanopticResult, void_label: int = 133, offset: int = 1000) -> torch.Tensor:
+    """The reference's (mmdet 2.x) panoptic map: label + (id - 1) * offset per pixel, void_label
+    where void. (H, W) int64."""
+    lookup = torch.full((len(result.segments) + 1,), void_label, dtype=torch.int64, device=result.segment_map.device)
+    for segment in result.segments:
+        lookup[segment.id] = segment.label + (segment.id - 1) * offset
+    return lookup[result.segment_map.long()]

@@ -1,0 +1,40 @@
+"""Instance post-processing reproduces the official KernelIterHead.simple_test (instance path)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from knet.postprocess import instance_inference, rescale_masks
+from tests.conftest import golden_path
+
+
+@pytest.fixture(scope="module")
+def ref():
+    return dict(np.load(golden_path("det/knet-det-instance.tiny.npz")))
+
+
+@pytest.mark.parametrize("i", [0, 1])
+def test_instances_match_reference(ref, i):
+    cls_logits, mask_logits = torch.from_numpy(ref["s2_cls_score"][i]), torch.from_numpy(ref["s2_scaled_mask_preds"][i])
+    shapes = ref["img_shape"][i], ref["batch_input_shape"], ref["ori_shape"][i]
+    result = instance_inference(cls_logits, mask_logits, *shapes, max_per_img=10)
+    np.testing.assert_array_equal(result.labels.numpy(), ref[f"ins_labels_{i}"])
+    np.testing.assert_array_equal(result.proposal_indices.numpy(), ref[f"ins_proposal_inds_{i}"])
+    assert np.abs(result.scores.numpy() - ref[f"ins_scores_{i}"]).max() <= 1e-5
+    assert result.masks.dtype == torch.bool
+    assert (result.masks.numpy() != ref[f"ins_masks_{i}"]).mean(axis=(1, 2)).max() <= 0.005
+    probs = rescale_masks(mask_logits[result.proposal_indices], *shapes)
+    assert np.abs(probs.numpy() - ref[f"ins_mask_probs_{i}"]).max() <= 1e-5
+
+
+def test_topk_runs_over_kernel_class_pairs():
+    # One kernel can give several instances; k is capped by the number of pairs.
+    cls_logits = torch.tensor([[4.0, 3.0, -7.0], [-9.0, -8.0, 2.0]])
+    mask_logits = torch.stack([torch.full((2, 2), 5.0), torch.full((2, 2), -5.0)])
+    result = instance_inference(cls_logits, mask_logits, (2, 2), (2, 2), (4, 4), max_per_img=100)
+    assert result.labels.tolist() == [0, 1, 2, 2, 1, 0] and result.proposal_indices.tolist() == [0, 0, 1, 0, 1, 1]
+    assert torch.allclose(result.scores, cls_logits.sigmoid().flatten().sort(descending=True).values)
+    assert result.masks.shape == (6, 4, 4)
+    assert result.masks[0].all() and not result.masks[2].any()
+    assert len(instance_inference(cls_logits, mask_logits, (2, 2), (2, 2), (2, 2), max_per_img=2).labels) == 2
