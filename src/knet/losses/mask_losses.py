@@ -1,0 +1,134 @@
+"""The elementary losses of K-Net's panoptic/instance heads (mmdet 2.x semantics).
+
+- :func:`sigmoid_focal_loss`: class loss of the kernels and the kernel head's semantic loss;
+  a label equal to the number of classes means "background" (all-zero one-hot target).
+- :func:`mask_bce_loss`: per-pixel binary cross-entropy of positive kernels' masks.
+- :func:`dice_loss`: 1 - dice of positive kernels' masks.
+- :func:`build_rank_targets` / :func:`rank_loss`: per pixel, a softmax over the kernels must pick
+  the kernel whose target covers that pixel (panoptic only).
+- :func:`accuracy`: top-1 accuracy in percent (the ``pos_acc`` log value).
+
+Reductions divide by ``avg_factor + eps`` (eps = float32 machine epsilon) where mmdet does, so
+values match the official ones to float rounding.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# mmdet's weight_reduce_loss adds this to avg_factor to avoid a division by zero.
+_AVG_EPS = torch.finfo(torch.float32).eps
+
+
+def sigmoid_focal_loss(logits: Tensor, labels: Tensor, weight: Optional[Tensor] = None,
+                       avg_factor: Optional[float | Tensor] = None, alpha: float = 0.25,
+                       gamma: float = 2.0) -> Tensor:
+    """Sigmoid focal loss summed over classes and samples, divided by ``avg_factor``.
+
+    Args:
+        logits: (P, C) logits.
+        labels: (P,) int64 in [0, C]; C means background (every class is a negative).
+        weight: None, (P,) per-sample or (P, C) per-sample-and-class weights.
+        avg_factor: the normaliser (e.g. number of positives); None averages over all P*C terms.
+        alpha, gamma: focal parameters (0.25 and 2 in K-Net).
+    Returns:
+        scalar loss (not yet multiplied by a loss weight).
+    """
+    num_classes = logits.shape[1]
+    # One column more than classes so that the background label C lands in a dropped column.
+    target = F.one_hot(labels, num_classes + 1)[:, :num_classes].to(logits.dtype)
+    prob = logits.sigmoid()
+    # pt is the probability of the *wrong* answer: high for hard examples.
+    pt = (1 - prob) * target + prob * (1 - target)
+    focal_weight = (alpha * target + (1 - alpha) * (1 - target)) * pt.pow(gamma)
+    loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none") * focal_weight
+    if weight is not None:
+        loss = loss * (weight.view(-1, 1) if weight.dim() == 1 else weight)
+    if avg_factor is None:
+        return loss.mean()
+    return loss.sum() / (avg_factor + _AVG_EPS)
+
+
+def mask_bce_loss(mask_logits: Tensor, mask_targets: Tensor) -> Tensor:
+    """Mean per-pixel binary cross-entropy.
+
+    Args:
+        mask_logits: (P, H, W) logits of the positive kernels.
+        mask_targets: (P, H, W) float targets in [0, 1] (soft targets are used as they are).
+    Returns:
+        scalar.
+    """
+    return F.binary_cross_entropy_with_logits(mask_logits, mask_targets.to(mask_logits.dtype))
+
+
+def dice_loss(mask_logits: Tensor, mask_targets: Tensor, eps: float = 1e-3) -> Tensor:
+    """Mean over masks of 1 - 2 sum(p t) / ((sum(p^2) + eps) + (sum(t^2) + eps)), p = sigmoid(logits).
+
+    Args:
+        mask_logits: (P, H, W) logits of the positive kernels.
+        mask_targets: (P, H, W) float targets.
+    Returns:
+        scalar.
+    """
+    prob = mask_logits.sigmoid().flatten(1)
+    target = mask_targets.flatten(1).to(prob.dtype)
+    intersection = (prob * target).sum(1)
+    denominator = (prob * prob).sum(1) + eps + (target * target).sum(1) + eps
+    return (1 - 2 * intersection / denominator).mean()
+
+
+def build_rank_targets(mask_targets: Tensor, positive: Tensor, ignore_index: int = 255) -> Tensor:
+    """Per pixel, the index of the kernel that has to win there.
+
+    Positive kernels are visited in ascending index order and paint every pixel where their target
+    is non-zero (soft borders included); a later kernel overwrites an earlier one where targets
+    overlap, as in the official loop. Pixels no positive target covers get ``ignore_index``.
+
+    Args:
+        mask_targets: (B, K, H, W) float targets of every kernel (zeros for negatives).
+        positive: (B, K) bool, which kernels are positives.
+    Returns:
+        (B, H, W) int64.
+    """
+    batch, num_kernels, height, width = mask_targets.shape
+    rank_targets = torch.full((batch, height, width), ignore_index, dtype=torch.long, device=mask_targets.device)
+    covered = mask_targets != 0
+    for i in range(batch):
+        for k in torch.nonzero(positive[i]).flatten().tolist():
+            rank_targets[i][covered[i, k]] = k
+    return rank_targets
+
+
+def rank_loss(mask_logits: Tensor, rank_targets: Tensor, ignore_index: int = 255) -> Tensor:
+    """Cross-entropy of a per-pixel softmax over kernels against :func:`build_rank_targets`.
+
+    As in mmdet 2.x's CrossEntropyLoss (``avg_non_ignore=False``), ignored pixels contribute zero
+    but still count in the mean: the sum is divided by B * H * W.
+
+    Args:
+        mask_logits: (B, K, H, W) mask logits of all kernels.
+        rank_targets: (B, H, W) int64 kernel index or ``ignore_index``.
+    Returns:
+        scalar.
+    """
+    per_pixel = F.cross_entropy(mask_logits, rank_targets, ignore_index=ignore_index, reduction="none")
+    return per_pixel.mean()
+
+
+@torch.no_grad()
+def accuracy(logits: Tensor, labels: Tensor) -> Tensor:
+    """Top-1 accuracy in percent; 0 when there are no samples.
+
+    Args:
+        logits: (P, C) class logits.
+        labels: (P,) int64 class indices.
+    Returns:
+        scalar float tensor in [0, 100].
+    """
+    if logits.shape[0] == 0:
+        return logits.new_tensor(0.0)
+    correct = (logits.argmax(dim=1) == labels).sum()
+    return correct.to(logits.dtype) * (100.0 / logits.shape[0])
