@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,3 +60,39 @@ def golden_path(name: str) -> Path:
 def logits_tolerance(reference) -> float:
     """The issue's tolerance: 1e-4 x max(1, max |reference logit|)."""
     return 1e-4 * max(1.0, float(abs(reference).max()))
+
+
+def subprocess_env():
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = "1"  # the same arithmetic in every process, and fair to shared CPUs
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_torchrun(args, logs, expect_success=True):
+    """Run ``torchrun --nproc_per_node=2 -m knet ARGS`` on CPU; returns the exit code and each
+    rank's stdout and stderr: ``{rank: {"stdout": ..., "stderr": ...}}``."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+           "--master_addr=127.0.0.1", f"--master_port={free_port()}", "--log-dir", str(logs), "--redirects", "3",
+           "-m", "knet"] + args
+    done = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=400)
+    if expect_success and done.returncode != 0:
+        rank_logs = "\n".join(f"--- {path.relative_to(logs)} ---\n{path.read_text()[-4000:]}"
+                               for path in sorted(logs.rglob("*.log")))
+        pytest.fail(f"torchrun exited with {done.returncode}\n{rank_logs}\n--- torchrun ---\n{done.stderr[-4000:]}")
+    outputs = {}
+    for rank in (0, 1):
+        outputs[rank] = {}
+        for stream in ("stdout", "stderr"):
+            found = list(logs.rglob(f"attempt_0/{rank}/{stream}.log"))
+            assert len(found) == 1, list(logs.rglob("*"))
+            outputs[rank][stream] = found[0].read_text()
+    return done.returncode, outputs

@@ -21,7 +21,7 @@ def __getattr__(name):
         "from_pretrained": ("knet.checkpoint", "from_pretrained"),
         "save_pretrained": ("knet.checkpoint", "save_pretrained"),
         "evaluate": ("knet.engine.evaluation", "evaluate"),
-        "Segmenter": ("knet.apps.segmenter", "Segmenter"),
+        "Segmenter": ("knet.inference.segmenter", "Segmenter"),
     }
     if name in lazy:
         import importlib

@@ -15,6 +15,9 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 from .errors import KnetError
 
+# Default label of pixels that are not trained on nor evaluated (``DataConfig.ignore_index``).
+IGNORE_INDEX = 255
+
 
 # --------------------------------------------------------------------------------------------
 # Backbones
@@ -58,20 +61,60 @@ BACKBONE_CONFIGS: Dict[str, type] = {"resnet_v1c": ResNetConfig, "swin": SwinCon
 # Heads
 # --------------------------------------------------------------------------------------------
 @dataclass
-class KernelGenerateHeadConfig:
-    """The semantic head whose classifier weights become K-Net's initial kernels.
-
-    ``kind`` is one of ``fcn``, ``psp``, ``aspp``, ``uper``; only the fields of that kind are used.
-    Input channels are not configured: they follow the backbone's ``out_channels``.
-    """
+class FCNHeadConfig:
+    """FCN kernel-generate head: a stack of 3x3 convs, optionally concatenated with its input."""
 
     kind: str = "fcn"
     channels: int = 512
     dropout_ratio: float = 0.1
-    num_convs: int = 2  # fcn
-    concat_input: bool = True  # fcn
-    pool_scales: Tuple[int, ...] = (1, 2, 3, 6)  # psp, uper
-    dilations: Tuple[int, ...] = (1, 12, 24, 36)  # aspp
+    num_convs: int = 2
+    concat_input: bool = True
+
+
+@dataclass
+class PSPHeadConfig:
+    """PSPNet kernel-generate head: pyramid pooling over the last backbone stage."""
+
+    kind: str = "psp"
+    channels: int = 512
+    dropout_ratio: float = 0.1
+    pool_scales: Tuple[int, ...] = (1, 2, 3, 6)
+
+
+@dataclass
+class ASPPHeadConfig:
+    """DeepLabV3 kernel-generate head: atrous spatial pyramid pooling."""
+
+    kind: str = "aspp"
+    channels: int = 512
+    dropout_ratio: float = 0.1
+    dilations: Tuple[int, ...] = (1, 12, 24, 36)
+
+
+@dataclass
+class UPerHeadConfig:
+    """UPerNet kernel-generate head: pyramid pooling plus a feature pyramid over all four stages."""
+
+    kind: str = "uper"
+    channels: int = 512
+    dropout_ratio: float = 0.1
+    pool_scales: Tuple[int, ...] = (1, 2, 3, 6)
+
+
+# The semantic head whose classifier weights become K-Net's initial kernels, by ``kind``. Input
+# channels are not configured: they follow the backbone's ``out_channels``.
+KernelGenerateHeadConfig = Union[FCNHeadConfig, PSPHeadConfig, ASPPHeadConfig, UPerHeadConfig]
+HEAD_CONFIGS: Dict[str, type] = {"fcn": FCNHeadConfig, "psp": PSPHeadConfig, "aspp": ASPPHeadConfig,
+                                 "uper": UPerHeadConfig}
+# Release 0.1 wrote one flat head config holding every kind's fields; those that do not belong to
+# a file's head kind were never read, and are dropped when such a file is loaded.
+_RELEASE_0_1_HEAD_FIELDS = ("num_convs", "concat_input", "pool_scales", "dilations")
+
+# Kind-keyed groups of settings: the field name -> (the kind -> dataclass table, default kind).
+KIND_KEYED: Dict[str, Tuple[Dict[str, type], str]] = {
+    "backbone": (BACKBONE_CONFIGS, "resnet_v1c"),
+    "decode_head": (HEAD_CONFIGS, "fcn"),
+}
 
 
 @dataclass
@@ -115,7 +158,9 @@ class DataConfig:
     tta_ratios: Tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
     mean: Tuple[float, float, float] = (123.675, 116.28, 103.53)
     std: Tuple[float, float, float] = (58.395, 57.12, 57.375)
-    ignore_index: int = 255
+    # The one label value of pixels that are neither trained on nor evaluated: datasets, losses and
+    # metrics all read it from here.
+    ignore_index: int = IGNORE_INDEX
 
 
 @dataclass
@@ -145,9 +190,12 @@ class TrainConfig:
 @dataclass
 class KNetConfig:
     name: str = "knet"
+    # Which task the model serves (a key of knet.tasks.TASKS): it picks the losses, the
+    # post-processing and the evaluation; every checkpoint carries it inside its config.
+    task: str = "semantic"
     num_classes: int = 150
     backbone: BackboneConfig = field(default_factory=ResNetConfig)
-    decode_head: KernelGenerateHeadConfig = field(default_factory=KernelGenerateHeadConfig)
+    decode_head: KernelGenerateHeadConfig = field(default_factory=FCNHeadConfig)
     kernel_update: KernelUpdateConfig = field(default_factory=KernelUpdateConfig)
     auxiliary_head: AuxiliaryHeadConfig = field(default_factory=AuxiliaryHeadConfig)
     align_corners: bool = False
@@ -166,7 +214,7 @@ class KNetConfig:
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "KNetConfig":
-        return _from_dict(cls, data, path="")
+        return _from_dict(cls, _upgrade_release_0_1(data), path="")
 
     def replace(self, overrides: Optional[Dict[str, Any]] = None, **kwargs: Any) -> "KNetConfig":
         """A copy with overrides applied: dotted keys (``"backbone.drop_path_rate"``) or nested
@@ -188,13 +236,23 @@ def _field_types(cls: type) -> Dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _backbone_class(data: Dict[str, Any], path: str) -> type:
-    kind = data.get("kind", "resnet_v1c")
-    if kind not in BACKBONE_CONFIGS:
-        raise ConfigError(
-            f"{path or 'backbone'}.kind: unknown backbone {kind!r}; valid: {sorted(BACKBONE_CONFIGS)}"
-        )
-    return BACKBONE_CONFIGS[kind]
+def _kind_class(group: str, data: Dict[str, Any], path: str) -> type:
+    """The dataclass of a kind-keyed group (``backbone``, ``decode_head``) from its ``kind``."""
+    table, default = KIND_KEYED[group]
+    kind = data.get("kind", default)
+    if kind not in table:
+        raise ConfigError(f"{path or group}.kind: unknown {group} kind {kind!r}; valid: {', '.join(sorted(table))}")
+    return table[kind]
+
+
+def _upgrade_release_0_1(data: Dict[str, Any]) -> Dict[str, Any]:
+    """A config dict as written by release 0.1 -> today's layout (other dicts pass unchanged)."""
+    head = data.get("decode_head") if isinstance(data, dict) else None
+    if not isinstance(head, dict) or head.get("kind", "fcn") not in HEAD_CONFIGS:
+        return data
+    own = {f.name for f in dataclasses.fields(HEAD_CONFIGS[head.get("kind", "fcn")])}
+    head = {k: v for k, v in head.items() if k in own or k not in _RELEASE_0_1_HEAD_FIELDS}
+    return {**data, "decode_head": head}
 
 
 def _from_dict(cls: type, data: Dict[str, Any], path: str) -> Any:
@@ -222,10 +280,13 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
     """Convert JSON-ish ``value`` to type ``tp`` (dataclass, tuple, list, optional, scalar)."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
-    if tp is BackboneConfig or (origin is Union and set(args) == set(BACKBONE_CONFIGS.values())):
+    group = _kind_keyed_group(tp)
+    if group is not None:
         if dataclasses.is_dataclass(value):
             return value
-        return _from_dict(_backbone_class(value, path), value, path)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return _from_dict(_kind_class(group, value, path), value, path)
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
@@ -315,10 +376,22 @@ def _apply(data: Dict[str, Any], cls: type, key: str, value: Any) -> None:
         node = child
 
 
+def _kind_keyed_group(tp: Any) -> Optional[str]:
+    """The KIND_KEYED group whose union of dataclasses ``tp`` is, else None."""
+    if typing.get_origin(tp) is not Union:
+        return None
+    members = set(typing.get_args(tp))
+    for group, (table, _) in KIND_KEYED.items():
+        if members == set(table.values()):
+            return group
+    return None
+
+
 def _sub_class(cls: type, name: str, value: Dict[str, Any]) -> type:
     tp = _field_types(cls)[name]
-    if tp is BackboneConfig:
-        return _backbone_class(value, name)
+    group = _kind_keyed_group(tp)
+    if group is not None:
+        return _kind_class(group, value, name)
     return tp
 
 

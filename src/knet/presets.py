@@ -11,8 +11,8 @@ from typing import Any, Callable, Dict, List
 
 from .errors import KnetError
 from .config import (
+    HEAD_CONFIGS,
     DataConfig,
-    KernelGenerateHeadConfig,
     KNetConfig,
     ResNetConfig,
     SwinConfig,
@@ -51,7 +51,7 @@ def _row(name: str, backbone, head_kind: str, train: TrainConfig = None, data: D
     return KNetConfig(
         name=name,
         backbone=backbone,
-        decode_head=KernelGenerateHeadConfig(kind=head_kind),
+        decode_head=HEAD_CONFIGS[head_kind](),
         train=train or TrainConfig(),
         data=data or DataConfig(),
     )

@@ -13,7 +13,7 @@ import knet
 from knet.apps.predict import expand_inputs
 from knet.cli import main
 from knet.data.io import read_image
-from knet.engine import inference
+from knet.inference import pipeline as inference
 from knet.errors import DataError
 
 NUM_CLASSES = 4

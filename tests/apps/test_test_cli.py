@@ -38,7 +38,7 @@ def make_ade20k(root: Path, n=3) -> Path:
     return base
 
 
-def make_folder(root: Path, n=3, num_classes=3) -> Path:
+def make_folder(root: Path, n=3, num_classes=3, ignored_row=True) -> Path:
     rng = np.random.default_rng(1)
     (root / "images" / "val").mkdir(parents=True)
     (root / "masks" / "val").mkdir(parents=True)
@@ -47,7 +47,8 @@ def make_folder(root: Path, n=3, num_classes=3) -> Path:
         h, w = (30, 40) if i % 2 == 0 else (20, 20)
         Image.fromarray(_rgb(rng, h, w)).save(root / "images" / "val" / f"im{i}.png")
         label = rng.integers(0, num_classes, (h, w)).astype(np.uint8)
-        label[0] = 255
+        if ignored_row:
+            label[0] = 255
         Image.fromarray(label).save(root / "masks" / "val" / f"im{i}.png")
     return root
 
@@ -206,3 +207,45 @@ def test_bad_folders_and_arguments(tmp_path, folder_model, ade_model, capsys):
         _test("--checkpoint", folder_model, "--data-root", root, "--test-scale", "big")
     assert info.value.code == 2
     assert "expected N or W,H" in capsys.readouterr().err
+
+
+# ---- distributed and the ignore value ------------------------------------------------------------
+def test_torchrun_two_processes_give_the_single_process_metrics(tmp_path, folder_model):
+    from tests.conftest import run_torchrun
+
+    root = make_folder(tmp_path / "data", n=5)
+    single, distributed = tmp_path / "single.json", tmp_path / "ddp.json"
+    assert _test("--checkpoint", folder_model, "--data-root", root, "--out", single, "--quiet") == 0
+    _, outputs = run_torchrun(["test", "--checkpoint", str(folder_model), "--data-root", str(root), "--device", "cpu",
+                               "--workers", "0", "--quiet", "--out", str(distributed)], tmp_path / "logs")
+    assert json.loads(distributed.read_text()) == json.loads(single.read_text())
+    assert "5 images, 3 classes" in outputs[0]["stdout"] and "x 2 processes" in outputs[0]["stdout"]
+    assert outputs[1]["stdout"].strip() == ""  # only rank 0 prints
+
+
+def test_ignore_index_setting_applies_to_knet_test_and_validation_alike(tmp_path, folder_model):
+    from knet.data.synthetic import make_synthetic_dataset
+    from knet.engine.training import TrainOptions, train
+
+    # knet test: with class 1 as the ignore value, its pixels leave the metrics (its IoU is undefined
+    # unless predicted) and every other class is scored on fewer pixels.
+    root = make_folder(tmp_path / "data", ignored_row=False)  # 255 is no class once 1 is the ignore value
+    plain, ignoring = tmp_path / "plain.json", tmp_path / "ignoring.json"
+    assert _test("--checkpoint", folder_model, "--data-root", root, "--out", plain, "--quiet") == 0
+    assert _test("--checkpoint", folder_model, "--data-root", root, "--out", ignoring, "--quiet",
+                 "--set", "data.ignore_index=1") == 0
+    model = knet.from_pretrained(folder_model, **{"data.ignore_index": 1})
+    expected = run_evaluation(model, build_dataset("folder", root, ignore_index=1), device="cpu").metrics
+    assert json.loads(ignoring.read_text()) == expected != json.loads(plain.read_text())
+    assert expected["per_class"]["class1"]["Acc"] is None  # never labelled once 1 is ignored
+
+    # Validation during training reads the same setting: its metrics are knet test's.
+    data = make_synthetic_dataset(tmp_path / "toy", num_classes=3, num_train=2, num_val=2, size=(32, 32), seed=0)
+    cfg = knet.get_config("knet-r50-fcn-tiny", {"data.crop_size": "32,32", "data.train_scale": "32,32",
+                                                "data.test_scale": "32,32", "data.ignore_index": 1,
+                                                "train.iters": 1, "train.batch_size": 1, "train.warmup_iters": 1})
+    result = train(cfg, TrainOptions(work_dir=tmp_path / "run", data_root=data.root, workers=0, quiet=True))
+    evaluated = run_evaluation(result.model, build_dataset("folder", data.root, "val", ignore_index=1),
+                               device=None).metrics
+    assert result.last_metrics == {k: evaluated[k] for k in ("aAcc", "mIoU", "mAcc")}
+    assert evaluated["per_class"][data.class_names[1]]["Acc"] is None

@@ -3,7 +3,6 @@ torchrun with two CPU processes (gloo), user errors, the curves image."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import torch
 from PIL import Image
 
 from knet.cli import main
+from tests.conftest import run_torchrun, subprocess_env
 
 SMALL = ["data.crop_size=64,64", "data.train_scale=64,64", "data.test_scale=64,64", "train.log_interval=1",
          "train.warmup_iters=4", "train.lr=1e-3"]
@@ -29,13 +29,6 @@ def train_args(toy, work_dir, iters, *extra):
     return ["train", "--model", "knet-r50-fcn-tiny", "--data-root", str(toy.root), "--work-dir", str(work_dir),
             "--iters", str(iters), "--batch-size", "2", "--workers", "0", "--device", "cpu",
             *extra, "--set", *SMALL]
-
-
-def subprocess_env():
-    env = dict(os.environ)
-    env["OMP_NUM_THREADS"] = "1"  # the same arithmetic in every process, and fair to shared CPUs
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
 
 
 def records(work_dir):
@@ -96,39 +89,10 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(toy, tmp_path):
     assert sorted(p.name for p in cut.glob("*.pth")) == sorted(p.name for p in whole.glob("*.pth"))
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _torchrun(args, logs, expect_success=True):
-    """Run ``torchrun --nproc_per_node=2 -m knet ARGS`` on CPU; returns the exit code and each
-    rank's stdout and stderr: ``{rank: {"stdout": ..., "stderr": ...}}``."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "--log-dir", str(logs), "--redirects", "3",
-           "-m", "knet"] + args
-    done = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=400)
-    if expect_success and done.returncode != 0:
-        rank_logs = "\n".join(f"--- {path.relative_to(logs)} ---\n{path.read_text()[-4000:]}"
-                               for path in sorted(logs.rglob("*.log")))
-        pytest.fail(f"torchrun exited with {done.returncode}\n{rank_logs}\n--- torchrun ---\n{done.stderr[-4000:]}")
-    outputs = {}
-    for rank in (0, 1):
-        outputs[rank] = {}
-        for stream in ("stdout", "stderr"):
-            found = list(logs.rglob(f"attempt_0/{rank}/{stream}.log"))
-            assert len(found) == 1, list(logs.rglob("*"))
-            outputs[rank][stream] = found[0].read_text()
-    return done.returncode, outputs
-
-
 def test_torchrun_two_cpu_processes(toy, tmp_path):
     work = tmp_path / "ddp"
     iters = 4
-    _, outputs = _torchrun(train_args(toy, work, iters, "--checkpoint-interval", "2", "--val-interval", "4"),
+    _, outputs = run_torchrun(train_args(toy, work, iters, "--checkpoint-interval", "2", "--val-interval", "4"),
                            tmp_path / "logs")
     assert "parameters identical on all 2 ranks" in outputs[0]["stdout"]
     assert "iter 4/4" in outputs[0]["stdout"]
@@ -146,7 +110,7 @@ def test_torchrun_two_cpu_processes(toy, tmp_path):
     assert not any(k.startswith("module.") for k in ckpt["state_dict"])
 
     # The distributed run resumes and goes on, still in step.
-    _, outputs = _torchrun(train_args(toy, work, 6, "--checkpoint-interval", "2", "--val-interval", "4", "--resume"),
+    _, outputs = run_torchrun(train_args(toy, work, 6, "--checkpoint-interval", "2", "--val-interval", "4", "--resume"),
                            tmp_path / "logs_resumed")
     assert f"resumed from {work / 'iter_4.pth'} at iteration 4" in outputs[0]["stdout"]
     assert "parameters identical on all 2 ranks" in outputs[0]["stdout"] and outputs[1]["stdout"].strip() == ""
@@ -156,7 +120,7 @@ def test_torchrun_two_cpu_processes(toy, tmp_path):
     # traceback from a collective that lost its peer), and nothing is written.
     missing = tmp_path / "missing.pth"
     before = sorted(p.name for p in work.iterdir())
-    code, outputs = _torchrun(train_args(toy, work, 8, "--resume", str(missing)), tmp_path / "logs_error",
+    code, outputs = run_torchrun(train_args(toy, work, 8, "--resume", str(missing)), tmp_path / "logs_error",
                               expect_success=False)
     assert code != 0
     for rank in (0, 1):
@@ -207,7 +171,7 @@ def test_train_then_resume_without_checkpoint_and_plot(toy, tmp_path, capsys):
 
 
 def test_plot_log_reads_partial_logs(tmp_path):
-    from knet.apps.plot_log import nice_ticks, plot_log, read_log
+    from knet.engine.curves import nice_ticks, plot_log, read_log
 
     log = tmp_path / "log.jsonl"
     log.write_text('{"iter": 1, "loss": 2.0}\n{"iter": 2, "loss": 1.5}\n{"iter": 2, "mIoU": 40.0, "aAcc": 70.0, '
@@ -218,3 +182,14 @@ def test_plot_log_reads_partial_logs(tmp_path):
     assert Image.open(out).size == (640, 320)
     ticks = nice_ticks(0, 87)
     assert ticks[0] == 0 and ticks[-1] >= 87 and len(ticks) <= 8
+
+
+def test_device_option_is_the_one_of_every_verb(toy, tmp_path, capsys):
+    # `cuda:1` passes the parser as it does for `knet test`; without a GPU the error is the device's.
+    code = main(train_args(toy, tmp_path / "gpu", 2, "--device", "cuda:1"))
+    err = capsys.readouterr().err.strip()
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the CPU-only message cannot be checked here")
+    assert code == 2 and err == ("knet train: error: device 'cuda:1' requested but CUDA is not available here "
+                                 "(use --device cpu)")
+    assert not (tmp_path / "gpu").exists()

@@ -7,7 +7,7 @@ import pytest
 
 from knet.config import DataConfig
 from knet.data.transforms import (
-    TestTransform, TrainPipeline, crop_class_ratio_ok, keep_ratio_size, normalize, pad_to,
+    TrainPipeline, crop_class_ratio_ok, keep_ratio_size, normalize, pad_to,
     photometric_distortion, random_crop, random_flip, random_resize, resize_keep_ratio, scaled,
 )
 
@@ -256,8 +256,17 @@ def test_train_pipeline_is_deterministic_in_the_seed():
     assert not np.array_equal(a[0], c[0])
 
 
-def test_test_pipeline():
-    out = TestTransform(DataConfig())(_image(45, 60))
+def test_test_input_is_resized_to_fit_the_test_scale_and_normalised():
+    data = DataConfig()
+    out = normalize(resize_keep_ratio(_image(45, 60), data.test_scale), data.mean, data.std)
     assert out.shape == (3, 512, 683) and out.dtype == np.float32
-    out = TestTransform(DataConfig(), scale=(100, 50))(_image(45, 60))
+    out = normalize(resize_keep_ratio(_image(45, 60), (100, 50)), data.mean, data.std)
     assert out.shape == (3, 50, 67)
+
+
+def test_normalize_takes_batches():
+    data = DataConfig()
+    images = np.stack([_image(7, 9), _image(7, 9)[::-1]])
+    batch = normalize(images, data.mean, data.std)
+    assert batch.shape == (2, 3, 7, 9)
+    np.testing.assert_array_equal(batch[1], normalize(images[1], data.mean, data.std))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import knet
-from knet.engine.inference import TestPipeline, inference, predict_labels, resolve_device
+from knet.inference.pipeline import TestPipeline
 from knet.errors import KnetError
 from tests.conftest import PRESET_ROWS, golden_path, logits_tolerance
 
@@ -46,14 +46,14 @@ def test_pipeline_matches_reference(golden):
     assert decided.mean() > 0.75  # the comparison covers most pixels
     pred = logits.argmax(0)
     assert (pred[decided] == ref["pipe_pred"][decided]).all(), f"{name} pipe_pred differs"
-    # The same through the functional entry points.
-    np.testing.assert_array_equal(predict_labels(model, ref["img"]), pred)
+    # The same through the public entry point.
+    np.testing.assert_array_equal(knet.Segmenter(model)(ref["img"]).labels, pred)
 
 
 @pytest.mark.slow  # 12 views up to 896x1195 per preset: ~10 s each on one CPU core
 def test_tta_matches_reference(golden):
     name, model, ref = golden
-    probs = inference(model, [ref["img"]], tta=True)[0].numpy()
+    probs = TestPipeline(model, tta=True).scores([ref["img"]])[0].numpy()
     expected = ref["tta_prob"]
     assert probs.shape == expected.shape == (150, 45, 60)
     np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
@@ -140,14 +140,3 @@ def test_bad_inputs(small):
         TestPipeline(small, mode="tiles")
     with pytest.raises(KnetError, match="test scale must be two positive integers"):
         TestPipeline(small, test_scale=(0, 10))
-
-
-def test_resolve_device():
-    assert resolve_device("cpu") == torch.device("cpu")
-    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
-    assert resolve_device("auto").type in ("cpu", "cuda", "mps")
-    with pytest.raises(KnetError, match="unknown device 'tpu'"):
-        resolve_device("tpu")
-    if not torch.cuda.is_available():
-        with pytest.raises(KnetError, match="CUDA is not available"):
-            resolve_device("cuda")

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 import knet
-from knet.apps.segmenter import SegmentationResult, add_legend, class_shares, to_rgb_array
+from knet.inference.segmenter import SegmentationResult, add_legend, class_shares, to_rgb_array
 from knet.engine import inference
 from knet.errors import DataError, KnetError
 

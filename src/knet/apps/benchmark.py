@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable, Dict, List, Optional
 
 from ..errors import KnetError
+from . import options
 
 
 @dataclass
@@ -61,18 +62,14 @@ class BenchmarkResult:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", metavar="NAME",
-                        help="preset name (see `knet models`); may be left out when --checkpoint "
-                             "carries its config (a native directory or a knet training checkpoint)")
-    parser.add_argument("--checkpoint", metavar="PATH",
-                        help="weights to load (speed does not depend on them; default: random weights)")
+    options.add_model(parser)
+    options.add_weights(parser, required=False)
     parser.add_argument("--size", type=int, default=512, help="square input side in pixels (default 512)")
     parser.add_argument("--batch-size", type=int, default=1, help="images per forward (default 1)")
     parser.add_argument("--mode", choices=("whole", "slide"), default="whole",
                         help="whole-image or sliding-window forward (default whole)")
-    parser.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N|mps (default auto)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads for torch (default: torch's own choice)")
+    options.add_device(parser)
+    options.add_threads(parser)
     parser.add_argument("--iters", type=int, default=20, help="timed iterations (default 20)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed warm-up iterations (default 3)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -119,7 +116,7 @@ def benchmark(model: Any, size: int = 512, batch_size: int = 1, device: str = "a
     """
     import torch
 
-    from ..engine.inference import resolve_device
+    from ..utils.device import resolve_device
 
     for label, value, low in (("size", size, 1), ("batch size", batch_size, 1), ("iters", iters, 1),
                               ("warmup", warmup, 0)):

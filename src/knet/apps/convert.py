@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import argparse
 
+from . import options
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="reference .pth (mmsegmentation), or a knet training checkpoint")
     parser.add_argument("out_dir", help="directory to write model.safetensors and config.json into")
     parser.add_argument("--model", default=None,
                         help="preset name; may be left out when the file carries its config or only one preset fits")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config field of the written config")
+    options.add_overrides(parser)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -125,7 +125,7 @@ def _clear_previous_run(out: Path) -> None:
 
 def _gallery(results: List[Any], truths: List[np.ndarray], palette: List[List[int]]) -> np.ndarray:
     """One row per scene: the image | the ground truth in colour | the prediction over the image."""
-    from .visualize import colorize
+    from ..inference.visualize import colorize
 
     gap = 6
     rows = []
@@ -191,12 +191,13 @@ def run_demo(settings: DemoSettings) -> Dict[str, Any]:
     from ..data.datasets import build_dataset
     from ..data.io import write_image
     from ..data.synthetic import make_synthetic_dataset
-    from ..engine.evaluation import format_table, run_evaluation, write_json
+    from ..engine.curves import plot_log
+    from ..engine.evaluation import run_evaluation, write_json
     from ..engine.training import TrainOptions, train
+    from ..inference.files import PredictItem, predict
+    from ..inference.segmenter import Segmenter
     from ..presets import get_config
-    from .plot_log import plot_log
-    from .predict import PredictItem, predict
-    from .segmenter import Segmenter
+    from ..tasks import get_task
 
     _check(settings)
     start = time.perf_counter()
@@ -230,7 +231,7 @@ def run_demo(settings: DemoSettings) -> Dict[str, Any]:
     _say(settings, f"[3/5] evaluating on the {len(val_set)} held-out scenes")
     evaluation = run_evaluation(model, val_set, device=None)
     metrics = evaluation.metrics
-    _say(settings, format_table(metrics))
+    _say(settings, get_task(model.config.task).format_metrics(metrics))
 
     _say(settings, f"[4/5] segmenting {min(settings.num_shown, len(val_set))} held-out scenes into {pred_dir}")
     segmenter = Segmenter(model)
@@ -285,7 +286,7 @@ def run(args: argparse.Namespace) -> int:
     out = settings.out_dir
     miou = record["mIoU"]
     print()
-    print(f"demo mIoU {miou:.2f}% on {settings.num_val} held-out scenes "
+    print(f"demo mIoU {'n/a' if miou is None else f'{miou:.2f}%'} on {settings.num_val} held-out scenes "
           f"(trained {settings.iters} iterations in {_duration(record['train_seconds'])}, "
           f"total {_duration(record['total_seconds'])})")
     if miou is None or miou < EXPECTED_MIOU:

@@ -1,8 +1,10 @@
-"""Argument types shared by the command-line verbs."""
+"""Options shared by the command-line verbs, each declared once."""
 from __future__ import annotations
 
 import argparse
 from typing import Tuple
+
+from ..utils.device import DEVICE_HELP
 
 
 def size_pair(text: str) -> Tuple[int, int]:
@@ -16,3 +18,64 @@ def size_pair(text: str) -> Tuple[int, int]:
     if len(values) != 2 or min(values) <= 0:
         raise argparse.ArgumentTypeError(f"expected N or W,H with positive integers, got {text!r}")
     return values[0], values[1]
+
+
+def add_model(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    parser.add_argument("--model", required=required, default=None, metavar="NAME",
+                        help="preset name (see `knet models`)" + ("" if required else
+                             "; may be left out when the checkpoint carries its config (a native directory or "
+                             "a knet training checkpoint)"))
+
+
+def add_weights(parser: argparse.ArgumentParser, required: bool = True, pretrained: bool = False) -> None:
+    """``--checkpoint PATH`` (and ``--pretrained DIR``, one of the two)."""
+    help_text = "a reference .pth, a knet training checkpoint or a native directory"
+    if not pretrained:
+        parser.add_argument("--checkpoint", required=required, default=None, metavar="PATH",
+                            help=help_text if required else help_text + " (default: random weights)")
+        return
+    source = parser.add_mutually_exclusive_group(required=required)
+    source.add_argument("--checkpoint", metavar="PATH", help=help_text)
+    source.add_argument("--pretrained", metavar="DIR", help="a native directory (model.safetensors + config.json)")
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+
+
+def add_threads(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="CPU threads for torch (default: torch's own choice)")
+
+
+def add_overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="override config fields, e.g. --set train.lr=1e-3 data.test_scale=2048,640")
+
+
+def add_quiet(parser: argparse.ArgumentParser, what: str = "no progress bar") -> None:
+    parser.add_argument("--quiet", action="store_true", help=what)
+
+
+def add_test_pipeline(parser: argparse.ArgumentParser) -> None:
+    """The options of the test pipeline (``knet test``, ``knet predict``)."""
+    parser.add_argument("--tta", action="store_true",
+                        help="multi-scale (0.5-1.75) + flip, the protocol of the results table's ms+flip column")
+    parser.add_argument("--mode", choices=("whole", "slide"), default="whole",
+                        help="whole-image (the reference's setting for K-Net) or sliding-window inference")
+    parser.add_argument("--crop-size", type=size_pair, default=None, metavar="N|W,H",
+                        help="slide mode: window size (default: the config's crop, 512 or 640)")
+    parser.add_argument("--stride", type=size_pair, default=None, metavar="N|W,H",
+                        help="slide mode: window step (default: two thirds of the crop, 341 for 512)")
+    parser.add_argument("--test-scale", type=size_pair, default=None, metavar="W,H",
+                        help="keep-ratio resize to fit this size (default: the config's, 2048,512 or 2048,640)")
+    parser.add_argument("--batch-size", type=int, default=1, metavar="B",
+                        help="images per forward; same result as 1 (images of equal size are batched together)")
+
+
+def check_positive(name: str, value, minimum: int = 1) -> None:
+    """A one-line error for ``--name`` values below ``minimum``."""
+    from ..errors import KnetError
+
+    if value is not None and value < minimum:
+        raise KnetError(f"--{name} must be at least {minimum}, got {value}")

@@ -11,7 +11,7 @@ For each image, under ``--out-dir``:
 Images inside a folder (searched recursively) keep their path relative to that folder, and glob
 matches their path relative to the glob's first directory without wildcards, so equal stems in
 different folders never collide. It runs the pipeline of ``knet test``
-(:class:`knet.engine.inference.TestPipeline`, through :class:`knet.Segmenter`), whole or slide,
+(:class:`knet.inference.pipeline.TestPipeline`, through :class:`knet.Segmenter`), whole or slide,
 with or without ``--tta``. Every output is written atomically (a temporary file, then a rename).
 
 A corrupt or unreadable image is reported by name and skipped; the others are still written and
@@ -24,35 +24,14 @@ import argparse
 import glob
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from typing import List, Optional, Sequence, Set
 
-import numpy as np
-
-from ..utils.atomic import atomic_write
+from ..data.io import IMAGE_SUFFIXES
 from ..errors import DataError, KnetError
-from .options import size_pair
-
-# Suffixes (lower case) taken from folders and globs; files named on the command line are tried
-# whatever their suffix.
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm",
-                  ".pnm", ".jp2", ".jpe")
+from ..inference.files import PredictItem, predict
+from . import options
 _MAGIC = set("*?[")
-
-
-@dataclass(frozen=True)
-class PredictItem:
-    """One image to segment and where its outputs go: ``<out_dir>/<relative>.png`` etc."""
-
-    path: Path
-    relative: Path  # output path under the output folder, without suffix
-
-    def outputs(self, out_dir: Path) -> Dict[str, Path]:
-        base = out_dir / self.relative
-        return {"labels": base.with_name(base.name + ".png"),
-                "overlay": base.with_name(base.name + "_overlay.png"),
-                "probs": base.with_name(base.name + ".npy")}
 
 
 # --------------------------------------------------------------------------------------------
@@ -182,54 +161,17 @@ def _unique_names(items: List[PredictItem]) -> List[PredictItem]:
 
 
 # --------------------------------------------------------------------------------------------
-# Writing
-# --------------------------------------------------------------------------------------------
-def save_npy(path: Path, array: np.ndarray) -> None:
-    """``np.save`` atomically: a temporary file in the same folder, then a rename."""
-    atomic_write(path, lambda f: np.save(f, array))
-
-
-def write_outputs(result, item: PredictItem, out_dir: Path, opacity: float, save_probs: bool) -> None:
-    """Write the label map, the overlay and (optionally) the probabilities of one result."""
-    from ..data.io import write_image
-
-    outputs = item.outputs(out_dir)
-    write_image(outputs["labels"], result.labels)
-    write_image(outputs["overlay"], result.overlay(opacity=opacity, legend=True))
-    if save_probs:
-        save_npy(outputs["probs"], result.probabilities().astype(np.float32, copy=False))
-
-
-def _message(text: str) -> None:
-    """Print a line on stderr, clearing a progress bar drawn on the same terminal line first."""
-    if sys.stderr.isatty():
-        sys.stderr.write("\r\033[K")
-    print(text, file=sys.stderr, flush=True)
-
-
-# --------------------------------------------------------------------------------------------
 # The verb
 # --------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="image files, folders (searched recursively) or globs (quote them: 'photos/*.jpg')")
     parser.add_argument("--out-dir", required=True, metavar="DIR", help="folder for the outputs")
-    parser.add_argument("--model", metavar="NAME",
-                        help="preset name (see `knet models`); optional when the checkpoint carries its config")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", metavar="PATH",
-                        help="a reference .pth, a knet training checkpoint or a native directory")
-    source.add_argument("--pretrained", metavar="DIR", help="a native directory (model.safetensors + config.json)")
-    parser.add_argument("--tta", action="store_true", help="multi-scale + flip (the table's ms+flip protocol)")
-    parser.add_argument("--mode", choices=("whole", "slide"), default="whole", help="whole image (default) or sliding window")
-    parser.add_argument("--crop-size", type=size_pair, metavar="N|W,H", help="sliding-window crop (default the model's)")
-    parser.add_argument("--stride", type=size_pair, metavar="N|W,H", help="sliding-window step (default 2/3 of the crop)")
-    parser.add_argument("--test-scale", type=size_pair, metavar="W,H",
-                        help="resize images to fit this (default the model's, 2048,512 for ADE20K)")
-    parser.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N|mps (default auto)")
-    parser.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: torch's choice)")
-    parser.add_argument("--batch-size", type=int, default=1, metavar="B",
-                        help="images per forward; equal-size images share one (default 1)")
+    options.add_model(parser)
+    options.add_weights(parser, required=True, pretrained=True)
+    options.add_test_pipeline(parser)
+    options.add_device(parser)
+    options.add_threads(parser)
     parser.add_argument("--opacity", type=float, default=0.5, metavar="A",
                         help="weight of the class colours in the overlays, 0..1 (default 0.5)")
     parser.add_argument("--save-probs", action="store_true",
@@ -237,7 +179,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _build_segmenter(args: argparse.Namespace):
-    from .segmenter import Segmenter
+    from ..inference.segmenter import Segmenter
 
     options = dict(device=args.device, mode=args.mode, tta=args.tta, test_scale=args.test_scale,
                    crop_size=args.crop_size, stride=args.stride, batch_size=args.batch_size)
@@ -252,48 +194,11 @@ def _build_segmenter(args: argparse.Namespace):
     return Segmenter(args.model, checkpoint=args.checkpoint, **options)
 
 
-def predict(segmenter, items: Sequence[PredictItem], out_dir: Path, opacity: float = 0.5,
-            save_probs: bool = False, progress: Optional[bool] = None) -> List[Tuple[Path, str]]:
-    """Segment ``items`` with ``segmenter`` and write their outputs under ``out_dir``.
-
-    Images are read and segmented ``segmenter.batch_size`` at a time. Returns the images that
-    failed, as ``(path, message)``; the others are all written.
-    """
-    from ..utils.progress import ProgressBar
-    from .segmenter import load_input
-
-    failures: List[Tuple[Path, str]] = []
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with ProgressBar(total=len(items), desc="predict", enabled=progress) as bar:
-        for start in range(0, len(items), segmenter.batch_size):
-            chunk = items[start:start + segmenter.batch_size]
-            good: List[PredictItem] = []
-            arrays: List[np.ndarray] = []
-            for item in chunk:
-                try:
-                    arrays.append(load_input(item.path)[0])
-                    good.append(item)
-                except DataError as err:
-                    failures.append((item.path, str(err)))
-                    _message(f"knet predict: skipped {err}")
-                    bar.update()
-            for item, result in zip(good, segmenter.segment_arrays(arrays, [str(i.path) for i in good])):
-                try:
-                    write_outputs(result, item, out_dir, opacity, save_probs)
-                except DataError as err:
-                    failures.append((item.path, str(err)))
-                    _message(f"knet predict: failed {err}")
-                bar.update()
-    return failures
-
-
 def run(args: argparse.Namespace) -> int:
     if not 0.0 <= args.opacity <= 1.0:
         raise KnetError(f"--opacity must be between 0 and 1, got {args.opacity}")
-    if args.batch_size < 1:
-        raise KnetError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.threads is not None and args.threads < 1:
-        raise KnetError(f"--threads must be at least 1, got {args.threads}")
+    options.check_positive("batch-size", args.batch_size)
+    options.check_positive("threads", args.threads)
     out_dir = Path(args.out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise KnetError(f"--out-dir {out_dir}: exists and is not a folder")

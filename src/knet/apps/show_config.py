@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import argparse
 
+from . import options
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", help="preset name (see `knet models`)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config field, e.g. --set num_classes=5 --set train.lr=1e-3")
+    options.add_overrides(parser)
 
 
 def run(args: argparse.Namespace) -> int:

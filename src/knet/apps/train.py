@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any, Dict
 
 from ..errors import KnetError
+from . import options
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, metavar="NAME", help="preset name (see `knet models`)")
+    options.add_model(parser, required=True)
     parser.add_argument("--data-root", required=True, metavar="ROOT", help="dataset folder")
     parser.add_argument("--work-dir", required=True, metavar="DIR",
                         help="where checkpoints, log.jsonl, config.json and tb/ go")
@@ -40,12 +41,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ImageNet weights for the backbone (ResNetV1c or Swin file)")
     parser.add_argument("--amp", choices=("fp16", "bf16"), default=None,
                         help="mixed precision on CUDA (fp16 with loss scaling, or bf16)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    options.add_device(parser)
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--workers", type=int, default=2, metavar="W", help="data loading workers per process (default 2)")
-    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", dest="set",
-                        help="config overrides, e.g. train.lr=1e-3 data.crop_size=256,256")
-    parser.add_argument("--quiet", action="store_true", help="no console lines or progress bar")
+    options.add_overrides(parser)
+    options.add_quiet(parser, "no console lines or progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,31 +54,30 @@ def run(args: argparse.Namespace) -> int:
     from ..data.datasets import detect_dataset_kind
     from ..presets import get_config
 
-    overrides: Dict[str, Any] = dict(parse_set_options(args.set))
+    overrides: Dict[str, Any] = dict(parse_set_options(args.overrides))
     for option, key in (("iters", "train.iters"), ("batch_size", "train.batch_size"),
                         ("val_interval", "train.val_interval"),
                         ("checkpoint_interval", "train.checkpoint_interval")):
         value = getattr(args, option)
         if value is not None:
-            if value < 1:
-                raise KnetError(f"--{option.replace('_', '-')} must be at least 1, got {value}")
+            options.check_positive(option.replace("_", "-"), value)
             overrides[key] = value
     cfg = get_config(args.model, overrides)
     root = Path(args.data_root)
     if not root.is_dir():
         raise KnetError(f"--data-root {root}: no such folder")
     dataset = detect_dataset_kind(root) if args.dataset == "auto" else args.dataset
-    options = TrainOptions(
+    train_options = TrainOptions(
         work_dir=args.work_dir, data_root=root, dataset=dataset, device=args.device, amp=args.amp,
         seed=args.seed, workers=args.workers, keep=args.keep, resume=args.resume, load_from=args.load_from,
         backbone_weights=args.backbone_weights, quiet=args.quiet, progress=False if args.quiet else None,
     )
-    result = train(cfg, options)
+    result = train(cfg, train_options)
     if not args.quiet and dist_info_from_env().is_main:
         summary = f"finished at iteration {result.iteration}"
         if result.last_checkpoint:
             summary += f"; last checkpoint {result.last_checkpoint}"
-        if result.best_checkpoint and result.best_miou is not None:
-            summary += f"; best mIoU {result.best_miou:.2f} ({result.best_checkpoint})"
+        if result.best_checkpoint and result.best_value is not None:
+            summary += f"; best {result.best_metric} {result.best_value:.2f} ({result.best_checkpoint})"
         print(summary, flush=True)
     return 0

@@ -3,10 +3,11 @@
 Both give items ``dict(image, label, image_path, label_path)``:
 
 - ``image``: uint8 (H, W, 3) RGB (see :func:`knet.data.io.read_image`);
-- ``label``: uint8 (H, W) class indices, 255 = ignore, or None when the dataset has no labels;
+- ``label``: uint8 (H, W) class indices, ``ignore_index`` (255 unless given) where not evaluated,
+  or None when the dataset has no labels;
 - ``image_path``, ``label_path``: str (``label_path`` None without labels).
 
-Loading an item validates it: a label value that is neither a class nor 255, or an image and
+Loading an item validates it: a label value that is neither a class nor the ignore value, or an image and
 label of different sizes, raise :class:`knet.errors.DataError` naming the files, so that
 ``knet test`` can stop at (or, with ``--skip-bad``, skip) exactly that item.
 """
@@ -19,21 +20,22 @@ from typing import Any, Dict, List, Optional, Sequence, Type
 
 import numpy as np
 
+from ..config import IGNORE_INDEX
 from ..errors import DataError
 from .ade20k import ade20k_class_names, ade20k_palette
-from .io import read_image, read_label
+from .io import IMAGE_SUFFIXES, read_image, read_label
 from .palette import default_palette
 
-IGNORE_INDEX = 255
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+# Labels are stored as uint8: at most 255 classes besides the ignore value.
+MAX_CLASSES = 255
 
 
-def reduce_zero_label(label: np.ndarray) -> np.ndarray:
-    """The reference's ``reduce_zero_label``: value 0 ("other") becomes the ignore value 255 and
-    every other value is shifted down by one; 255 stays 255. Returns int64 (H, W)."""
+def reduce_zero_label(label: np.ndarray, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+    """The reference's ``reduce_zero_label``: value 0 ("other") becomes the ignore value and
+    every other value is shifted down by one; the ignore value stays. Returns int64 (H, W)."""
     label = label.astype(np.int64)
     reduced = label - 1
-    reduced[(label == 0) | (label == IGNORE_INDEX)] = IGNORE_INDEX
+    reduced[(label == 0) | (label == ignore_index)] = ignore_index
     return reduced
 
 
@@ -46,11 +48,13 @@ class SegmentationDataset:
 
     name = "dataset"
 
-    def __init__(self) -> None:
+    def __init__(self, ignore_index: int = IGNORE_INDEX) -> None:
         self.samples: List[tuple] = []
         self._class_names: List[str] = []
         self._palette: List[List[int]] = []
         self.reduce_zero_label = False
+        # The label value of pixels that are not evaluated (the model config's data.ignore_index).
+        self.ignore_index = int(ignore_index)
 
     # ---- metadata ------------------------------------------------------------------------
     @property
@@ -87,15 +91,15 @@ class SegmentationDataset:
         raw = read_label(label_path)
         if raw.dtype.kind == "i" and (raw < 0).any():  # signed 16/32-bit label files
             raise DataError(f"{label_path}: negative label value {int(raw[raw < 0].flat[0])}")
-        label = reduce_zero_label(raw) if self.reduce_zero_label else raw
-        bad = (label >= self.num_classes) & (label != IGNORE_INDEX)
+        label = reduce_zero_label(raw, self.ignore_index) if self.reduce_zero_label else raw
+        bad = (label >= self.num_classes) & (label != self.ignore_index)
         if bad.any():
             value = int(label[bad].flat[0])
             file_value = value + 1 if self.reduce_zero_label else value
             reduced = f" ({value} after reduce-zero-label)" if self.reduce_zero_label else ""
             raise DataError(
                 f"{label_path}: label value {file_value}{reduced} is neither a class "
-                f"(0..{self.num_classes - 1}) nor {IGNORE_INDEX} (ignore)"
+                f"(0..{self.num_classes - 1}) nor {self.ignore_index} (ignore)"
             )
         return label.astype(np.uint8)
 
@@ -155,8 +159,8 @@ class ADE20KDataset(SegmentationDataset):
     name = "ade20k"
     SPLIT_ALIASES = {"train": "training", "val": "validation"}
 
-    def __init__(self, root: os.PathLike, split: str = "validation") -> None:
-        super().__init__()
+    def __init__(self, root: os.PathLike, split: str = "validation", ignore_index: int = IGNORE_INDEX) -> None:
+        super().__init__(ignore_index)
         self.root = self._find_root(Path(root))
         self.split = self.SPLIT_ALIASES.get(split, split)
         self.reduce_zero_label = True
@@ -220,8 +224,9 @@ class FolderDataset(SegmentationDataset):
 
     name = "folder"
 
-    def __init__(self, root: os.PathLike, split: str = "val", reduce_zero_label: bool = False) -> None:
-        super().__init__()
+    def __init__(self, root: os.PathLike, split: str = "val", reduce_zero_label: bool = False,
+                 ignore_index: int = IGNORE_INDEX) -> None:
+        super().__init__(ignore_index)
         self.root = Path(root)
         self.split = split
         self.reduce_zero_label = bool(reduce_zero_label)
@@ -272,10 +277,10 @@ class FolderDataset(SegmentationDataset):
             names.append(name)
         if not names:
             raise DataError(f"{path}: no class names (expected one per line)")
-        if len(names) > IGNORE_INDEX:
+        if len(names) > MAX_CLASSES:
             raise DataError(
-                f"{path}: {len(names)} classes; at most {IGNORE_INDEX} are supported "
-                f"({IGNORE_INDEX} is the ignore value)"
+                f"{path}: {len(names)} classes; at most {MAX_CLASSES} are supported "
+                f"(labels are stored as 8-bit values, 255 being the ignore value)"
             )
         return names
 
@@ -330,7 +335,7 @@ def build_dataset(kind: str, root: os.PathLike, split: Optional[str] = None, **k
     """The dataset of ``kind`` (``ade20k`` or ``folder``) at ``root``.
 
     ``split`` defaults to the evaluation split (``validation`` for ADE20K, ``val`` for a folder
-    dataset); ``kwargs`` go to the class (``reduce_zero_label`` for ``folder``).
+    dataset); ``kwargs`` go to the class (``ignore_index``; ``reduce_zero_label`` for ``folder``).
     """
     if kind not in DATASETS:
         raise DataError(f"unknown dataset kind {kind!r}; valid: {', '.join(DATASETS)}")

@@ -22,6 +22,11 @@ from ..errors import DataError
 PathLike = Union[str, "os.PathLike[str]"]
 
 # Pillow modes that hold one value per pixel: the value is the class index.
+# Image file suffixes (lower case) that folders and globs are searched for, by datasets and by
+# ``knet predict`` (files named explicitly are tried whatever their suffix).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm",
+                  ".pnm", ".jp2")
+
 _INDEX_MODES = {"L", "P", "I", "I;16", "I;16L", "I;16B", "I;16N", "1"}
 # Modes with an alpha channel beside one index channel (the alpha is not part of the label).
 _INDEX_ALPHA_MODES = {"LA", "PA", "La"}

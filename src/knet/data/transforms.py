@@ -9,7 +9,8 @@ Training (mmsegmentation's ADE20K recipe)::
     normalise (mean/std, RGB), then pad to the crop: image with 0 (in normalised space),
     label with 255 -- the reference's data preprocessor pads after normalising.
 
-Testing: keep-ratio resize to fit the test scale (2048, 512), normalise.
+Testing: keep-ratio resize to fit the test scale (2048, 512), normalise (the whole test pipeline
+is :class:`knet.inference.pipeline.TestPipeline`).
 
 Images are uint8 (H, W, 3) RGB arrays, labels integer (H, W) arrays, sizes ``(width, height)`` as
 in :class:`knet.config.DataConfig`. Randomness comes only from the ``numpy.random.Generator``
@@ -72,11 +73,11 @@ def scaled(scale: Size, ratio: float) -> Size:
 # Normalising and padding
 # --------------------------------------------------------------------------------------------
 def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """uint8 (H, W, 3) RGB -> float32 (3, H, W): ``(x - mean) / std`` per channel in float32,
-    the reference's arithmetic."""
+    """uint8 (..., H, W, 3) RGB -> float32 (..., 3, H, W): ``(x - mean) / std`` per channel in
+    float32, the reference's arithmetic. The one normalisation of training and testing."""
     mean32 = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
     std32 = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
-    chw = np.ascontiguousarray(image.transpose(2, 0, 1)).astype(np.float32)
+    chw = np.ascontiguousarray(np.moveaxis(image, -1, -3)).astype(np.float32)
     return (chw - mean32) / std32
 
 
@@ -231,21 +232,3 @@ class TrainPipeline:
         chw = normalize(image, cfg.mean, cfg.std)
         chw, label = pad_to(chw, label, cfg.crop_size, 0.0, cfg.ignore_index)
         return chw, label.astype(np.int64)
-
-
-class TestTransform:
-    """The reference's test pipeline up to the model input, for one image (the full pipeline,
-    model and resizing back included, is :class:`knet.engine.inference.TestPipeline`).
-
-    ``transform(image)`` -> float32 (3, h, w): keep-ratio resize of the uint8 RGB image to fit
-    ``scale`` (the config's ``test_scale`` unless given), then normalise.
-    """
-
-    __test__ = False  # not a pytest test class despite its name
-
-    def __init__(self, data: Optional[DataConfig] = None, scale: Optional[Size] = None) -> None:
-        self.data = data or DataConfig()
-        self.scale = tuple(scale) if scale is not None else tuple(self.data.test_scale)
-
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        return normalize(resize_keep_ratio(image, self.scale), self.data.mean, self.data.std)

@@ -2,7 +2,8 @@
 I/O of :mod:`knet.checkpoint`)::
 
     WORK_DIR/iter_<N>.pth              every ``checkpoint_interval`` iterations; the newest K are kept
-    WORK_DIR/best_mIoU_iter_<N>.pth    the best validation mIoU so far (one file)
+    WORK_DIR/best_<metric>_iter_<N>.pth  the best validation score so far (one file), e.g.
+                                         best_mIoU_iter_<N>.pth (the task names the metric)
     WORK_DIR/last_checkpoint           the file name of the newest ``iter_<N>.pth``
 
 Every write is atomic: a kill at any moment leaves the old or the new complete file.
@@ -19,23 +20,18 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, TrainingError
+from ..tasks.semantic import SemanticTask
 from ..utils.atomic import atomic_write
 
 PathLike = Union[str, Path]
 
-# Tensors whose first dimension is the number of classes: re-initialised when fine-tuning onto
-# a dataset with another number of classes (the classifier that gives K-Net its initial kernels,
-# and the auxiliary classifier).
-CLASS_DEPENDENT_KEYS: Tuple[str, ...] = (
-    "decode_head.kernel_generate_head.conv_seg.weight",
-    "decode_head.kernel_generate_head.conv_seg.bias",
-    "auxiliary_head.conv_seg.weight",
-    "auxiliary_head.conv_seg.bias",
-)
+# The semantic task's tensors whose first dimension is the number of classes (kept importable here;
+# each task declares its own: ``Task.class_dependent_keys``).
+CLASS_DEPENDENT_KEYS: Tuple[str, ...] = SemanticTask.class_dependent_keys
 
 LAST_CHECKPOINT = "last_checkpoint"
 _ITER_RE = re.compile(r"^iter_(\d+)\.pth$")
-_BEST_RE = re.compile(r"^best_mIoU_iter_(\d+)\.pth$")
+_BEST_RE = re.compile(r"^best_[A-Za-z0-9]+_iter_(\d+)\.pth$")
 
 __all__ = [
     "CLASS_DEPENDENT_KEYS",
@@ -54,13 +50,14 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
 class CheckpointManager:
     """The checkpoints of a work directory: ``iter_<N>.pth`` (the newest ``keep`` are kept),
-    ``best_mIoU_iter_<N>.pth`` (one) and the ``last_checkpoint`` pointer."""
+    ``best_<metric>_iter_<N>.pth`` (one) and the ``last_checkpoint`` pointer."""
 
-    def __init__(self, work_dir: Path, keep: int = 3) -> None:
+    def __init__(self, work_dir: Path, keep: int = 3, best_metric: str = "mIoU") -> None:
         if keep < 1:
             raise TrainingError(f"--keep must be at least 1, got {keep}")
         self.work_dir = Path(work_dir)
         self.keep = int(keep)
+        self.best_metric = best_metric
 
     def iteration_checkpoints(self) -> List[Tuple[int, Path]]:
         found = []
@@ -97,9 +94,9 @@ class CheckpointManager:
         return path
 
     def save_best(self, state: Mapping[str, Any], iteration: int, copy_of: Optional[Path] = None) -> Path:
-        """Write ``best_mIoU_iter_<iteration>.pth`` (a copy of ``copy_of`` when given) and remove
-        the previous best."""
-        path = self.work_dir / f"best_mIoU_iter_{iteration}.pth"
+        """Write ``best_<metric>_iter_<iteration>.pth`` (a copy of ``copy_of`` when given) and
+        remove the previous best."""
+        path = self.work_dir / f"best_{self.best_metric}_iter_{iteration}.pth"
         if copy_of is not None and copy_of.is_file():
             with open(copy_of, "rb") as src:
                 atomic_write(path, lambda dst: shutil.copyfileobj(src, dst, 1 << 22), fsync=True)
@@ -123,16 +120,17 @@ def read_training_checkpoint(path: Path) -> Dict[str, Any]:
     return dict(checkpoint)
 
 
-def load_for_finetuning(model: nn.Module, path: PathLike) -> List[str]:
+def load_for_finetuning(model: nn.Module, path: PathLike,
+                        class_dependent_keys: Tuple[str, ...] = CLASS_DEPENDENT_KEYS) -> List[str]:
     """Load the weights of ``path`` into ``model`` for fine-tuning. When the checkpoint has another
-    number of classes, exactly :data:`CLASS_DEPENDENT_KEYS` keep the model's fresh initialisation;
-    every other tensor must match by name and shape. Returns the re-initialised keys."""
+    number of classes, exactly ``class_dependent_keys`` (the task's) keep the model's fresh
+    initialisation; every other tensor must match by name and shape. Returns the re-initialised keys."""
     from ..checkpoint import load_state_dict, read_checkpoint
 
     # any checkpoint kind; read_checkpoint names a missing or unreadable file
     state = dict(read_checkpoint(path)["state_dict"])
     own = model.state_dict()
-    reinit = [k for k in CLASS_DEPENDENT_KEYS if k in own and k in state and state[k].shape != own[k].shape]
+    reinit = [k for k in class_dependent_keys if k in own and k in state and state[k].shape != own[k].shape]
     for key in reinit:  # keep the model's fresh initialisation of the class-dependent tensors
         state[key] = own[key]
     load_state_dict(model, state, strict=True, source=f"--load-from {path}")

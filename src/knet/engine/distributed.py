@@ -65,9 +65,9 @@ def dist_info_from_env() -> DistInfo:
 
 
 def process_device(name: str, local_rank: int = 0) -> torch.device:
-    """The ``--device`` of :func:`knet.engine.inference.resolve_device`, with ``cuda`` meaning this
+    """The ``--device`` of :func:`knet.utils.device.resolve_device`, with ``cuda`` meaning this
     process's local GPU under torchrun."""
-    from .inference import resolve_device as resolve
+    from ..utils.device import resolve_device as resolve
 
     device = resolve(name)
     if device.type == "cuda" and device.index is None:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from ..data.transforms import normalize
 from ..errors import DataError
 
 __all__ = [
@@ -102,8 +103,7 @@ def to_tensors(image: Any, label: Any, mean: np.ndarray, std: np.ndarray) -> Tup
     else:
         array = np.asarray(image)
         if array.dtype == np.uint8:
-            array = (array.astype(np.float32) - mean) / std
-            array = np.ascontiguousarray(array.transpose(2, 0, 1))
+            array = normalize(array, mean, std)
         image_t = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
     label_t = label.long() if isinstance(label, torch.Tensor) else torch.from_numpy(np.asarray(label).astype(np.int64))
     return image_t, label_t

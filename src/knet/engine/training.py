@@ -8,7 +8,8 @@ iterations (:mod:`.optim`). :func:`train` runs it and keeps a work directory::
     WORK_DIR/config.json               the resolved config (class names and palette included)
     WORK_DIR/log.jsonl                 one JSON object per logged iteration and per validation
     WORK_DIR/iter_<N>.pth              full training state every ``checkpoint_interval`` iterations
-    WORK_DIR/best_mIoU_iter_<N>.pth    the checkpoint of the best validation mIoU so far
+    WORK_DIR/best_<metric>_iter_<N>.pth  the checkpoint of the best validation score so far
+                                       (the task's metric: best_mIoU_iter_<N>.pth for semantic)
     WORK_DIR/last_checkpoint           the file name of the newest ``iter_<N>.pth``
     WORK_DIR/tb/                       TensorBoard events (when tensorboard is installed)
 
@@ -20,8 +21,13 @@ saved and restored, so a resumed run takes the same steps as an uninterrupted on
 
 Distributed runs are started by ``torchrun`` (``env://``: ``RANK``, ``WORLD_SIZE``,
 ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``): NCCL and SyncBatchNorm on CUDA, gloo and plain
-BatchNorm on CPU. Only rank 0 writes files or prints; validation sums the per-class areas of all
-ranks (:mod:`.distributed`). Console, ``log.jsonl`` and TensorBoard: :mod:`.run_log`.
+BatchNorm on CPU. Only rank 0 writes files or prints; validation is the evaluation loop of ``knet
+test`` (:mod:`.evaluation`) with each rank evaluating its share (:mod:`.distributed`). Console,
+``log.jsonl`` and TensorBoard: :mod:`.run_log`.
+
+The task of the config (:mod:`knet.tasks`) gives the augmentation, the losses, the evaluator, the
+metric of the best checkpoint and the tensors re-initialised when fine-tuning; the loop itself
+is task-free: step, log, validate, checkpoint.
 """
 from __future__ import annotations
 
@@ -34,7 +40,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -42,11 +47,12 @@ from torch.utils.data import DataLoader
 
 from ..config import KNetConfig
 from ..errors import CheckpointError, DataError, TrainingDivergedError, TrainingError
+from ..tasks import Task, get_task
 from ..utils.atomic import atomic_write_text
 from .checkpoints import CheckpointManager, load_for_finetuning, read_training_checkpoint
-from .distributed import (DistInfo, all_gather_objects, all_reduce_sum, check_amp, decide_on_main,
-                          dist_info_from_env, init_distributed, leave_process_group, parameter_digest,
-                          process_device)
+from .distributed import (all_gather_objects, all_reduce_sum, check_amp, decide_on_main, dist_info_from_env,
+                          init_distributed, leave_process_group, parameter_digest, process_device)
+from .evaluation import run_evaluation
 from .optim import WarmupStepSchedule, backward_step, build_optimizer
 from .rng import get_rng_state, preserved_rng, seed_everything, set_rng_state
 from .run_log import RunLog, format_eta, memory_mb
@@ -55,10 +61,10 @@ from .train_data import InfiniteSampler, TrainSamples, TrainTransform, worker_in
 __all__ = [
     "TrainOptions",
     "TrainResult",
+    "TrainState",
     "TrainingDivergedError",
     "TrainingError",
     "train",
-    "validate",
 ]
 
 PathLike = Union[str, Path]
@@ -67,7 +73,7 @@ CONFIG_NAME = "config.json"
 
 
 # --------------------------------------------------------------------------------------------
-# Options and results
+# Options, state and results
 # --------------------------------------------------------------------------------------------
 @dataclass
 class TrainOptions:
@@ -95,6 +101,88 @@ class TrainOptions:
 
 
 @dataclass
+class TrainState:
+    """A run's state: the objects that learn, and where the run is. :meth:`to_checkpoint` and
+    :meth:`load_checkpoint` are the one place that knows the layout of ``iter_<N>.pth``::
+
+        state_dict, optimizer, scheduler, scaler   the weights and the optimisation state
+        iteration                                  iterations done
+        rng                                        python/numpy/torch random states, one per rank
+        sampler: seed, world_size, consumed_per_rank   the data position
+        best: <metric>, iteration, path            the best validation so far
+        config, meta                               the resolved config, class names, palette, ...
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: WarmupStepSchedule
+    scaler: Any
+    best_metric: str
+    seed: int = 0
+    iteration: int = 0
+    consumed_per_rank: int = 0  # samples this rank's sampler had drawn at ``iteration``
+    best_value: Optional[float] = None
+    best_iteration: Optional[int] = None
+    best_path: Optional[str] = None
+
+    def to_checkpoint(self, cfg: KNetConfig, rng_states: List[Dict[str, Any]], world_size: int) -> Dict[str, Any]:
+        return {
+            "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "iteration": self.iteration,
+            "rng": rng_states,
+            "sampler": {"seed": self.seed, "world_size": world_size, "consumed_per_rank": self.consumed_per_rank},
+            "best": {self.best_metric: self.best_value, "iteration": self.best_iteration, "path": self.best_path},
+            "config": cfg.to_dict(),
+            "meta": {
+                "class_names": list(cfg.class_names or []),
+                "palette": [list(c) for c in (cfg.palette or [])],
+                "task": cfg.task,
+                "iteration": self.iteration,
+                "seed": self.seed,
+                "world_size": world_size,
+                "knet_version": _knet_version(),
+                "time": datetime.datetime.now().isoformat(timespec="seconds"),
+            },
+        }
+
+    def load_checkpoint(self, checkpoint: Dict[str, Any], path: Path, world_size: int,
+                        batch_size: int) -> Tuple[List[Dict[str, Any]], List[str]]:
+        """Restore everything from ``checkpoint`` (read from ``path``); returns the per-rank
+        random states and notes for the log."""
+        try:
+            self.model.load_state_dict(checkpoint["state_dict"], strict=True)
+        except RuntimeError as err:
+            raise CheckpointError(f"--resume {path}: the weights do not fit this model: "
+                                  f"{str(err).splitlines()[0]}") from None
+        try:
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+        except (ValueError, KeyError) as err:
+            raise CheckpointError(f"--resume {path}: the optimizer state does not fit: {err}") from None
+        self.schedule.load_state_dict(checkpoint["scheduler"])
+        if self.scaler is not None and checkpoint.get("scaler"):
+            self.scaler.load_state_dict(checkpoint["scaler"])
+        self.iteration = int(checkpoint["iteration"])
+        best = checkpoint.get("best") or {}
+        self.best_value, self.best_iteration, self.best_path = (best.get(self.best_metric), best.get("iteration"),
+                                                                best.get("path"))
+        sampler = checkpoint["sampler"]
+        self.seed = int(sampler.get("seed", self.seed))  # the data order and augmentations continue
+        notes = []
+        if int(sampler.get("world_size", 1)) == world_size:
+            self.consumed_per_rank = int(sampler.get("consumed_per_rank", self.iteration * batch_size))
+        else:
+            self.consumed_per_rank = self.iteration * batch_size
+            notes.append(f"warning: {path} was written by a run of {sampler.get('world_size')} process(es), this "
+                         f"run has {world_size}: the data order and random states continue, but not bit-exactly")
+        notes.append(f"resumed from {path} at iteration {self.iteration}")
+        rng = checkpoint["rng"]
+        return (list(rng) if isinstance(rng, (list, tuple)) else [rng]), notes
+
+
+@dataclass
 class TrainResult:
     """What :func:`train` returns (on every rank)."""
 
@@ -103,55 +191,41 @@ class TrainResult:
     work_dir: Path
     last_checkpoint: Optional[Path] = None
     best_checkpoint: Optional[Path] = None
-    best_miou: Optional[float] = None
+    best_metric: str = "mIoU"
+    best_value: Optional[float] = None
     last_metrics: Dict[str, Optional[float]] = field(default_factory=dict)
     resumed_from: Optional[Path] = None
     reinitialized: List[str] = field(default_factory=list)
 
+    @property
+    def best_miou(self) -> Optional[float]:
+        """The best validation mIoU (semantic runs; kept for the 0.1 API)."""
+        return self.best_value if self.best_metric == "mIoU" else None
 
-# --------------------------------------------------------------------------------------------
-# Validation
-# --------------------------------------------------------------------------------------------
-def validate(model: nn.Module, dataset: Any, info: DistInfo, batch_size: int = 4) -> Dict[str, Optional[float]]:
-    """aAcc / mIoU / mAcc (percent) of ``model`` on ``dataset`` with the test pipeline of
-    ``knet test``: every rank predicts its share of the images (``rank, rank + W, ...``) and the
-    confusion matrices of all ranks are summed before the metrics are computed."""
-    from .evaluation import SegmentationMetric
-    from .inference import TestPipeline
 
-    pipeline = TestPipeline(model)
-    metric = SegmentationMetric(model.config.num_classes, model.config.data.ignore_index, device=pipeline.device)
-    indices = list(range(info.rank, len(dataset), info.world_size))
-    for start in range(0, len(indices), batch_size):
-        items = [dataset[i] for i in indices[start:start + batch_size]]
-        for item, pred in zip(items, pipeline.predict([item["image"] for item in items])):
-            metric.update(pred, torch.as_tensor(np.asarray(item["label"]).astype(np.int64)))
-    if info.distributed:
-        confusion = metric.confusion
-        if confusion.device.type not in ("cpu", "cuda"):  # e.g. mps: reduce on the CPU
-            confusion = confusion.cpu()
-        dist.all_reduce(confusion, op=dist.ReduceOp.SUM)
-        metric.confusion = confusion
-    metrics = metric.compute()
-    return {k: metrics[k] for k in ("aAcc", "mIoU", "mAcc")}
+class _LossForward(nn.Module):
+    """The model and its task's losses as one module, so that DistributedDataParallel wraps the
+    whole computation: ``forward(images, targets)`` -> the named losses."""
+
+    def __init__(self, model: nn.Module, task: Task) -> None:
+        super().__init__()
+        self.model = model
+        self.task = task
+
+    def forward(self, images: torch.Tensor, targets: Any) -> Dict[str, torch.Tensor]:
+        return self.task.losses(self.model.outputs(images), targets, self.model.config)
 
 
 # --------------------------------------------------------------------------------------------
-# The loop
+# Setting up
 # --------------------------------------------------------------------------------------------
-def _default_datasets(cfg: KNetConfig, options: TrainOptions) -> Tuple[Any, Any]:
+def _default_datasets(options: TrainOptions, ignore_index: int) -> Tuple[Any, Any]:
     from ..data.datasets import build_dataset
 
     if options.data_root is None:
         raise TrainingError("no training data: give --data-root")
     root = Path(options.data_root)
-    return build_dataset(options.dataset, root, "train"), build_dataset(options.dataset, root, "val")
-
-
-def _default_transform(cfg: KNetConfig) -> TrainTransform:
-    from ..data.transforms import TrainPipeline
-
-    return TrainPipeline(cfg.data)
+    return tuple(build_dataset(options.dataset, root, split, ignore_index=ignore_index) for split in ("train", "val"))
 
 
 def _with_dataset_classes(cfg: KNetConfig, dataset: Any) -> KNetConfig:
@@ -167,24 +241,30 @@ def _with_dataset_classes(cfg: KNetConfig, dataset: Any) -> KNetConfig:
     return cfg.replace(overrides)
 
 
+def _check_recipe(cfg: KNetConfig, options: TrainOptions) -> None:
+    if options.workers < 0:
+        raise TrainingError(f"--workers must be >= 0, got {options.workers}")
+    for name in ("iters", "batch_size", "val_interval", "checkpoint_interval", "log_interval"):
+        if getattr(cfg.train, name) < 1:
+            raise TrainingError(f"train.{name} must be at least 1, got {getattr(cfg.train, name)}")
+
+
 class _Trainer:
+    """One run: :meth:`setup` builds everything (or restores it from a checkpoint), :meth:`run`
+    loops over :meth:`step`, :meth:`log`, :meth:`validate` and :meth:`save`."""
+
     def __init__(self, cfg: KNetConfig, options: TrainOptions, train_dataset: Any, val_dataset: Any,
                  transform: Optional[TrainTransform]) -> None:
         self.options = options
         self.info = dist_info_from_env()
         self.device = process_device(options.device, self.info.local_rank)
         self.amp_dtype = check_amp(options.amp, self.device)  # before any bf16 op can run
-        if options.workers < 0:
-            raise TrainingError(f"--workers must be >= 0, got {options.workers}")
-        t = cfg.train
-        for name in ("iters", "batch_size", "val_interval", "checkpoint_interval", "log_interval"):
-            if getattr(t, name) < 1:
-                raise TrainingError(f"train.{name} must be at least 1, got {getattr(t, name)}")
+        _check_recipe(cfg, options)
+        self.task = get_task(cfg.task)
         self.work_dir = Path(options.work_dir)
-        self.checkpoints = CheckpointManager(self.work_dir, options.keep)
-
+        self.checkpoints = CheckpointManager(self.work_dir, options.keep, self.task.best_metric)
         if train_dataset is None or val_dataset is None:
-            default_train, default_val = _default_datasets(cfg, options)
+            default_train, default_val = _default_datasets(options, cfg.data.ignore_index)
             train_dataset = default_train if train_dataset is None else train_dataset
             val_dataset = default_val if val_dataset is None else val_dataset
         if len(train_dataset) == 0:
@@ -194,69 +274,71 @@ class _Trainer:
         self.cfg = _with_dataset_classes(cfg, train_dataset)
         self.train_dataset = train_dataset
         self.val_dataset = val_dataset
-        self.transform = transform or _default_transform(self.cfg)
+        self.transform = transform or self.task.train_transform(self.cfg)
+        self.notes: List[str] = []  # lines for the log, written once it exists
+        self.reinitialized: List[str] = []
+        self.resumed_from: Optional[Path] = None
 
     # ---- setup -------------------------------------------------------------------------
-    def _build(self) -> None:
+    def setup(self) -> None:
         from ..models.segmentor import build_model
 
         self.owns_process_group = init_distributed(self.info, self.device)
         if self.info.is_main:
             self.work_dir.mkdir(parents=True, exist_ok=True)
         seed_everything(self.options.seed)
-        self.model = build_model(self.cfg).to(self.device)
-        self.model.train()
-        self.reinitialized: List[str] = []
-        self.log_lines: List[str] = []
+        model = build_model(self.cfg).to(self.device)
+        model.train()
         if self.options.backbone_weights:
             from ..checkpoint.pretrained import load_backbone_weights
 
-            skipped = load_backbone_weights(self.model.backbone, self.options.backbone_weights)
-            self.log_lines.append(f"backbone weights: {self.options.backbone_weights}"
-                                  + (f" (not loaded from the file: {', '.join(skipped)})" if skipped else ""))
-        self.optimizer = build_optimizer(self.model, self.cfg.train)
-        self.schedule = WarmupStepSchedule(self.optimizer, self.cfg.train)
-        self.scaler = None
-        if self.amp_dtype == torch.float16:
-            self.scaler = torch.amp.GradScaler("cuda")
-        self.start_iter = 0
-        self.seed = self.options.seed
-        self.sampler_start = 0
-        self.best: Dict[str, Any] = {"mIoU": None, "iteration": None, "path": None}
-        self.resumed_from: Optional[Path] = None
-        rng_states: Optional[List[Dict[str, Any]]] = None
-        # Rank 0 decides (the work directory is its own), the other ranks follow.
-        resume_path, stale = decide_on_main(
-            lambda: (self._resume_path(), [p.name for _, p in self.checkpoints.iteration_checkpoints()]),
-            self.info)
-        if resume_path is None:
-            if stale:
-                raise TrainingError(
-                    f"{self.work_dir} already holds the checkpoints of a run ({', '.join(stale)}): pass "
-                    "--resume to continue it, or choose another --work-dir")
-        if resume_path is not None:
-            rng_states = self._resume(resume_path)
-        elif self.options.load_from:
-            self.reinitialized = load_for_finetuning(self.model, self.options.load_from)
-            line = f"loaded weights from {self.options.load_from}"
-            if self.reinitialized:
-                line += (f"; re-initialised for {self.cfg.num_classes} classes: "
-                         + ", ".join(self.reinitialized))
-            self.log_lines.append(line)
-
-        self.net: nn.Module = self.model
+            skipped = load_backbone_weights(model.backbone, self.options.backbone_weights)
+            self.notes.append(f"backbone weights: {self.options.backbone_weights}"
+                              + (f" (not loaded from the file: {', '.join(skipped)})" if skipped else ""))
+        optimizer = build_optimizer(model, self.cfg.train)
+        self.state = TrainState(model=model, optimizer=optimizer, schedule=WarmupStepSchedule(optimizer, self.cfg.train),
+                                scaler=torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None,
+                                best_metric=self.task.best_metric, seed=self.options.seed)
+        rng_states = self._restore_or_start()
+        if self.info.distributed and self.device.type == "cuda":
+            # convert_sync_batchnorm keeps the Parameter objects the optimizer holds
+            self.state.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.state.model)
+        self.net: nn.Module = _LossForward(self.state.model, self.task)
         if self.info.distributed:
-            if self.device.type == "cuda":
-                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-                self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device.index])
-            else:
-                self.net = nn.parallel.DistributedDataParallel(self.model)
-        # The optimizer holds the same Parameter objects: convert_sync_batchnorm keeps them.
-
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = nn.parallel.DistributedDataParallel(self.net, device_ids=device_ids)
         if rng_states is not None:
             own = rng_states[self.info.rank] if len(rng_states) == self.info.world_size else rng_states[0]
             set_rng_state(own, self.device)
-        self._build_loader()
+        self.loader = self._build_loader()
+
+    def _restore_or_start(self) -> Optional[List[Dict[str, Any]]]:
+        """Resume (returns the checkpoint's random states), fine-tune from ``--load-from``, or
+        start afresh; rank 0 decides (the work directory is its own), the other ranks follow."""
+        resume_path, stale = decide_on_main(
+            lambda: (self._resume_path(), [p.name for _, p in self.checkpoints.iteration_checkpoints()]), self.info)
+        if resume_path is not None:
+            visible = all_gather_objects(resume_path.is_file(), self.info)
+            if not all(visible):
+                ranks = [r for r, ok in enumerate(visible) if not ok]
+                raise TrainingError(f"checkpoint {resume_path} is not visible on rank(s) {ranks}: resuming a "
+                                    "multi-node run needs the work directory on a filesystem every node can read")
+            rng_states, notes = self.state.load_checkpoint(read_training_checkpoint(resume_path), resume_path,
+                                                           self.info.world_size, self.cfg.train.batch_size)
+            self.notes += notes
+            self.resumed_from = resume_path
+            return rng_states
+        if stale:
+            raise TrainingError(f"{self.work_dir} already holds the checkpoints of a run ({', '.join(stale)}): pass "
+                                "--resume to continue it, or choose another --work-dir")
+        if self.options.load_from:
+            self.reinitialized = load_for_finetuning(self.state.model, self.options.load_from,
+                                                     self.task.class_dependent_keys)
+            line = f"loaded weights from {self.options.load_from}"
+            if self.reinitialized:
+                line += f"; re-initialised for {self.cfg.num_classes} classes: " + ", ".join(self.reinitialized)
+            self.notes.append(line)
+        return None
 
     def _resume_path(self) -> Optional[Path]:
         resume = self.options.resume
@@ -265,208 +347,170 @@ class _Trainer:
         if str(resume) == "auto":
             path = self.checkpoints.latest()
             if path is None:
-                self.log_lines.append(f"--resume: no checkpoint in {self.work_dir}; starting from iteration 0")
+                self.notes.append(f"--resume: no checkpoint in {self.work_dir}; starting from iteration 0")
             return path
         path = Path(resume)
         if not path.is_file():
             raise CheckpointError(f"--resume {path}: no such checkpoint file")
         return path
 
-    def _resume(self, path: Path) -> List[Dict[str, Any]]:
-        visible = all_gather_objects(path.is_file(), self.info)
-        if not all(visible):
-            ranks = [r for r, ok in enumerate(visible) if not ok]
-            raise TrainingError(f"checkpoint {path} is not visible on rank(s) {ranks}: resuming a multi-node "
-                                "run needs the work directory on a filesystem every node can read")
-        checkpoint = read_training_checkpoint(path)
-        try:
-            self.model.load_state_dict(checkpoint["state_dict"], strict=True)
-        except RuntimeError as err:
-            raise CheckpointError(f"--resume {path}: the weights do not fit this model: "
-                                  f"{str(err).splitlines()[0]}") from None
-        try:
-            self.optimizer.load_state_dict(checkpoint["optimizer"])
-        except (ValueError, KeyError) as err:
-            raise CheckpointError(f"--resume {path}: the optimizer state does not fit: {err}") from None
-        self.schedule.load_state_dict(checkpoint["scheduler"])
-        if self.scaler is not None and checkpoint.get("scaler"):
-            self.scaler.load_state_dict(checkpoint["scaler"])
-        self.start_iter = int(checkpoint["iteration"])
-        self.sampler_start = self.start_iter * self.cfg.train.batch_size
-        best = checkpoint.get("best") or {}
-        self.best = {"mIoU": best.get("mIoU"), "iteration": best.get("iteration"), "path": best.get("path")}
-        sampler = checkpoint["sampler"]
-        self.seed = int(sampler.get("seed", self.seed))  # the data order and augmentations continue
-        if int(sampler.get("world_size", 1)) == self.info.world_size:
-            self.sampler_start = int(sampler.get("consumed_per_rank", self.sampler_start))
-        else:
-            self.log_lines.append(
-                f"warning: {path} was written by a run of {sampler.get('world_size')} process(es), this run "
-                f"has {self.info.world_size}: the data order and random states continue, but not bit-exactly")
-        self.resumed_from = path
-        self.log_lines.append(f"resumed from {path} at iteration {self.start_iter}")
-        rng = checkpoint["rng"]
-        return list(rng) if isinstance(rng, (list, tuple)) else [rng]
-
-    def _build_loader(self) -> None:
-        t = self.cfg.train
-        self.sampler = InfiniteSampler(len(self.train_dataset), seed=self.seed, rank=self.info.rank,
-                                       world_size=self.info.world_size, start=self.sampler_start)
-        samples = TrainSamples(self.train_dataset, self.transform, self.seed, self.cfg.data.mean, self.cfg.data.std)
+    def _build_loader(self) -> DataLoader:
+        t, state = self.cfg.train, self.state
+        sampler = InfiniteSampler(len(self.train_dataset), seed=state.seed, rank=self.info.rank,
+                                  world_size=self.info.world_size, start=state.consumed_per_rank)
+        samples = TrainSamples(self.train_dataset, self.transform, state.seed, self.cfg.data.mean, self.cfg.data.std)
         generator = torch.Generator()
-        generator.manual_seed(self.seed * 1000 + self.info.rank)
+        generator.manual_seed(state.seed * 1000 + self.info.rank)
         workers = self.options.workers
-        self.loader = DataLoader(samples, batch_size=t.batch_size, sampler=self.sampler, drop_last=True,
-                                 num_workers=workers, pin_memory=self.device.type == "cuda",
-                                 worker_init_fn=worker_init if workers else None, generator=generator,
-                                 persistent_workers=workers > 0, prefetch_factor=2 if workers else None)
+        return DataLoader(samples, batch_size=t.batch_size, sampler=sampler, drop_last=True,
+                          num_workers=workers, pin_memory=self.device.type == "cuda",
+                          worker_init_fn=worker_init if workers else None, generator=generator,
+                          persistent_workers=workers > 0, prefetch_factor=2 if workers else None)
 
-    # ---- state -------------------------------------------------------------------------
-    def _state(self, iteration: int, rng_states: List[Dict[str, Any]]) -> Dict[str, Any]:
-        return {
-            "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.schedule.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "iteration": iteration,
-            "rng": rng_states,
-            "sampler": {"seed": self.seed, "world_size": self.info.world_size,
-                        "consumed_per_rank": self.sampler_start
-                        + (iteration - self.start_iter) * self.cfg.train.batch_size},
-            "best": dict(self.best),
-            "config": self.cfg.to_dict(),
-            "meta": {
-                "class_names": list(self.cfg.class_names or []),
-                "palette": [list(c) for c in (self.cfg.palette or [])],
-                "iteration": iteration,
-                "seed": self.seed,
-                "world_size": self.info.world_size,
-                "knet_version": _knet_version(),
-                "time": datetime.datetime.now().isoformat(timespec="seconds"),
-            },
-        }
-
-    # ---- run ---------------------------------------------------------------------------
+    # ---- the loop ----------------------------------------------------------------------
     def run(self) -> TrainResult:
-        self._build()
-        t = self.cfg.train
-        info = self.info
-        main = info.is_main
-        progress = self.options.progress
-        if progress is None:
-            progress = sys.stderr.isatty()
-        log = RunLog(self.work_dir, main, self.start_iter, t.iters, bool(progress) and main, self.options.quiet)
-        if main:
+        self.setup()
+        t, info, state = self.cfg.train, self.info, self.state
+        progress = sys.stderr.isatty() if self.options.progress is None else self.options.progress
+        self.log = RunLog(self.work_dir, info.is_main, state.iteration, t.iters, bool(progress) and info.is_main,
+                          self.options.quiet)
+        if info.is_main:
             atomic_write_text(self.work_dir / CONFIG_NAME, self.cfg.to_json() + "\n")
-            for line in self.log_lines:
-                log.info(line)
-            log.info(f"training {self.cfg.name} ({self.cfg.num_classes} classes) on {self.device}"
-                     f"{f' x {info.world_size} processes' if info.distributed else ''}: iterations "
-                     f"{self.start_iter} -> {t.iters}, batch {t.batch_size} per process, "
-                     f"base lr {t.lr:g}, work dir {self.work_dir}")
-        result = TrainResult(model=self.model, iteration=self.start_iter, work_dir=self.work_dir,
-                             resumed_from=self.resumed_from, reinitialized=list(self.reinitialized),
-                             best_miou=self.best["mIoU"])
-        if self.best["path"]:
-            result.best_checkpoint = self.work_dir / str(self.best["path"])
-        autocast = (torch.autocast("cuda", dtype=self.amp_dtype) if self.amp_dtype is not None else nullcontext())
+            for line in self.notes:
+                self.log.info(line)
+            self.log.info(f"training {self.cfg.name} ({self.cfg.num_classes} classes, {self.task.name}) on "
+                          f"{self.device}{f' x {info.world_size} processes' if info.distributed else ''}: "
+                          f"iterations {state.iteration} -> {t.iters}, batch {t.batch_size} per process, "
+                          f"base lr {t.lr:g}, work dir {self.work_dir}")
+        self.result = TrainResult(model=state.model, iteration=state.iteration, work_dir=self.work_dir,
+                                  resumed_from=self.resumed_from, reinitialized=list(self.reinitialized),
+                                  best_metric=state.best_metric, best_value=state.best_value,
+                                  best_checkpoint=self.work_dir / state.best_path if state.best_path else None)
         try:
-            self._loop(log, result, autocast)
+            self._loop()
         finally:
-            log.close()
+            self.log.close()
         if info.distributed:
-            digests = all_gather_objects(parameter_digest(self.model), info)
+            digests = all_gather_objects(parameter_digest(state.model), info)
             if len(set(digests)) != 1:
                 raise TrainingError(f"the ranks ended with different parameters: {digests}")
-            log.info(f"parameters identical on all {info.world_size} ranks (sha256 {digests[0][:16]})")
-        return result
+            self.log.info(f"parameters identical on all {info.world_size} ranks (sha256 {digests[0][:16]})")
+        return self.result
 
-    def _loop(self, log: RunLog, result: TrainResult, autocast: Any) -> None:
+    def _loop(self) -> None:
         t = self.cfg.train
-        info = self.info
-        window: Dict[str, List[float]] = {}
-        run_start = time.perf_counter()
-        data_iter = iter(self.loader)
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        autocast = torch.autocast("cuda", dtype=self.amp_dtype) if self.amp_dtype is not None else nullcontext()
+        self.window: Dict[str, List[float]] = {}
+        self.run_start = time.perf_counter()
+        self.first_iter = self.state.iteration
+        data = iter(self.loader)
         tic = time.perf_counter()
-        for it in range(self.start_iter, t.iters):
-            images, labels = next(data_iter)
-            images = images.to(self.device, non_blocking=True)
-            labels = labels.to(self.device, non_blocking=True)
+        for it in range(self.state.iteration, t.iters):
+            images, targets = next(data)
             data_time = time.perf_counter() - tic
-            lr = self.schedule.apply(it)
-            with autocast:
-                losses = self.net(images, labels)
-            loss = sum(losses.values())
-            values = torch.stack([loss.detach().float()] + [v.detach().float() for v in losses.values()])
-            values = all_reduce_sum(values, info) / info.world_size
-            values_list = values.tolist()
-            if not all(math.isfinite(v) for v in values_list):
-                bad = [name for name, v in zip(["loss"] + list(losses), values_list) if not math.isfinite(v)]
-                latest = self.checkpoints.latest()
-                keep = f"the last good checkpoint is {latest}" if latest else "no checkpoint was written yet"
-                raise TrainingDivergedError(
-                    f"the loss is {values_list[0]} at iteration {it + 1} (non-finite: {', '.join(bad)}); "
-                    f"stopping: {keep}. Lower the lr or check the data.")
-            grad_norm = backward_step(loss, self.optimizer, params, t.clip_grad_norm, self.scaler)
+            values, lr = self.step(it, images, targets, autocast)
             done = it + 1
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            elapsed = time.perf_counter() - tic
-            for name, value in zip(["loss"] + list(losses), values_list):
-                window.setdefault(name, []).append(value)
-            window.setdefault("grad_norm", []).append(grad_norm)
-            window.setdefault("time", []).append(elapsed)
-            window.setdefault("data_time", []).append(data_time)
-            log.advance()
-
+            self.state.iteration = done
+            self.state.consumed_per_rank += t.batch_size
+            self._remember(values, data_time, time.perf_counter() - tic)
             if done % t.log_interval == 0 or done == t.iters:
-                avg = {k: sum(v) / len(v) for k, v in window.items()}
-                iters_done = done - self.start_iter
-                per_iter = (time.perf_counter() - run_start) / iters_done
-                record: Dict[str, Any] = {"iter": done, "lr": lr}
-                record.update({k: round(avg[k], 6) for k in ["loss"] + list(losses)})
-                record.update({"grad_norm": round(avg["grad_norm"], 4), "time": round(avg["time"], 4),
-                               "data_time": round(avg["data_time"], 4), "memory": memory_mb(self.device)})
-                log.record(record)
-                named = "  ".join(f"{k} {avg[k]:.4f}" for k in losses)
-                log.info(f"iter {done}/{t.iters}  loss {avg['loss']:.4f}  {named}  lr {lr:.3e}  "
-                         f"time {avg['time']:.3f}s/it  data {avg['data_time']:.3f}s  "
-                         f"eta {format_eta(per_iter * (t.iters - done))}  mem {record['memory']:.0f}M")
-                window = {}
-
-            evaluated = False
+                self.log_window(done, lr)
+            metrics = None
             if self.val_dataset is not None and len(self.val_dataset) and (done % t.val_interval == 0 or done == t.iters):
-                with preserved_rng(self.device):
-                    metrics = validate(self.model, self.val_dataset, info)
-                evaluated = True
-                result.last_metrics = dict(metrics)
-                log.record({"iter": done, **metrics})
-                log.info(f"iter {done}/{t.iters}  validation: "
-                         + "  ".join(f"{k} {'n/a' if v is None else f'{v:.2f}'}" for k, v in metrics.items()))
-            improved = (evaluated and metrics["mIoU"] is not None
-                        and (self.best["mIoU"] is None or metrics["mIoU"] > self.best["mIoU"]))
-            if improved:
-                self.best = {"mIoU": metrics["mIoU"], "iteration": done,
-                             "path": f"best_mIoU_iter_{done}.pth"}
-            save_iter = done % t.checkpoint_interval == 0 or done == t.iters
-            if save_iter or improved:
-                rng_states = all_gather_objects(get_rng_state(self.device), info)
-                if info.is_main:
-                    state = self._state(done, rng_states)
-                    saved = None
-                    if save_iter:
-                        saved = self.checkpoints.save(state, done)
-                        result.last_checkpoint = saved
-                        log.info(f"saved {saved}")
-                    if improved:
-                        best_path = self.checkpoints.save_best(state, done, copy_of=saved)
-                        result.best_checkpoint = best_path
-                        log.info(f"new best mIoU {metrics['mIoU']:.2f}: {best_path}")
-            if improved:
-                result.best_miou = metrics["mIoU"]
-            result.iteration = done
+                metrics = self.validate(done)
+            improved = self._update_best(metrics, done)
+            if done % t.checkpoint_interval == 0 or done == t.iters or improved:
+                self.save(done, save_iter=done % t.checkpoint_interval == 0 or done == t.iters, improved=improved)
+            self.result.iteration = done
             tic = time.perf_counter()
+
+    def step(self, it: int, images: torch.Tensor, targets: Any, autocast: Any) -> Tuple[Dict[str, float], float]:
+        """One optimisation step: forward, losses, NaN check, clipped backward and update.
+        Returns the losses averaged over the ranks (``loss`` = their sum, ``grad_norm``) and the lr."""
+        t, info = self.cfg.train, self.info
+        images = images.to(self.device, non_blocking=True)
+        targets = targets.to(self.device, non_blocking=True)
+        lr = self.state.schedule.apply(it)
+        with autocast:
+            losses = self.net(images, targets)
+        loss = sum(losses.values())
+        names = ["loss"] + list(losses)
+        stacked = torch.stack([loss.detach().float()] + [v.detach().float() for v in losses.values()])
+        averaged = (all_reduce_sum(stacked, info) / info.world_size).tolist()
+        if not all(math.isfinite(v) for v in averaged):
+            bad = [name for name, v in zip(names, averaged) if not math.isfinite(v)]
+            latest = self.checkpoints.latest()
+            keep = f"the last good checkpoint is {latest}" if latest else "no checkpoint was written yet"
+            raise TrainingDivergedError(
+                f"the loss is {averaged[0]} at iteration {it + 1} (non-finite: {', '.join(bad)}); "
+                f"stopping: {keep}. Lower the lr or check the data.")
+        params = [p for p in self.state.model.parameters() if p.requires_grad]
+        grad_norm = backward_step(loss, self.state.optimizer, params, t.clip_grad_norm, self.state.scaler)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return {**dict(zip(names, averaged)), "grad_norm": grad_norm}, lr
+
+    def _remember(self, values: Dict[str, float], data_time: float, elapsed: float) -> None:
+        for name, value in {**values, "time": elapsed, "data_time": data_time}.items():
+            self.window.setdefault(name, []).append(value)
+        self.log.advance()
+
+    def log_window(self, done: int, lr: float) -> None:
+        """The averages since the last log line: console, ``log.jsonl``, TensorBoard."""
+        t = self.cfg.train
+        avg = {k: sum(v) / len(v) for k, v in self.window.items()}
+        loss_names = [k for k in self.window if k not in ("grad_norm", "time", "data_time")]
+        per_iter = (time.perf_counter() - self.run_start) / (done - self.first_iter)
+        record: Dict[str, Any] = {"iter": done, "lr": lr}
+        record.update({k: round(avg[k], 6) for k in loss_names})
+        record.update({"grad_norm": round(avg["grad_norm"], 4), "time": round(avg["time"], 4),
+                       "data_time": round(avg["data_time"], 4), "memory": memory_mb(self.device)})
+        self.log.record(record)
+        named = "  ".join(f"{k} {avg[k]:.4f}" for k in loss_names if k != "loss")
+        self.log.info(f"iter {done}/{t.iters}  loss {avg['loss']:.4f}  {named}  lr {lr:.3e}  "
+                      f"time {avg['time']:.3f}s/it  data {avg['data_time']:.3f}s  "
+                      f"eta {format_eta(per_iter * (t.iters - done))}  mem {record['memory']:.0f}M")
+        self.window = {}
+
+    def validate(self, done: int) -> Dict[str, Optional[float]]:
+        """The task's summary metrics on the validation set, with ``knet test``'s evaluation loop
+        (every rank its share); the random states are left as they were."""
+        with preserved_rng(self.device):
+            result = run_evaluation(self.state.model, self.val_dataset, task=self.task, batch_size=4,
+                                    device=None, dist_info=self.info)
+        metrics = {k: result.metrics.get(k) for k in self.task.summary_metrics}
+        self.result.last_metrics = dict(metrics)
+        self.log.record({"iter": done, **metrics})
+        self.log.info(f"iter {done}/{self.cfg.train.iters}  validation: "
+                      + "  ".join(f"{k} {'n/a' if v is None else f'{v:.2f}'}" for k, v in metrics.items()))
+        return metrics
+
+    def _update_best(self, metrics: Optional[Dict[str, Optional[float]]], done: int) -> bool:
+        state = self.state
+        value = None if metrics is None else metrics.get(state.best_metric)
+        if value is None or (state.best_value is not None and value <= state.best_value):
+            return False
+        state.best_value, state.best_iteration = value, done
+        state.best_path = f"best_{state.best_metric}_iter_{done}.pth"
+        self.result.best_value = value
+        return True
+
+    def save(self, done: int, save_iter: bool, improved: bool) -> None:
+        """``iter_<N>.pth`` and/or the new best checkpoint, written by rank 0 (every rank takes
+        part in gathering the random states)."""
+        rng_states = all_gather_objects(get_rng_state(self.device), self.info)
+        if not self.info.is_main:
+            return
+        checkpoint = self.state.to_checkpoint(self.cfg, rng_states, self.info.world_size)
+        saved = None
+        if save_iter:
+            saved = self.checkpoints.save(checkpoint, done)
+            self.result.last_checkpoint = saved
+            self.log.info(f"saved {saved}")
+        if improved:
+            best_path = self.checkpoints.save_best(checkpoint, done, copy_of=saved)
+            self.result.best_checkpoint = best_path
+            self.log.info(f"new best {self.state.best_metric} {self.state.best_value:.2f}: {best_path}")
 
 
 def _knet_version() -> str:
@@ -481,7 +525,7 @@ def train(cfg: KNetConfig, options: TrainOptions, train_dataset: Any = None, val
 
     ``train_dataset`` / ``val_dataset`` default to ``build_dataset(options.dataset,
     options.data_root, "train"/"val")``; ``transform`` (``(image, label, rng) -> (image,
-    label)``) defaults to the reference's train pipeline for ``cfg.data``. The number of classes,
+    label)``) defaults to the task's training augmentation for ``cfg.data``. The number of classes,
     class names and palette come from the training set. Under torchrun, call it on every rank.
     """
     trainer = _Trainer(cfg, options, train_dataset, val_dataset, transform)

@@ -27,62 +27,54 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import KNetConfig
+from ..data.transforms import Size, normalize, resize_keep_ratio, scaled
 from ..errors import KnetError
-from ..data.transforms import Size, resize_keep_ratio, scaled
+from ..utils.device import module_device
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 MODES = ("whole", "slide")
 
 
-def resolve_device(name: Union[str, torch.device, None] = "auto") -> torch.device:
-    """The torch device for a ``--device`` value.
+class TorchRunner:
+    """The model-runner interface of the test pipeline, for a torch model.
 
-    ``auto`` picks CUDA when available, then Apple's MPS, then the CPU. ``cuda``, ``cuda:N`` and
-    ``mps`` fail with a clear message when that device is not available.
+    A runner has ``config`` (the model's :class:`KNetConfig`), ``device`` (where inputs go) and
+    ``__call__(x, mode, crop_size, stride)``: normalised float32 images (N, 3, h, w) on ``device``
+    -> logits (N, C, h, w) at the same size. A compiled model or another runtime plugs into
+    :class:`TestPipeline`, and so into ``knet test``, ``knet predict`` and ``Segmenter``, by
+    providing the same three things.
     """
-    if isinstance(name, torch.device):
-        return name
-    name = (name or "auto").strip().lower()
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if _mps_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name == "mps":
-        if not _mps_available():
-            raise KnetError("device 'mps' requested but Apple's MPS backend is not available here")
-        return torch.device("mps")
-    if name == "cuda" or name.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise KnetError(f"device {name!r} requested but CUDA is not available here (use --device cpu)")
-        device = torch.device(name)
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise KnetError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) here")
-        return device
-    raise KnetError(f"unknown device {name!r}; valid: auto, cpu, cuda, cuda:N, mps")
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.config: KNetConfig = model.config
+
+    @property
+    def device(self) -> torch.device:
+        return module_device(self.model)
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, mode: str, crop_size: Tuple[int, int],
+                 stride: Tuple[int, int]) -> torch.Tensor:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return self.model.inference(x, mode=mode, crop_size=crop_size, stride=stride).float()
+        finally:
+            self.model.train(was_training)
 
 
-def _mps_available() -> bool:
-    backend = getattr(torch.backends, "mps", None)
-    return bool(backend is not None and backend.is_available())
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    return torch.device("cpu")
+def as_runner(model: Union[nn.Module, "TorchRunner"]):
+    """A torch model wrapped as a :class:`TorchRunner`; a runner is returned as it is."""
+    return TorchRunner(model) if isinstance(model, nn.Module) else model
 
 
 class TestPipeline:
     """The reference's test pipeline for a model (see the module docstring).
 
     Args:
-        model: a ``KNet`` (anything with ``config.data`` and ``inference(x, mode, crop_size,
-            stride)``); it runs where its parameters are, in eval mode (its train/eval flag is
-            restored afterwards).
+        model: a ``KNet`` (run where its parameters are, in eval mode; its train/eval flag is
+            restored afterwards) or a model runner (see :class:`TorchRunner`).
         mode: ``whole`` (the reference's K-Net setting) or ``slide``.
         crop_size, stride: sliding-window crop and step, (width, height); default the config's
             crop and two thirds of it.
@@ -97,8 +89,9 @@ class TestPipeline:
                  tta_ratios: Optional[Sequence[float]] = None) -> None:
         if mode not in MODES:
             raise KnetError(f"inference mode {mode!r} is not one of: {', '.join(MODES)}")
-        data = model.config.data
+        self.runner = as_runner(model)
         self.model = model
+        data = self.runner.config.data
         self.mode = mode
         self.crop_size: Size = tuple(crop_size) if crop_size is not None else tuple(data.crop_size)
         self.stride: Size = (tuple(stride) if stride is not None
@@ -106,9 +99,8 @@ class TestPipeline:
         self.test_scale: Size = tuple(test_scale) if test_scale is not None else tuple(data.test_scale)
         self.tta = bool(tta)
         self.tta_ratios = tuple(tta_ratios) if tta_ratios is not None else tuple(data.tta_ratios)
-        self.mean = torch.tensor(data.mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self.std = torch.tensor(data.std, dtype=torch.float32).view(1, 3, 1, 1)
-        self.align_corners = bool(getattr(model.config, "align_corners", False))
+        self.mean, self.std = tuple(data.mean), tuple(data.std)
+        self.align_corners = bool(getattr(self.runner.config, "align_corners", False))
         for name, size in (("crop size", self.crop_size), ("stride", self.stride), ("test scale", self.test_scale)):
             if len(size) != 2 or min(size) <= 0:
                 raise KnetError(f"{name} must be two positive integers (width, height), got {size}")
@@ -117,7 +109,7 @@ class TestPipeline:
 
     @property
     def device(self) -> torch.device:
-        return _model_device(self.model)
+        return self.runner.device
 
     # ---- public ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -125,14 +117,9 @@ class TestPipeline:
         """Per image float32 (C, H, W) at its original size, on the model's device: logits, or
         with ``tta`` the mean class probabilities of the 12 views."""
         _check_images(images)
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            if self.tta:
-                return self._tta_scores(images)
-            return self._logits(images, self.test_scale, flip=False, softmax=False)
-        finally:
-            self.model.train(was_training)
+        if self.tta:
+            return self._tta_scores(images)
+        return self._logits(images, self.test_scale, flip=False, softmax=False)
 
     def predict(self, images: Sequence[np.ndarray]) -> List[torch.Tensor]:
         """Per image the int64 (H, W) label map (argmax of :meth:`scores`), on the model's device."""
@@ -143,12 +130,10 @@ class TestPipeline:
     # ---- steps -----------------------------------------------------------------------------
     def _run(self, batch: np.ndarray) -> torch.Tensor:
         """uint8 (B, h, w, 3) RGB -> logits (B, C, h, w) at that size."""
-        device = self.device
-        x = torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).float()
-        x = (x - self.mean.to(device)) / self.std.to(device)
+        x = torch.from_numpy(normalize(batch, self.mean, self.std)).to(self.device)
         crop = (self.crop_size[1], self.crop_size[0])  # the model takes (h, w)
         stride = (self.stride[1], self.stride[0])
-        return self.model.inference(x, mode=self.mode, crop_size=crop, stride=stride).float()
+        return self.runner(x, self.mode, crop, stride)
 
     def _logits(self, images: Sequence[np.ndarray], scale: Size, flip: bool,
                 softmax: bool) -> List[torch.Tensor]:
@@ -214,25 +199,3 @@ def _check_images(images: Sequence[np.ndarray]) -> None:
             described = (f"{image.dtype} array of shape {image.shape}" if isinstance(image, np.ndarray)
                          else type(image).__name__)
             raise KnetError(f"image {i}: expected a uint8 (H, W, 3) RGB array, got a {described}")
-
-
-def inference(model: nn.Module, images: Sequence[np.ndarray], *, mode: str = "whole",
-              crop_size: Optional[Size] = None, stride: Optional[Size] = None,
-              test_scale: Optional[Size] = None, tta: bool = False) -> List[torch.Tensor]:
-    """Functional form of :meth:`TestPipeline.scores`: per image (C, H, W) logits (or
-    multi-scale + flip probabilities with ``tta``) at its original size."""
-    pipeline = TestPipeline(model, mode=mode, crop_size=crop_size, stride=stride,
-                            test_scale=test_scale, tta=tta)
-    return pipeline.scores(images)
-
-
-def predict_labels(model: nn.Module, image: np.ndarray, *, device: Union[str, torch.device, None] = None,
-                   mode: str = "whole", tta: bool = False, test_scale: Optional[Size] = None) -> np.ndarray:
-    """The label map, int64 (H, W) numpy, of one uint8 (H, W, 3) RGB image with the test pipeline.
-
-    ``device``: run there (the model is moved when it is elsewhere); None: where the model is.
-    """
-    if device is not None:
-        model.to(resolve_device(device))
-    pipeline = TestPipeline(model, mode=mode, test_scale=test_scale, tta=tta)
-    return pipeline.predict([image])[0].cpu().numpy()

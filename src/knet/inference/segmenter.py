@@ -5,7 +5,7 @@
     result = segmenter("room.jpg")          # result.labels, result.classes, result.overlay()
 
 A segmenter runs exactly the pipeline of ``knet test`` and ``knet predict``
-(:class:`knet.engine.inference.TestPipeline`: keep-ratio resize to the test scale, normalise,
+(:class:`knet.inference.pipeline.TestPipeline`: keep-ratio resize to the test scale, normalise,
 whole-image or sliding-window forward, logits resized to the original size; optionally
 multi-scale + flip). It takes image paths, RGB numpy arrays, PIL images, or lists of them, and
 returns :class:`SegmentationResult` objects.
@@ -252,7 +252,8 @@ class Segmenter:
         from torch import nn
 
         from ..checkpoint import load_model, with_class_meta
-        from ..engine.inference import TestPipeline, resolve_device
+        from ..utils.device import resolve_device
+        from .pipeline import TestPipeline
 
         if isinstance(model, nn.Module):
             if checkpoint is not None:

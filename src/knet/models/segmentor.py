@@ -4,16 +4,17 @@ from __future__ import annotations
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..config import KNetConfig
 from ..errors import KnetError
+from ..losses.semantic import semantic_losses
 from ..presets import get_config
 from .backbones import build_backbone
 from .heads import FCNHead
 from .knet.iterative_head import IterativeDecodeHead
 from .layers import resize
+from .outputs import KNetOutput
 
 
 class KNet(nn.Module):
@@ -42,11 +43,25 @@ class KNet(nn.Module):
                                           in_index=aux.in_index, num_convs=aux.num_convs,
                                           concat_input=False, dropout_ratio=aux.dropout_ratio)
 
+    # ---- outputs -------------------------------------------------------------------------
+    def outputs(self, x: torch.Tensor, all_stages: bool = True, with_aux: Optional[bool] = None) -> KNetOutput:
+        """Every prediction for normalised images (N, 3, H, W), no losses.
+
+        ``mask_logits``: the kernel-generate head's class logits, then each stage's, (N, C, h, w)
+        at the head's stride; with ``all_stages=False`` the last stage's only. ``aux_logits``: the
+        auxiliary head's (N, C, h', w') when the model has one and ``with_aux`` (default: in
+        training mode), else None.
+        """
+        feats = self.backbone(x)
+        masks = self.decode_head(feats, all_stages=all_stages)
+        with_aux = self.training if with_aux is None else with_aux
+        aux = self.auxiliary_head(feats) if (self.auxiliary_head is not None and with_aux) else None
+        return KNetOutput(mask_logits=masks, aux_logits=aux)
+
     # ---- inference ---------------------------------------------------------------------
     def encode_decode(self, x: torch.Tensor) -> torch.Tensor:
         """(N,3,H,W) -> final-stage logits (N,C,H,W) at the input size."""
-        feats = self.backbone(x)
-        logits = self.decode_head(feats, all_stages=False)[-1]
+        logits = self.outputs(x, all_stages=False).final_masks
         return resize(logits, x.shape[2:], self.align_corners)
 
     def slide_inference(self, x: torch.Tensor, crop_size: Tuple[int, int], stride: Tuple[int, int],
@@ -87,21 +102,9 @@ class KNet(nn.Module):
         raise KnetError(f"inference mode {mode!r} is not one of: whole, slide")
 
     # ---- training ----------------------------------------------------------------------
-    def _cross_entropy(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        logits = resize(logits, labels.shape[1:], self.align_corners)
-        # As the reference: the mean over all pixels of the batch, ignored ones included (as 0).
-        loss = F.cross_entropy(logits.float(), labels, ignore_index=self.ignore_index, reduction="none")
-        return loss.mean()
-
     def forward_train(self, x: torch.Tensor, labels: torch.Tensor) -> Dict[str, torch.Tensor]:
-        feats = self.backbone(x)
-        losses = {}
-        for i, logits in enumerate(self.decode_head(feats)):
-            losses[f"decode.loss_ce.s{i}"] = self._cross_entropy(logits, labels)
-        if self.auxiliary_head is not None:
-            aux_logits = self.auxiliary_head(feats)
-            losses["aux.loss_ce"] = self.config.auxiliary_head.loss_weight * self._cross_entropy(aux_logits, labels)
-        return losses
+        return semantic_losses(self.outputs(x, with_aux=True), labels, self.ignore_index,
+                               self.config.auxiliary_head.loss_weight, self.align_corners)
 
     def forward(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None) -> Union[torch.Tensor, Dict[str, torch.Tensor]]:
         if labels is not None:

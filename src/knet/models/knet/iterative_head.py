@@ -16,7 +16,9 @@ class IterativeDecodeHead(nn.Module):
 
     The kernel-generate head's classifier weights (num_classes, C, 1, 1) are the initial kernels
     and its logits the initial masks; each stage refines both.
-    ``forward`` returns a list of num_stages + 1 logits (B, num_classes, h, w), initial first.
+    ``forward`` returns a list of num_stages + 1 logits (B, num_classes, h, w), initial first;
+    with ``all_stages=False`` only the last stage's (the earlier ones are dropped as soon as the
+    next stage has used them).
     """
 
     def __init__(self, head_cfg: KernelGenerateHeadConfig, update_cfg: KernelUpdateConfig,
@@ -54,5 +56,5 @@ class IterativeDecodeHead(nn.Module):
         stage_masks = [masks]
         for stage in self.kernel_update_head:
             masks, kernels = stage(feats, kernels, masks)
-            stage_masks.append(masks)
-        return stage_masks if all_stages else stage_masks[-1:]
+            stage_masks = stage_masks + [masks] if all_stages else [masks]
+        return stage_masks

@@ -1,0 +1,56 @@
+"""Which torch device a ``--device`` value means (every verb and the Python API use this)."""
+from __future__ import annotations
+
+from typing import Union
+
+import torch
+
+from ..errors import KnetError
+
+DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps (default: auto: CUDA, then MPS, then the CPU)"
+
+
+def resolve_device(name: Union[str, torch.device, None] = "auto") -> torch.device:
+    """The torch device for a ``--device`` value.
+
+    ``auto`` picks CUDA when available, then Apple's MPS, then the CPU. ``cuda``, ``cuda:N`` and
+    ``mps`` fail with a clear message when that device is not available.
+    """
+    if isinstance(name, torch.device):
+        return name
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "mps":
+        if not mps_available():
+            raise KnetError("device 'mps' requested but Apple's MPS backend is not available here")
+        return torch.device("mps")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise KnetError(f"device {name!r} requested but CUDA is not available here (use --device cpu)")
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise KnetError(f"unknown device {name!r}; valid: auto, cpu, cuda, cuda:N, mps") from None
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise KnetError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+        return device
+    raise KnetError(f"unknown device {name!r}; valid: auto, cpu, cuda, cuda:N, mps")
+
+
+def mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    """Where a module's parameters are (the CPU for a module without parameters)."""
+    for tensor in module.parameters():
+        return tensor.device
+    return torch.device("cpu")
