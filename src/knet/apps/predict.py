@@ -147,7 +147,7 @@ def _unique_names(items: List[PredictItem]) -> List[PredictItem]:
         relative, n = item.relative, 1
         while True:
             names = {(relative.parent / (relative.name + s)).as_posix().lower()
-                     for s in (".png", "_overlay.png", ".npy")}
+                     for s in (".png", "_overlay.png", ".npy", ".json")}
             if not names & claimed:
                 break
             n += 1

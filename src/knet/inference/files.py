@@ -1,20 +1,19 @@
 """Segmenting image files and writing the results as files (``knet predict``, the demo).
 
-For each image, under the output folder: ``<relative>.png`` (the label map), ``<relative>_overlay.png``
-(the image with the class colours and a legend) and, when asked, ``<relative>.npy`` (the class
-probabilities, float32 (C, H, W)). Every file is written atomically.
+Each result writes its own files under ``<out_dir>/<relative>`` (its ``write`` method: for a
+semantic model the label map ``.png``, the overlay ``_overlay.png`` and optionally the class
+probabilities ``.npy``). Every file is written atomically.
 """
 from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..errors import DataError
-from ..utils.atomic import atomic_write
 
 
 @dataclass(frozen=True)
@@ -24,32 +23,14 @@ class PredictItem:
     path: Path
     relative: Path  # output path under the output folder, without suffix
 
-    def outputs(self, out_dir: Path) -> Dict[str, Path]:
-        base = out_dir / self.relative
-        return {"labels": base.with_name(base.name + ".png"),
-                "overlay": base.with_name(base.name + "_overlay.png"),
-                "probs": base.with_name(base.name + ".npy")}
+    def base(self, out_dir: Path) -> Path:
+        """The output path without suffix; a result writes ``<base>.png``, ``<base>_overlay.png``..."""
+        return out_dir / self.relative
 
 
 # --------------------------------------------------------------------------------------------
 # Writing
 # --------------------------------------------------------------------------------------------
-def save_npy(path: Path, array: np.ndarray) -> None:
-    """``np.save`` atomically: a temporary file in the same folder, then a rename."""
-    atomic_write(path, lambda f: np.save(f, array))
-
-
-def write_outputs(result, item: PredictItem, out_dir: Path, opacity: float, save_probs: bool) -> None:
-    """Write the label map, the overlay and (optionally) the probabilities of one result."""
-    from ..data.io import write_image
-
-    outputs = item.outputs(out_dir)
-    write_image(outputs["labels"], result.labels)
-    write_image(outputs["overlay"], result.overlay(opacity=opacity, legend=True))
-    if save_probs:
-        save_npy(outputs["probs"], result.probabilities().astype(np.float32, copy=False))
-
-
 def message(text: str) -> None:
     """Print a line on stderr, clearing a progress bar drawn on the same terminal line first."""
     if sys.stderr.isatty():
@@ -84,7 +65,7 @@ def predict(segmenter, items: Sequence[PredictItem], out_dir: Path, opacity: flo
                     bar.update()
             for item, result in zip(good, segmenter.segment_arrays(arrays, [str(i.path) for i in good])):
                 try:
-                    write_outputs(result, item, out_dir, opacity, save_probs)
+                    result.write(item.base(out_dir), opacity=opacity, save_probs=save_probs)
                 except DataError as err:
                     failures.append((item.path, str(err)))
                     message(f"knet predict: failed {err}")

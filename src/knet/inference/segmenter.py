@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union, overload
 
 import numpy as np
@@ -134,6 +135,21 @@ class SegmentationResult:
             return Image.fromarray(picture)
         return picture
 
+    def write(self, base: Path, opacity: float = 0.5, save_probs: bool = False) -> List[Path]:
+        """Write ``<base>.png`` (the label map), ``<base>_overlay.png`` (with a legend) and with
+        ``save_probs`` ``<base>.npy`` (float32 (C, H, W) probabilities), each atomically."""
+        from ..data.io import write_image
+        from ..utils.atomic import atomic_write
+
+        paths = [base.with_name(base.name + ".png"), base.with_name(base.name + "_overlay.png")]
+        write_image(paths[0], self.labels)
+        write_image(paths[1], self.overlay(opacity=opacity, legend=True))
+        if save_probs:
+            paths.append(base.with_name(base.name + ".npy"))
+            probabilities = self.probabilities().astype(np.float32, copy=False)
+            atomic_write(paths[2], lambda f: np.save(f, probabilities))
+        return paths
+
     def __repr__(self) -> str:
         top = ", ".join(f"{c.name} {100 * c.fraction:.1f}%" for c in self.classes[:5])
         more = f", +{len(self.classes) - 5} more" if len(self.classes) > 5 else ""
@@ -252,8 +268,8 @@ class Segmenter:
         from torch import nn
 
         from ..checkpoint import load_model, with_class_meta
+        from ..tasks import get_task
         from ..utils.device import resolve_device
-        from .pipeline import TestPipeline
 
         if isinstance(model, nn.Module):
             if checkpoint is not None:
@@ -280,8 +296,9 @@ class Segmenter:
         self.model = module
         self.config: KNetConfig = with_class_meta(module.config)
         self.batch_size = batch_size
-        self.pipeline = TestPipeline(module, mode=mode, crop_size=crop_size, stride=stride,
-                                     test_scale=test_scale, tta=tta)
+        self.task = get_task(self.config.task)
+        self.pipeline = self.task.pipeline(module, mode=mode, crop_size=crop_size, stride=stride,
+                                           test_scale=test_scale, tta=tta)
 
     @classmethod
     def from_pretrained(cls, directory: PathLike, **kwargs: Any) -> "Segmenter":
@@ -318,10 +335,7 @@ class Segmenter:
         if not images:
             return []
         sources = list(sources) if sources is not None else [None] * len(images)
-        scores = self.pipeline.scores(list(images))
-        return [SegmentationResult(image, s.detach().float().cpu(), self.pipeline.tta, self.class_names,
-                                   self.palette, source)
-                for image, s, source in zip(images, scores, sources)]
+        return self.task.results(self.pipeline, list(images), sources, self.config)
 
     def stream(self, inputs: Iterable[ImageInput]) -> Iterator[SegmentationResult]:
         """Yield one result per input, in order, reading and segmenting ``batch_size`` at a time.

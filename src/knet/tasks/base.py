@@ -66,6 +66,12 @@ class Task:
         maps uint8 (H, W, 3) RGB images to this task's predictions at their original sizes."""
         raise NotImplementedError
 
+    def results(self, pipeline: Any, images: List[np.ndarray], sources: List[Optional[str]],
+                config: KNetConfig) -> List[Any]:
+        """The :class:`knet.Segmenter`'s result objects of ``images`` (uint8 (H, W, 3) RGB) run
+        through ``pipeline``; each has ``write(base, opacity, save_probs)`` and ``overlay()``."""
+        raise NotImplementedError
+
     def evaluator(self, config: KNetConfig, class_names: Optional[List[str]] = None,
                   device: Any = "cpu") -> Evaluator:
         """An empty evaluator for a model of ``config``; it accumulates on ``device``."""

@@ -71,6 +71,15 @@ class SemanticTask(Task):
 
         return TestPipeline(model, **options)
 
+    def results(self, pipeline: Any, images: List[np.ndarray], sources: List[Optional[str]],
+                config: KNetConfig) -> List[Any]:
+        from ..inference.segmenter import SegmentationResult
+
+        scores = pipeline.scores(images)
+        return [SegmentationResult(image, s.detach().float().cpu(), pipeline.tta, config.class_names or [],
+                                   config.palette or [], source)
+                for image, s, source in zip(images, scores, sources)]
+
     def evaluator(self, config: KNetConfig, class_names: Optional[List[str]] = None,
                   device: Any = "cpu") -> SemanticEvaluator:
         return SemanticEvaluator(config.num_classes, config.data.ignore_index, class_names, device)
