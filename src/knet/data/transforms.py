@@ -7,7 +7,7 @@ Training (mmsegmentation's ADE20K recipe)::
     RandomFlip(prob=0.5)
     PhotoMetricDistortion()
     normalise (mean/std, RGB), then pad to the crop: image with 0 (in normalised space),
-    label with 255 -- the reference's data preprocessor pads after normalising.
+    label with the ignore value (255) -- the reference's data preprocessor pads after normalising.
 
 Testing: keep-ratio resize to fit the test scale (2048, 512), normalise (the whole test pipeline
 is :class:`knet.inference.pipeline.TestPipeline`).
@@ -24,7 +24,7 @@ from typing import Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from ..config import DataConfig
+from ..config import IGNORE_INDEX, DataConfig
 
 Size = Tuple[int, int]  # (width, height)
 
@@ -82,7 +82,7 @@ def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) ->
 
 
 def pad_to(image: np.ndarray, label: Optional[np.ndarray], size: Size, pad_value: float = 0.0,
-           label_pad_value: int = 255) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+           label_pad_value: int = IGNORE_INDEX) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """Pad a normalised image (3, H, W) and its label (H, W) at the bottom and right to
     ``size`` = (width, height); sizes already as large are left as they are.
 
@@ -123,7 +123,7 @@ def _crop_box(shape: Tuple[int, ...], crop: Size, rng: np.random.Generator) -> T
     return offset_h, offset_h + crop_h, offset_w, offset_w + crop_w
 
 
-def crop_class_ratio_ok(label: np.ndarray, cat_max_ratio: float, ignore_index: int = 255) -> bool:
+def crop_class_ratio_ok(label: np.ndarray, cat_max_ratio: float, ignore_index: int = IGNORE_INDEX) -> bool:
     """The reference's acceptance test of a crop: more than one class present and the largest
     class below ``cat_max_ratio`` of the counted pixels (ignored pixels not counted)."""
     counts = np.bincount(label.ravel())
@@ -134,7 +134,7 @@ def crop_class_ratio_ok(label: np.ndarray, cat_max_ratio: float, ignore_index: i
 
 
 def random_crop(image: np.ndarray, label: np.ndarray, rng: np.random.Generator, crop_size: Size,
-                cat_max_ratio: float = 0.75, ignore_index: int = 255,
+                cat_max_ratio: float = 0.75, ignore_index: int = IGNORE_INDEX,
                 max_tries: int = 10) -> Tuple[np.ndarray, np.ndarray]:
     """Crop ``crop_size`` (width, height) at a random place (the whole side when the image is
     smaller). While a crop fails :func:`crop_class_ratio_ok`, draw another, checking at most
