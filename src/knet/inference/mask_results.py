@@ -1,0 +1,294 @@
+"""What the Segmenter returns for panoptic and instance models, and the files ``knet predict``
+writes for them.
+
+Panoptic (per image, under the output folder):
+
+- ``<stem>.png``: the COCO panoptic PNG, segment id = R + 256 G + 256^2 B, 0 = void. knet numbers
+  segments from 1 in descending score order (the official code numbers them from 0, which collides
+  with void in COCO's format).
+- ``<stem>.json``: ``{"file_name", "segments_info": [{"id", "category_id", "label", "name",
+  "isthing", "score", "area", "bbox"}]}`` (``bbox`` = [x, y, width, height]).
+- ``<stem>_overlay.png``: each segment in its own colour with its contour and label.
+
+Instance: ``<stem>.json`` (a list of COCO results: ``category_id``, ``label``, ``name``, ``score``,
+``segmentation`` as RLE with ``counts`` a string, ``bbox``) and ``<stem>_overlay.png``, both holding
+the instances scored at least ``score_thr``; no ``<stem>.png``.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..errors import KnetError
+
+Colour = Tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A panoptic segment or an instance. ``id``: its value in the segment map (from 1); ``label``:
+    the model's class index; ``category_id``: the dataset's (COCO) id of that class."""
+
+    id: int
+    label: int
+    name: str
+    category_id: int
+    is_thing: bool
+    score: float
+    area: int
+    bbox: Tuple[int, int, int, int]  # x, y, width, height
+
+
+@dataclass(frozen=True)
+class ClassMeta:
+    """What the results need to know about a model's classes."""
+
+    names: List[str]
+    category_ids: List[int]
+    isthing: List[bool]
+    palette: List[Colour]
+
+    def name(self, label: int) -> str:
+        return self.names[label] if 0 <= label < len(self.names) else f"class_{label}"
+
+    def category_id(self, label: int) -> int:
+        return int(self.category_ids[label]) if 0 <= label < len(self.category_ids) else int(label)
+
+    def colour(self, label: int) -> Colour:
+        if not self.palette:
+            return (128, 128, 128)
+        r, g, b = self.palette[label % len(self.palette)][:3]
+        return int(r), int(g), int(b)
+
+
+def bounding_box(mask: np.ndarray) -> Tuple[int, int, int, int]:
+    """[x, y, width, height] of the True pixels of an (H, W) mask; zeros when it is empty."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return (0, 0, 0, 0)
+    return int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)
+
+
+def encode_panoptic_png(segment_map: np.ndarray) -> np.ndarray:
+    """(H, W) segment ids -> uint8 (H, W, 3) RGB with id = R + 256 G + 256^2 B (COCO panoptic)."""
+    ids = segment_map.astype(np.int64)
+    return np.stack([ids % 256, ids // 256 % 256, ids // 65536 % 256], axis=-1).astype(np.uint8)
+
+
+def decode_panoptic_png(rgb: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`encode_panoptic_png`: (H, W, 3) RGB -> (H, W) int64 ids."""
+    rgb = rgb.astype(np.int64)
+    return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+
+
+def instance_colour(index: int, base: Colour) -> Colour:
+    """A colour per instance: the class colour, turned in hue by the golden angle for each further
+    instance, so that touching instances of one class stay apart."""
+    import colorsys
+
+    h, s, v = colorsys.rgb_to_hsv(*(c / 255.0 for c in base))
+    h = (h + 0.382 * index) % 1.0
+    s, v = max(s, 0.45), max(v, 0.55)
+    return tuple(int(round(255 * c)) for c in colorsys.hsv_to_rgb(h, s, v))  # type: ignore[return-value]
+
+
+def draw_segments(image: np.ndarray, masks: Sequence[np.ndarray], colours: Sequence[Colour],
+                  captions: Sequence[str], opacity: float = 0.5) -> np.ndarray:
+    """``image`` (H, W, 3) uint8 with each mask blended in its colour, its contour drawn and its
+    caption written at the top of its box."""
+    import cv2
+
+    if not 0.0 <= opacity <= 1.0:
+        raise KnetError(f"opacity must be between 0 and 1, got {opacity}")
+    out = image.astype(np.float32)
+    for mask, colour in zip(masks, colours):
+        out[mask] = out[mask] * (1.0 - opacity) + np.asarray(colour, np.float32) * opacity
+    out = np.rint(out).astype(np.uint8)
+    scale = float(np.clip(min(image.shape[:2]) / 600.0, 0.3, 0.8))
+    for mask, colour, caption in zip(masks, colours, captions):
+        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(out, contours, -1, tuple(int(c) for c in colour), 1)
+        x, y, w, h = bounding_box(mask)
+        if w and caption:
+            (tw, th), base = cv2.getTextSize(caption, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+            top = max(y, th + base)
+            cv2.rectangle(out, (x, top - th - base), (x + tw, top), tuple(int(c) for c in colour), -1)
+            cv2.putText(out, caption, (x, top - base), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1,
+                        cv2.LINE_AA)
+    return out
+
+
+def _write_json(path: Path, data: Any) -> None:
+    from ..utils.atomic import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def _to_pil(picture: np.ndarray, pil: bool) -> Any:
+    if not pil:
+        return picture
+    from PIL import Image
+
+    return Image.fromarray(picture)
+
+
+class PanopticSegmentationResult:
+    """The panoptic segmentation of one image.
+
+    Attributes:
+        segment_map: (H, W) int32 segment ids at the image's size, 0 = void (no segment).
+        segments: the :class:`Segment` of every id, in descending score order (ids 1, 2, ...).
+        image, source: the uint8 (H, W, 3) RGB image and the file it came from (or None).
+    """
+
+    def __init__(self, image: np.ndarray, segment_map: np.ndarray, segments: List[Segment], meta: ClassMeta,
+                 source: Optional[str] = None) -> None:
+        self.image = image
+        self.segment_map = segment_map.astype(np.int32)
+        self.segments = segments
+        self.meta = meta
+        self.source = source
+
+    @classmethod
+    def from_prediction(cls, image: np.ndarray, prediction: Any, meta: ClassMeta,
+                        source: Optional[str] = None) -> "PanopticSegmentationResult":
+        """From a :class:`knet.postprocess.PanopticResult` (segment map + segments)."""
+        segment_map = np.asarray(prediction.segment_map.cpu() if hasattr(prediction.segment_map, "cpu")
+                                 else prediction.segment_map).astype(np.int32)
+        segments = [Segment(id=int(s.id), label=int(s.label), name=meta.name(int(s.label)),
+                            category_id=meta.category_id(int(s.label)), is_thing=bool(s.is_thing),
+                            score=float(s.score), area=int((segment_map == s.id).sum()),
+                            bbox=bounding_box(segment_map == s.id))
+                    for s in prediction.segments]
+        return cls(image, segment_map, segments, meta, source)
+
+    def colours(self) -> List[Colour]:
+        """One colour per segment: stuff in its class colour, each thing instance its own."""
+        counts: Dict[int, int] = {}
+        colours = []
+        for segment in self.segments:
+            base = self.meta.colour(segment.label)
+            if segment.is_thing:
+                colours.append(instance_colour(counts.get(segment.label, 0), base))
+                counts[segment.label] = counts.get(segment.label, 0) + 1
+            else:
+                colours.append(base)
+        return colours
+
+    def overlay(self, opacity: float = 0.5, pil: bool = False) -> Any:
+        """The image with each segment in its own colour (things: one per instance), its contour
+        and its label (things with their score)."""
+        masks = [self.segment_map == s.id for s in self.segments]
+        captions = [f"{s.name} {s.score:.2f}" if s.is_thing else s.name for s in self.segments]
+        return _to_pil(draw_segments(self.image, masks, self.colours(), captions, opacity), pil)
+
+    def to_coco(self, file_name: str) -> Dict[str, Any]:
+        """The COCO panoptic annotation of this image (with knet's ``label``, ``name`` and ``score``)."""
+        return {"file_name": file_name, "segments_info": [
+            {"id": s.id, "category_id": s.category_id, "label": s.label, "name": s.name, "isthing": s.is_thing,
+             "score": round(s.score, 6), "area": s.area, "bbox": list(s.bbox)} for s in self.segments]}
+
+    def to_huggingface(self) -> Dict[str, Any]:
+        """The dict Hugging Face's ``post_process_panoptic_segmentation`` returns per image:
+        ``segmentation`` (H, W) int32 ids from 1 (0: no segment) and ``segments_info``
+        (``id``, ``label_id``, ``was_fused``, ``score``)."""
+        return {"segmentation": self.segment_map.copy(),
+                "segments_info": [{"id": s.id, "label_id": s.label, "was_fused": False, "score": s.score}
+                                  for s in self.segments]}
+
+    def write(self, base: Path, opacity: float = 0.5, save_probs: bool = False) -> List[Path]:
+        """``<base>.png`` (COCO panoptic PNG), ``<base>.json`` and ``<base>_overlay.png``."""
+        from ..data.io import write_image
+
+        png, js, over = (base.with_name(base.name + suffix) for suffix in (".png", ".json", "_overlay.png"))
+        write_image(png, encode_panoptic_png(self.segment_map))
+        _write_json(js, self.to_coco(png.name))
+        write_image(over, self.overlay(opacity))
+        return [png, js, over]
+
+    def __repr__(self) -> str:
+        things = sum(s.is_thing for s in self.segments)
+        where = f"{self.source}: " if self.source else ""
+        return (f"<PanopticSegmentationResult {where}{self.segment_map.shape[1]}x{self.segment_map.shape[0]}, "
+                f"{things} things, {len(self.segments) - things} stuff>")
+
+
+class InstanceSegmentationResult:
+    """The instances found in one image, best first.
+
+    Attributes:
+        masks: (K, H, W) bool; labels (K,) int64; scores (K,) float32 (all the model's top-k).
+        instances: the :class:`Segment` of each (``id`` = its rank from 1).
+        score_thr: what the overlay and the written files show by default (mmdetection's 0.3).
+    """
+
+    def __init__(self, image: np.ndarray, masks: np.ndarray, labels: np.ndarray, scores: np.ndarray,
+                 meta: ClassMeta, source: Optional[str] = None, score_thr: float = 0.3) -> None:
+        self.score_thr = float(score_thr)
+        self.image = image
+        self.masks = masks.astype(bool)
+        self.labels = labels.astype(np.int64)
+        self.scores = scores.astype(np.float32)
+        self.source = source
+        self.meta = meta
+        self.instances = [Segment(id=i + 1, label=int(label), name=meta.name(int(label)),
+                                  category_id=meta.category_id(int(label)), is_thing=True, score=float(score),
+                                  area=int(mask.sum()), bbox=bounding_box(mask))
+                          for i, (mask, label, score) in enumerate(zip(self.masks, self.labels, self.scores))]
+
+    @classmethod
+    def from_prediction(cls, image: np.ndarray, prediction: Any, meta: ClassMeta, source: Optional[str] = None,
+                        score_thr: float = 0.3) -> "InstanceSegmentationResult":
+        """From a :class:`knet.postprocess.InstanceResult` (masks, labels, scores)."""
+        def array(x: Any) -> np.ndarray:
+            return np.asarray(x.cpu() if hasattr(x, "cpu") else x)
+
+        return cls(image, array(prediction.masks), array(prediction.labels), array(prediction.scores), meta, source,
+                   score_thr)
+
+    def kept(self, score_thr: float) -> List[int]:
+        return [i for i, s in enumerate(self.scores) if s >= score_thr]
+
+    def overlay(self, opacity: float = 0.5, score_thr: Optional[float] = None, pil: bool = False) -> Any:
+        """The image with the instances scored at least ``score_thr`` (default ``self.score_thr``),
+        each in its own colour with its contour, name and score."""
+        keep = self.kept(self.score_thr if score_thr is None else score_thr)
+        colours = [instance_colour(rank, self.meta.colour(int(self.labels[i]))) for rank, i in enumerate(keep)]
+        captions = [f"{self.instances[i].name} {self.scores[i]:.2f}" for i in keep]
+        return _to_pil(draw_segments(self.image, [self.masks[i] for i in keep], colours, captions, opacity), pil)
+
+    def to_coco(self, image_id: Any = None, score_thr: float = 0.0) -> List[Dict[str, Any]]:
+        """COCO results (RLE ``segmentation`` with ``counts`` as a string) of the instances scored at
+        least ``score_thr``."""
+        from pycocotools import mask as mask_utils
+
+        results = []
+        for i in self.kept(score_thr):
+            rle = mask_utils.encode(np.asfortranarray(self.masks[i].astype(np.uint8)))
+            rle["counts"] = rle["counts"].decode("ascii")
+            entry = {"category_id": self.instances[i].category_id, "label": int(self.labels[i]),
+                     "name": self.instances[i].name, "score": round(float(self.scores[i]), 6),
+                     "segmentation": rle, "bbox": list(self.instances[i].bbox)}
+            if image_id is not None:
+                entry = {"image_id": image_id, **entry}
+            results.append(entry)
+        return results
+
+    def write(self, base: Path, opacity: float = 0.5, save_probs: bool = False) -> List[Path]:
+        """``<base>.json`` (COCO results) and ``<base>_overlay.png``, of the instances scored at least
+        ``score_thr``."""
+        from ..data.io import write_image
+
+        js, over = base.with_name(base.name + ".json"), base.with_name(base.name + "_overlay.png")
+        _write_json(js, self.to_coco(score_thr=self.score_thr))
+        write_image(over, self.overlay(opacity))
+        return [js, over]
+
+    def __repr__(self) -> str:
+        where = f"{self.source}: " if self.source else ""
+        shown = ", ".join(f"{s.name} {s.score:.2f}" for s in self.instances[:5])
+        return f"<InstanceSegmentationResult {where}{len(self.instances)} instances: {shown}>"
