@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from knet.data.ade20k import ADE20K_CLASSES, ADE20K_PALETTE
-from knet.data.datasets import ADE20KDataset, FolderDataset, build_dataset, reduce_zero_label
+from knet.data.datasets import ADE20KDataset, FolderDataset, build_dataset, detect_dataset_kind, reduce_zero_label
 from knet.errors import DataError, KnetError
 
 
@@ -227,3 +227,18 @@ def test_detect_dataset_kind(tmp_path):
     assert detect_dataset_kind(tmp_path / "parent") == "ade20k"
     with pytest.raises(DataError, match="neither a folder dataset .*classes.txt.* nor ADE20K"):
         detect_dataset_kind(tmp_path / "empty")
+
+
+def test_detect_coco_layouts(tmp_path):
+    from knet.data.synthetic_coco import make_synthetic_coco
+
+    root = make_synthetic_coco(tmp_path / "coco", num_train=1, num_val=1, size=(48, 48)).root
+    with pytest.raises(DataError, match="holds both COCO panoptic and instance annotations"):
+        detect_dataset_kind(root)
+    assert detect_dataset_kind(root, preferred=("coco_panoptic",)) == "coco_panoptic"
+    assert detect_dataset_kind(root, preferred=("coco_instance",)) == "coco_instance"
+    for path in (root / "annotations").glob("panoptic_*.json"):
+        path.unlink()
+    assert detect_dataset_kind(root) == "coco_instance"
+    dataset = build_dataset("coco_instance", root, "val")
+    assert len(dataset) == 1 and dataset.num_classes == 3  # the thing classes

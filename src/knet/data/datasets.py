@@ -16,13 +16,14 @@ from __future__ import annotations
 import inspect
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Type
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from ..config import IGNORE_INDEX
 from ..errors import DataError
 from .ade20k import ade20k_class_names, ade20k_palette
+from .coco import CocoInstanceDataset, CocoPanopticDataset, detect_coco_kind
 from .io import IMAGE_SUFFIXES, read_image, read_label
 from .palette import default_palette
 
@@ -313,29 +314,44 @@ class FolderDataset(SegmentationDataset):
         return super().load_label(index)
 
 
-DATASETS: Dict[str, Type[SegmentationDataset]] = {
+DATASETS: Dict[str, Any] = {
     "ade20k": ADE20KDataset,
     "folder": FolderDataset,
+    "coco_panoptic": CocoPanopticDataset,
+    "coco_instance": CocoInstanceDataset,
 }
 
 
-def detect_dataset_kind(root: os.PathLike) -> str:
-    """``folder`` when ``root`` holds ``classes.txt``, ``ade20k`` when it holds ``annotations/`` or
-    ``ADEChallengeData2016/``; otherwise a DataError saying what was expected."""
+def detect_dataset_kind(root: os.PathLike, preferred: Sequence[str] = ()) -> str:
+    """The layout of ``root``: ``folder`` when it holds ``classes.txt``; ``coco_panoptic`` /
+    ``coco_instance`` when ``annotations/`` holds COCO json files (a root with both: the first of
+    ``preferred``, the kinds the model's task reads, that it holds); ``ade20k`` when it holds
+    ``annotations/`` or ``ADEChallengeData2016/``; otherwise a DataError saying what was expected."""
     root = Path(root)
     if (root / "classes.txt").is_file():
         return "folder"
+    coco = detect_coco_kind(root)
+    if coco:
+        chosen = [kind for kind in preferred if kind in coco]
+        if chosen:
+            return chosen[0]
+        if len(coco) == 1:
+            return coco[0]
+        raise DataError(f"{root}: holds both COCO panoptic and instance annotations; pass --dataset "
+                        f"{' or '.join(coco)}")
     if (root / "annotations").is_dir() or (root / "ADEChallengeData2016").is_dir():
         return "ade20k"
-    raise DataError(f"{root}: neither a folder dataset (expected classes.txt, images/, masks/) nor ADE20K "
-                    "(expected annotations/ and images/, or ADEChallengeData2016/); pass --dataset to say which")
+    raise DataError(f"{root}: neither a folder dataset (expected classes.txt, images/, masks/), COCO (expected "
+                    "annotations/panoptic_<split>.json or instances_<split>.json) nor ADE20K (expected annotations/ "
+                    "and images/, or ADEChallengeData2016/); pass --dataset to say which")
 
 
-def build_dataset(kind: str, root: os.PathLike, split: Optional[str] = None, **kwargs: Any) -> SegmentationDataset:
-    """The dataset of ``kind`` (``ade20k`` or ``folder``) at ``root``.
+def build_dataset(kind: str, root: os.PathLike, split: Optional[str] = None, **kwargs: Any) -> Any:
+    """The dataset of ``kind`` (``ade20k``, ``folder``, ``coco_panoptic`` or ``coco_instance``) at ``root``.
 
     ``split`` defaults to the evaluation split (``validation`` for ADE20K, ``val`` for a folder
-    dataset); ``kwargs`` go to the class (``ignore_index``; ``reduce_zero_label`` for ``folder``).
+    dataset, ``val2017`` for COCO); ``kwargs`` go to the class (``ignore_index``;
+    ``reduce_zero_label`` for ``folder``; ``filter_empty_gt`` for COCO).
     """
     if kind not in DATASETS:
         raise DataError(f"unknown dataset kind {kind!r}; valid: {', '.join(DATASETS)}")
