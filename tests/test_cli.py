@@ -43,3 +43,14 @@ def test_bad_input_is_one_line_and_exit_2(capsys, argv, message):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_models_lists_the_panoptic_and_instance_rows(capsys):
+    assert main(["models", "--json"]) == 0
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert rows["knet-r50-fpn-panoptic"]["task"] == "panoptic" and rows["knet-r50-fpn-panoptic"]["PQ"] == 44.3
+    assert rows["knet-swin-l-fpn-panoptic-ms3x"]["PQ_test_dev"] == 55.2
+    assert rows["knet-r50-fpn-instance"]["AP"] == 34.0 and rows["knet-r50-fpn-instance"]["head"] == "kernel"
+    assert rows["knet-r50-fpn-panoptic"]["checkpoint"].endswith("_20211017_151750-395fbcba.pth")
+    assert main(["models"]) == 0
+    assert "PQ 44.3" in capsys.readouterr().out

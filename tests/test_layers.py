@@ -12,8 +12,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "knet"
 
 # Lowest first. A module belongs to the layer of its longest matching prefix.
 LAYERS = [
-    ("knet.errors", "knet.config", "knet.presets", "knet.utils"),
+    ("knet.errors", "knet.config", "knet.utils"),
     ("knet.data",),
+    ("knet.presets",),
     ("knet.models.layers", "knet.models.outputs"),
     ("knet.losses", "knet.metrics", "knet.postprocess"),
     ("knet.models",),

@@ -1,9 +1,12 @@
-"""Typed configuration of a K-Net model and of its training/testing recipe.
+"""Typed configuration of the K-Net models and of their training/testing recipes.
 
-A preset (see :mod:`knet.presets`) is a :class:`KNetConfig` value. Every field can be overridden,
-in Python with nested keyword arguments or dotted keys, and on the command line with
-``--set dotted.key=value``. Configs serialise to plain JSON (``to_dict`` / ``from_dict``) so that
-every checkpoint can carry the config it was built from.
+Two model configs share one serialisation (:class:`ConfigBase`): :class:`KNetConfig` (semantic
+segmentation, the ADE20K models) and :class:`KNetMaskConfig` (panoptic and instance segmentation,
+the COCO models of the reference's ``knet/det``). A preset (see :mod:`knet.presets`) is a value of
+one of them. Every field can be overridden, in Python with nested keyword arguments or dotted keys,
+and on the command line with ``--set dotted.key=value``. Configs serialise to plain JSON
+(``to_dict`` / ``from_dict``) so that every checkpoint can carry the config it was built from;
+:func:`config_from_dict` picks the class from the dict's ``task``.
 """
 from __future__ import annotations
 
@@ -37,6 +40,25 @@ class ResNetConfig:
 
 
 @dataclass
+class PlainResNetConfig:
+    """mmdetection's ResNet, "pytorch" style (7x7 stem, stride on the 3x3 conv), as the panoptic
+    and instance models use: four stages at strides 4-32, the stem as wide as ``base_channels``.
+
+    ``frozen_stages``: the stem and layer1..layerN take no gradient (-1: none frozen).
+    ``norm_eval``: every BatchNorm keeps its statistics while training. ``dcn_stages``: per stage,
+    whether its 3x3 convs are deformable (mmcv's DCN, ``deform_groups`` offset groups).
+    """
+
+    kind: str = "resnet"
+    depth: int = 50
+    base_channels: int = 64
+    frozen_stages: int = 1
+    norm_eval: bool = True
+    dcn_stages: Tuple[bool, bool, bool, bool] = (False, False, False, False)
+    deform_groups: int = 1
+
+
+@dataclass
 class SwinConfig:
     """Swin Transformer with shifted windows, padded so that any input size works."""
 
@@ -53,8 +75,8 @@ class SwinConfig:
     drop_path_rate: float = 0.3
 
 
-BackboneConfig = Union[ResNetConfig, SwinConfig]
-BACKBONE_CONFIGS: Dict[str, type] = {"resnet_v1c": ResNetConfig, "swin": SwinConfig}
+BackboneConfig = Union[ResNetConfig, PlainResNetConfig, SwinConfig]
+BACKBONE_CONFIGS: Dict[str, type] = {"resnet_v1c": ResNetConfig, "resnet": PlainResNetConfig, "swin": SwinConfig}
 
 
 # --------------------------------------------------------------------------------------------
@@ -110,10 +132,11 @@ HEAD_CONFIGS: Dict[str, type] = {"fcn": FCNHeadConfig, "psp": PSPHeadConfig, "as
 # a file's head kind were never read, and are dropped when such a file is loaded.
 _RELEASE_0_1_HEAD_FIELDS = ("num_convs", "concat_input", "pool_scales", "dilations")
 
-# Kind-keyed groups of settings: the field name -> (the kind -> dataclass table, default kind).
-KIND_KEYED: Dict[str, Tuple[Dict[str, type], str]] = {
-    "backbone": (BACKBONE_CONFIGS, "resnet_v1c"),
-    "decode_head": (HEAD_CONFIGS, "fcn"),
+# Kind-keyed groups of settings: the field name -> the kind -> dataclass table. A dict without
+# ``kind`` gets the kind of the field's default (release 0.1 files name no kind).
+KIND_KEYED: Dict[str, Dict[str, type]] = {
+    "backbone": BACKBONE_CONFIGS,
+    "decode_head": HEAD_CONFIGS,
 }
 
 
@@ -144,6 +167,57 @@ class AuxiliaryHeadConfig:
 
 
 # --------------------------------------------------------------------------------------------
+# Panoptic / instance models: neck, kernel head, stages, post-processing
+# --------------------------------------------------------------------------------------------
+@dataclass
+class FPNConfig:
+    """The FPN neck: four levels (strides 4-32) from the backbone's four stages. Its width is the
+    width of the whole head: the kernel head, the kernels and the update stages."""
+
+    out_channels: int = 256
+
+
+@dataclass
+class KernelHeadConfig:
+    """The kernel head (the reference's ``rpn_head``): learned proposal kernels and the semantic
+    branch whose stuff rows become the stuff kernels.
+
+    ``num_groups``: GroupNorm groups of its convs. ``pos_num_feats``: per-axis channels of the
+    sine positional encoding added to the coarsest FPN level; None means half the FPN width (128
+    in the reference).
+    """
+
+    num_proposals: int = 100
+    num_groups: int = 32
+    pos_num_feats: Optional[int] = None
+
+
+@dataclass
+class MaskKernelUpdateConfig(KernelUpdateConfig):
+    """The kernel-update stages of the panoptic/instance models: the semantic stages' settings
+    (``updator_channels`` is the full kernel width here, 256) plus the class branch's
+    Linear-LayerNorm-ReLU blocks. The kernels are 1x1 (``conv_kernel_size`` must stay 1)."""
+
+    num_cls_fcs: int = 1
+
+
+@dataclass
+class MaskPostprocessConfig:
+    """Test-time thresholds, those the reference's code reads.
+
+    Panoptic: a thing segment needs a score >= ``instance_score_thr`` and must keep at least
+    ``overlap_thr`` of its mask after the pixel-wise competition; its mask area is counted at a
+    fixed 0.5 probability, as in the reference. Instance: the ``max_per_img`` best (kernel, class)
+    pairs, their masks thresholded at ``mask_thr``.
+    """
+
+    instance_score_thr: float = 0.3
+    overlap_thr: float = 0.6
+    mask_thr: float = 0.5
+    max_per_img: int = 100
+
+
+# --------------------------------------------------------------------------------------------
 # Recipe: data and schedule
 # --------------------------------------------------------------------------------------------
 @dataclass
@@ -160,6 +234,28 @@ class DataConfig:
     std: Tuple[float, float, float] = (58.395, 57.12, 57.375)
     # The one label value of pixels that are neither trained on nor evaluated: datasets, losses and
     # metrics all read it from here.
+    ignore_index: int = IGNORE_INDEX
+
+
+@dataclass
+class MaskDataConfig:
+    """Pipelines of the panoptic/instance models (mmdetection 2.x), sizes (width, height).
+
+    Test: keep-ratio resize to fit ``test_scale``, normalise with ``mean``/``std`` (RGB order:
+    mmdetection's ``to_rgb=True`` on its BGR reads), pad bottom/right to a multiple of
+    ``size_divisor`` with 0. Train: keep-ratio resize to one of ``train_scales`` (one scale: that
+    scale; two with ``multiscale_mode="range"``: long and short sides drawn uniformly between
+    theirs; ``"value"``: one of them at random), horizontal flip with ``flip_prob``, then as at
+    test time. Semantic maps use ``ignore_index`` for unlabelled pixels and padding.
+    """
+
+    test_scale: Tuple[int, int] = (1333, 800)
+    size_divisor: int = 32
+    mean: Tuple[float, float, float] = (123.675, 116.28, 103.53)
+    std: Tuple[float, float, float] = (58.395, 57.12, 57.375)
+    train_scales: Tuple[Tuple[int, int], ...] = ((1333, 800),)
+    multiscale_mode: str = "range"
+    flip_prob: float = 0.5
     ignore_index: int = IGNORE_INDEX
 
 
@@ -182,13 +278,82 @@ class TrainConfig:
     val_interval: int = 8000
     checkpoint_interval: int = 8000
     log_interval: int = 50
+    # Learning-rate multiplier of the backbone's parameters (0.25 in the panoptic/instance recipes).
+    backbone_lr_mult: float = 1.0
+    # An epoch-based schedule (the panoptic/instance recipes): when ``epochs`` is set, the run lasts
+    # that many passes over the training set and the lr drops after each of ``milestone_epochs``;
+    # the trainer converts both to iterations from the dataset size, and ``iters`` and
+    # ``milestones`` are not used. Warm-up stays in iterations.
+    epochs: Optional[int] = None
+    milestone_epochs: Tuple[int, ...] = ()
+
+
+def schedule_1x() -> TrainConfig:
+    """The reference's COCO schedule "1x", the panoptic/instance models' default: AdamW lr 1e-4,
+    weight decay 0.05, backbone lr x0.25, clip 1, 1000 warm-up iterations from 0.001; 12 epochs,
+    lr x0.1 after epochs 8 and 11; 2 images per GPU."""
+    return TrainConfig(lr=1e-4, weight_decay=0.05, backbone_lr_mult=0.25, clip_grad_norm=1.0, warmup_iters=1000,
+                       warmup_ratio=1e-3, batch_size=2, epochs=12, milestone_epochs=(8, 11))
 
 
 # --------------------------------------------------------------------------------------------
-# The model
+# Serialisation shared by the model configs
+# --------------------------------------------------------------------------------------------
+class ConfigError(KnetError, ValueError):
+    """An unknown config key or a value that does not fit its field."""
+
+
+class ConfigBase:
+    """``to_dict`` / ``to_json`` / ``from_dict`` / ``replace`` of a model config dataclass.
+
+    Subclasses are dataclasses with a ``task`` field; :data:`CONFIG_CLASSES` maps each task to its
+    class, so a dict is always read into the class of its task (see :func:`config_from_dict`).
+    """
+
+    task: str
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> Any:
+        if not isinstance(data, dict):
+            raise ConfigError(f"config: expected a mapping, got {data!r}")
+        data = cls._upgrade(data)
+        task = data.get("task")  # missing: the class's default task
+        expected = CONFIG_CLASSES.get(task)
+        if expected is not None and expected is not cls:
+            raise ConfigError(f"a {task!r} config is a {expected.__name__}, not a {cls.__name__} "
+                              "(knet.config.config_from_dict reads any config)")
+        return _from_dict(cls, data, path="")
+
+    @classmethod
+    def _upgrade(cls, data: Dict[str, Any]) -> Dict[str, Any]:
+        """A dict as an older release wrote it -> today's layout (identity unless overridden)."""
+        return data
+
+    def replace(self, overrides: Optional[Dict[str, Any]] = None, **kwargs: Any) -> Any:
+        """A copy with overrides applied: dotted keys (``"backbone.drop_path_rate"``) or nested
+        dicts (``backbone={"drop_path_rate": 0.0}``). Values may be strings (as from the command
+        line); they are parsed to the field's type."""
+        data = self.to_dict()
+        items = dict(overrides or {})
+        items.update(kwargs)
+        for key, value in items.items():
+            _apply(data, type(self), key, value)
+        return type(self).from_dict(data)
+
+
+# --------------------------------------------------------------------------------------------
+# The models
 # --------------------------------------------------------------------------------------------
 @dataclass
-class KNetConfig:
+class KNetConfig(ConfigBase):
+    """A semantic segmentation K-Net: backbone, kernel-generate head, kernel-update stages."""
+
     name: str = "knet"
     # Which task the model serves (a key of knet.tasks.TASKS): it picks the losses, the
     # post-processing and the evaluation; every checkpoint carries it inside its config.
@@ -205,40 +370,104 @@ class KNetConfig:
     class_names: Optional[List[str]] = None
     palette: Optional[List[List[int]]] = None
 
-    # ---- serialisation ------------------------------------------------------------------
-    def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
+    def __post_init__(self) -> None:
+        if self.task != "semantic":
+            raise ConfigError(f"task: a KNetConfig is a semantic model, got task {self.task!r} "
+                              "(panoptic and instance models are KNetMaskConfig)")
 
     @classmethod
-    def from_dict(cls, data: Dict[str, Any]) -> "KNetConfig":
-        return _from_dict(cls, _upgrade_release_0_1(data), path="")
-
-    def replace(self, overrides: Optional[Dict[str, Any]] = None, **kwargs: Any) -> "KNetConfig":
-        """A copy with overrides applied: dotted keys (``"backbone.drop_path_rate"``) or nested
-        dicts (``backbone={"drop_path_rate": 0.0}``). Values may be strings (as from the command
-        line); they are parsed to the field's type."""
-        data = self.to_dict()
-        items = dict(overrides or {})
-        items.update(kwargs)
-        for key, value in items.items():
-            _apply(data, type(self), key, value)
-        return KNetConfig.from_dict(data)
+    def _upgrade(cls, data: Dict[str, Any]) -> Dict[str, Any]:
+        return _upgrade_release_0_1(data)
 
 
-class ConfigError(KnetError, ValueError):
-    """An unknown config key or a value that does not fit its field."""
+@dataclass
+class KNetMaskConfig(ConfigBase):
+    """A panoptic or instance K-Net (the reference's ``knet/det``): backbone, FPN, kernel head,
+    kernel-update stages predicting a mask and class scores per kernel.
+
+    ``task``: "panoptic" (things and stuff; one kernel per stuff class after the proposals) or
+    "instance" (things only, ``num_stuff_classes`` = 0). Labels are contiguous: things
+    ``0..num_thing_classes-1``, then stuff. ``num_classes`` is their sum (read only). Per class:
+    ``class_names``, ``palette`` (RGB), ``isthing`` and the dataset's ``category_ids`` (COCO ids);
+    None where unknown.
+    """
+
+    name: str = "knet-mask"
+    task: str = "panoptic"
+    num_thing_classes: int = 80
+    num_stuff_classes: int = 53
+    backbone: BackboneConfig = field(default_factory=PlainResNetConfig)
+    neck: FPNConfig = field(default_factory=FPNConfig)
+    kernel_head: KernelHeadConfig = field(default_factory=KernelHeadConfig)
+    kernel_update: MaskKernelUpdateConfig = field(default_factory=MaskKernelUpdateConfig)
+    postprocess: MaskPostprocessConfig = field(default_factory=MaskPostprocessConfig)
+    data: MaskDataConfig = field(default_factory=MaskDataConfig)
+    train: TrainConfig = field(default_factory=schedule_1x)
+    class_names: Optional[List[str]] = None
+    palette: Optional[List[List[int]]] = None
+    isthing: Optional[List[bool]] = None
+    category_ids: Optional[List[int]] = None
+
+    @property
+    def num_classes(self) -> int:
+        """Things + stuff: the width of every class prediction."""
+        return self.num_thing_classes + self.num_stuff_classes
+
+    def __post_init__(self) -> None:
+        if self.task not in MASK_TASKS:
+            raise ConfigError(f"task: a KNetMaskConfig is a panoptic or instance model, got {self.task!r}")
+        if self.num_thing_classes < 1:
+            raise ConfigError(f"num_thing_classes must be at least 1, got {self.num_thing_classes}")
+        if self.task == "instance" and self.num_stuff_classes != 0:
+            raise ConfigError(f"an instance model has no stuff classes, got num_stuff_classes={self.num_stuff_classes}")
+        if self.task == "panoptic" and self.num_stuff_classes < 1:
+            raise ConfigError("a panoptic model needs stuff classes (num_stuff_classes >= 1); "
+                              "without stuff use task 'instance'")
+        for name in ("class_names", "palette", "isthing", "category_ids"):
+            values = getattr(self, name)
+            if values is not None and len(values) != self.num_classes:
+                raise ConfigError(f"{name} has {len(values)} entries but the model has {self.num_classes} classes "
+                                  f"({self.num_thing_classes} things + {self.num_stuff_classes} stuff)")
+        things_first = [True] * self.num_thing_classes + [False] * self.num_stuff_classes
+        if self.isthing is not None and list(self.isthing) != things_first:
+            raise ConfigError(f"isthing must list the {self.num_thing_classes} things first, then the "
+                              f"{self.num_stuff_classes} stuff classes")
+        if self.kernel_update.conv_kernel_size != 1:
+            raise ConfigError("kernel_update.conv_kernel_size: the panoptic/instance kernel head makes 1x1 "
+                              f"kernels, got {self.kernel_update.conv_kernel_size}")
+
+
+ModelConfig = Union[KNetConfig, KNetMaskConfig]
+MASK_TASKS = ("panoptic", "instance")
+# The config class of each task; a dict without a task is a semantic config (release 0.1).
+CONFIG_CLASSES: Dict[str, type] = {"semantic": KNetConfig, "panoptic": KNetMaskConfig, "instance": KNetMaskConfig}
+
+
+def config_from_dict(data: Dict[str, Any]) -> ModelConfig:
+    """Read a config dict (``to_dict``, a checkpoint's ``config``) into the class of its ``task``."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: expected a mapping, got {data!r}")
+    task = data.get("task", "semantic")
+    if task not in CONFIG_CLASSES:
+        raise ConfigError(f"task: unknown task {task!r}; valid: {', '.join(CONFIG_CLASSES)}")
+    return CONFIG_CLASSES[task].from_dict(data)
 
 
 def _field_types(cls: type) -> Dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _kind_class(group: str, data: Dict[str, Any], path: str) -> type:
+def _default_kind(owner: type, name: str) -> Optional[str]:
+    """The ``kind`` of the default value of field ``name`` of dataclass ``owner``, if it has one."""
+    for f in dataclasses.fields(owner):
+        if f.name == name and f.default_factory is not dataclasses.MISSING:
+            return getattr(f.default_factory(), "kind", None)
+    return None
+
+
+def _kind_class(group: str, data: Dict[str, Any], path: str, default: Optional[str]) -> type:
     """The dataclass of a kind-keyed group (``backbone``, ``decode_head``) from its ``kind``."""
-    table, default = KIND_KEYED[group]
+    table = KIND_KEYED[group]
     kind = data.get("kind", default)
     if kind not in table:
         raise ConfigError(f"{path or group}.kind: unknown {group} kind {kind!r}; valid: {', '.join(sorted(table))}")
@@ -268,7 +497,7 @@ def _from_dict(cls: type, data: Dict[str, Any], path: str) -> Any:
         )
     kwargs = {}
     for name, value in data.items():
-        kwargs[name] = _convert(hints[name], value, _join(path, name))
+        kwargs[name] = _convert(hints[name], value, _join(path, name), _default_kind(cls, name))
     return cls(**kwargs)
 
 
@@ -276,7 +505,7 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
-def _convert(tp: Any, value: Any, path: str) -> Any:
+def _convert(tp: Any, value: Any, path: str, default_kind: Optional[str] = None) -> Any:
     """Convert JSON-ish ``value`` to type ``tp`` (dataclass, tuple, list, optional, scalar)."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -286,7 +515,7 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
             return value
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected a mapping, got {value!r}")
-        return _from_dict(_kind_class(group, value, path), value, path)
+        return _from_dict(_kind_class(group, value, path, default_kind), value, path)
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
@@ -348,9 +577,10 @@ def _convert_scalar(tp: type, value: Any, path: str) -> Any:
 
 
 def _apply(data: Dict[str, Any], cls: type, key: str, value: Any) -> None:
-    """Set ``data[dotted.key] = value`` after checking every part of the key exists."""
+    """Set ``data[dotted.key] = value`` after checking every part of the key exists. Setting the
+    ``kind`` of a kind-keyed group (``backbone.kind``) keeps only the settings the new kind has."""
     parts = key.split(".")
-    node, node_cls, path = data, cls, ""
+    node, node_cls, path, group = data, cls, "", None
     for i, part in enumerate(parts):
         names = {f.name for f in dataclasses.fields(node_cls)}
         if part not in names:
@@ -362,18 +592,36 @@ def _apply(data: Dict[str, Any], cls: type, key: str, value: Any) -> None:
         last = i == len(parts) - 1
         if last:
             current = node.get(part)
-            if isinstance(value, dict) and isinstance(current, dict):
+            if part == "kind" and group is not None:
+                _switch_kind(node, group, value)
+            elif isinstance(value, dict) and isinstance(current, dict):
+                sub_group = _kind_keyed_group(_field_types(node_cls)[part])
+                if sub_group is not None and "kind" in value:  # the kind first: it decides the fields
+                    _switch_kind(current, sub_group, value["kind"])
                 sub_cls = _sub_class(node_cls, part, current)
                 for sub_key, sub_value in value.items():
-                    _apply(current, sub_cls, sub_key, sub_value)
+                    if not (sub_key == "kind" and sub_group is not None):
+                        _apply(current, sub_cls, sub_key, sub_value)
             else:
                 node[part] = value
             return
         child = node.get(part)
         if not isinstance(child, dict):
             raise ConfigError(f"config key {key!r}: {path} is not a group of settings")
+        group = _kind_keyed_group(_field_types(node_cls)[part])
         node_cls = _sub_class(node_cls, part, child)
         node = child
+
+
+def _switch_kind(node: Dict[str, Any], group: str, kind: Any) -> None:
+    """Set the ``kind`` of a kind-keyed group's dict, dropping the settings the new kind does not
+    have (an unknown kind is reported when the dict is read)."""
+    node["kind"] = kind
+    new_cls = KIND_KEYED[group].get(kind)
+    if new_cls is not None:
+        own = {f.name for f in dataclasses.fields(new_cls)}
+        for name in [name for name in node if name not in own]:
+            del node[name]
 
 
 def _kind_keyed_group(tp: Any) -> Optional[str]:
@@ -381,7 +629,7 @@ def _kind_keyed_group(tp: Any) -> Optional[str]:
     if typing.get_origin(tp) is not Union:
         return None
     members = set(typing.get_args(tp))
-    for group, (table, _) in KIND_KEYED.items():
+    for group, table in KIND_KEYED.items():
         if members == set(table.values()):
             return group
     return None
@@ -391,7 +639,7 @@ def _sub_class(cls: type, name: str, value: Dict[str, Any]) -> type:
     tp = _field_types(cls)[name]
     group = _kind_keyed_group(tp)
     if group is not None:
-        return _kind_class(group, value, name)
+        return _kind_class(group, value, name, _default_kind(cls, name))
     return tp
 
 

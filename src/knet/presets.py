@@ -1,22 +1,31 @@
-"""The seven rows of K-Net's ADE20K results table, and a ``-tiny`` twin of each.
+"""The rows of K-Net's results tables, and a ``-tiny`` twin of each.
+
+Semantic segmentation: the seven ADE20K rows (:class:`KNetConfig`). Panoptic and instance
+segmentation: the nine COCO rows of the reference's ``knet/det`` (:class:`KNetMaskConfig`).
 
 A ``-tiny`` preset keeps every structural feature of its row (dilations, strides, pool scales,
-shifted windows, three kernel-update stages, 150 classes, the auxiliary head) and shrinks only the
-widths, to exactly those of the reference's golden files in ``shared/goldens``.
+shifted windows, deformable convs, three kernel-update stages, the classes, the auxiliary head) and
+shrinks only the widths, to exactly those of the reference's golden files in ``shared/goldens``
+(``shared/goldens/det`` for the COCO rows).
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Tuple
 
 from .errors import KnetError
 from .config import (
     HEAD_CONFIGS,
     DataConfig,
     KNetConfig,
+    KNetMaskConfig,
+    MaskDataConfig,
+    ModelConfig,
+    PlainResNetConfig,
     ResNetConfig,
     SwinConfig,
     TrainConfig,
+    schedule_1x,
 )
 
 # Parameters whose reference key contains one of these get no weight decay in the Swin recipes.
@@ -84,7 +93,7 @@ REFERENCE_CHECKPOINTS: Dict[str, str] = {
 }
 
 # Published ADE20K results (mIoU, mIoU ms+flip) and parameter counts of the reference.
-RESULTS_TABLE: Dict[str, Dict[str, float]] = {
+_SEMANTIC_RESULTS: Dict[str, Dict[str, float]] = {
     "knet-r50-fcn": {"mIoU": 43.60, "mIoU_ms_flip": 45.12, "params_m": 62.81},
     "knet-r50-pspnet": {"mIoU": 44.18, "mIoU_ms_flip": 45.58, "params_m": 62.29},
     "knet-r50-deeplabv3": {"mIoU": 45.06, "mIoU_ms_flip": 46.11, "params_m": 81.43},
@@ -113,8 +122,142 @@ def _tiny(cfg: KNetConfig) -> KNetConfig:
     )
 
 
-PRESETS: Dict[str, Callable[[], KNetConfig]] = dict(_FULL)
+# --------------------------------------------------------------------------------------------
+# Panoptic and instance segmentation (COCO)
+# --------------------------------------------------------------------------------------------
+def _dcn_c3_c5(depth: int) -> PlainResNetConfig:
+    """Deformable 3x3 convs in every bottleneck of stages 2-4 ("dcn-c3-c5")."""
+    return PlainResNetConfig(depth=depth, dcn_stages=(False, True, True, True))
+
+
+def _swin_l_det() -> SwinConfig:
+    return SwinConfig(embed_dims=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48), drop_path_rate=0.2)
+
+
+def _schedule_ms_3x() -> TrainConfig:
+    """The reference's "ms-3x": 12 epochs of a 3x repeated dataset with drops after 9 and 11,
+    i.e. 36 epochs with drops after 27 and 33; otherwise as 1x."""
+    return dataclasses.replace(schedule_1x(), epochs=36, milestone_epochs=(27, 33))
+
+
+def _data_1x() -> MaskDataConfig:
+    return MaskDataConfig(train_scales=((1333, 800),))
+
+
+def _data_ms() -> MaskDataConfig:
+    """Multi-scale training: short side drawn in [640, 800], long side at most 1333."""
+    return MaskDataConfig(train_scales=((1333, 640), (1333, 800)), multiscale_mode="range")
+
+
+def _mask_row(name: str, task: str, backbone: Any, multiscale: bool) -> KNetMaskConfig:
+    from .data.coco_categories import COCO_INSTANCE, COCO_PANOPTIC  # on first use: `import knet` stays quick
+
+    table = COCO_PANOPTIC if task == "panoptic" else COCO_INSTANCE
+    return KNetMaskConfig(
+        name=name,
+        task=task,
+        num_thing_classes=table.num_things,
+        num_stuff_classes=table.num_stuff,
+        backbone=backbone,
+        data=_data_ms() if multiscale else _data_1x(),
+        train=_schedule_ms_3x() if multiscale else schedule_1x(),
+        class_names=list(table.names),
+        palette=[list(colour) for colour in table.palette],
+        isthing=list(table.isthing),
+        category_ids=list(table.ids),
+    )
+
+
+# name -> (task, backbone, multi-scale training with the 3x schedule).
+_MASK_ROWS: Dict[str, Tuple[str, Callable[[], Any], bool]] = {
+    "knet-r50-fpn-panoptic": ("panoptic", lambda: PlainResNetConfig(depth=50), False),
+    "knet-r50-fpn-panoptic-ms3x": ("panoptic", lambda: PlainResNetConfig(depth=50), True),
+    "knet-r101-fpn-panoptic-ms3x": ("panoptic", lambda: PlainResNetConfig(depth=101), True),
+    "knet-r101-dcn-fpn-panoptic-ms3x": ("panoptic", lambda: _dcn_c3_c5(101), True),
+    "knet-swin-l-fpn-panoptic-ms3x": ("panoptic", _swin_l_det, True),
+    "knet-r50-fpn-instance": ("instance", lambda: PlainResNetConfig(depth=50), False),
+    "knet-r50-fpn-instance-ms3x": ("instance", lambda: PlainResNetConfig(depth=50), True),
+    "knet-r101-fpn-instance-ms3x": ("instance", lambda: PlainResNetConfig(depth=101), True),
+    "knet-r101-dcn-fpn-instance-ms3x": ("instance", lambda: _dcn_c3_c5(101), True),
+}
+_MASK_FULL: Dict[str, Callable[[], KNetMaskConfig]] = {
+    name: (lambda name=name, task=task, backbone=backbone, ms=ms: _mask_row(name, task, backbone(), ms))
+    for name, (task, backbone, ms) in _MASK_ROWS.items()
+}
+
+# The reference's config of each COCO row (configs/det/knet/<name>.py); its checkpoints are
+# <base><config>/<config>_<date-hash>.pth. Two rows were published without a checkpoint.
+REFERENCE_CONFIGS: Dict[str, str] = {
+    "knet-r50-fpn-panoptic": "knet_s3_r50_fpn_1x_coco-panoptic",
+    "knet-r50-fpn-panoptic-ms3x": "knet_s3_r50_fpn_ms-3x_coco-panoptic",
+    "knet-r101-fpn-panoptic-ms3x": "knet_s3_r101_fpn_ms-3x_coco-panoptic",
+    "knet-r101-dcn-fpn-panoptic-ms3x": "knet_s3_r101_dcn-c3-c5_fpn_ms-3x_coco-panoptic",
+    "knet-swin-l-fpn-panoptic-ms3x": "knet_s3_swin-l_fpn_ms-3x_16x2_coco-panoptic",
+    "knet-r50-fpn-instance": "knet_s3_r50_fpn_1x_coco",
+    "knet-r50-fpn-instance-ms3x": "knet_s3_r50_fpn_ms-3x_coco",
+    "knet-r101-fpn-instance-ms3x": "knet_s3_r101_fpn_ms-3x_coco",
+    "knet-r101-dcn-fpn-instance-ms3x": "knet_s3_r101_dcn-c3-c5_fpn_ms-3x_coco",
+}
+_DET_CHECKPOINT_BASE = "https://download.openmmlab.com/mim-example/knet/det/knet/"
+_DET_CHECKPOINT_STAMPS: Dict[str, str] = {
+    "knet-r50-fpn-panoptic": "20211017_151750-395fbcba",
+    "knet-r50-fpn-panoptic-ms3x": "20211017_054613-4375b8be",
+    "knet-r101-fpn-panoptic-ms3x": "20211017_054501-9c600b0c",
+    "knet-r101-dcn-fpn-panoptic-ms3x": "20211019_191549-6d13fab7",
+    "knet-swin-l-fpn-panoptic-ms3x": "20211020_062341-62f3bbff",
+    "knet-r50-fpn-instance": "20211016_113017-8a8645d4",
+    "knet-r101-dcn-fpn-instance-ms3x": "20211017_054515-163a3126",
+}
+REFERENCE_CHECKPOINTS.update({
+    name: f"{_DET_CHECKPOINT_BASE}{REFERENCE_CONFIGS[name]}/{REFERENCE_CONFIGS[name]}_{stamp}.pth"
+    for name, stamp in _DET_CHECKPOINT_STAMPS.items()
+})
+
+# Published COCO val2017 results (panoptic: PQ; instance: mask AP; the Swin-L row also test-dev PQ)
+# and parameter counts (millions) of the reference.
+_MASK_RESULTS: Dict[str, Dict[str, Any]] = {
+    "knet-r50-fpn-panoptic": {"task": "panoptic", "PQ": 44.3, "params_m": 37.54},
+    "knet-r50-fpn-panoptic-ms3x": {"task": "panoptic", "PQ": 47.1, "params_m": 37.54},
+    "knet-r101-fpn-panoptic-ms3x": {"task": "panoptic", "PQ": 48.4, "params_m": 56.53},
+    "knet-r101-dcn-fpn-panoptic-ms3x": {"task": "panoptic", "PQ": 49.6, "params_m": 57.82},
+    "knet-swin-l-fpn-panoptic-ms3x": {"task": "panoptic", "PQ": 54.6, "PQ_test_dev": 55.2, "params_m": 208.78},
+    "knet-r50-fpn-instance": {"task": "instance", "AP": 34.0, "params_m": 37.48},
+    "knet-r50-fpn-instance-ms3x": {"task": "instance", "AP": 37.8, "params_m": 37.48},
+    "knet-r101-fpn-instance-ms3x": {"task": "instance", "AP": 39.2, "params_m": 56.47},
+    "knet-r101-dcn-fpn-instance-ms3x": {"task": "instance", "AP": 40.5, "params_m": 57.76},
+}
+
+
+def _mask_tiny(cfg: KNetMaskConfig) -> KNetMaskConfig:
+    """The widths of the ``shared/goldens/det`` files (their README's overrides): ResNet
+    base_channels 8 / Swin embed_dims 16 with two blocks per stage, FPN 32, 10 proposals, GN(8),
+    positional encoding 2x16, stages with 4 heads, FFN 64 and a 32-wide updator, 10 results per image."""
+    if isinstance(cfg.backbone, SwinConfig):
+        backbone = dataclasses.replace(cfg.backbone, embed_dims=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4))
+    else:
+        backbone = dataclasses.replace(cfg.backbone, base_channels=8)
+    return dataclasses.replace(
+        cfg,
+        name=cfg.name + "-tiny",
+        backbone=backbone,
+        neck=dataclasses.replace(cfg.neck, out_channels=32),
+        kernel_head=dataclasses.replace(cfg.kernel_head, num_proposals=10, num_groups=8, pos_num_feats=16),
+        kernel_update=dataclasses.replace(cfg.kernel_update, num_heads=4, feedforward_channels=64,
+                                          updator_channels=32),
+        postprocess=dataclasses.replace(cfg.postprocess, max_per_img=10),
+    )
+
+
+# Published results of every row: its task, then the task's metrics and the parameter count
+# (millions). Semantic rows: mIoU and mIoU_ms_flip; panoptic: PQ; instance: AP.
+RESULTS_TABLE: Dict[str, Dict[str, Any]] = {
+    **{name: {"task": "semantic", **row} for name, row in _SEMANTIC_RESULTS.items()},
+    **_MASK_RESULTS,
+}
+
+PRESETS: Dict[str, Callable[[], ModelConfig]] = {**_FULL, **_MASK_FULL}
 PRESETS.update({name + "-tiny": (lambda build=build: _tiny(build())) for name, build in _FULL.items()})
+PRESETS.update({name + "-tiny": (lambda build=build: _mask_tiny(build())) for name, build in _MASK_FULL.items()})
 
 
 class UnknownPresetError(KnetError, KeyError):
@@ -126,7 +269,12 @@ def list_presets() -> List[str]:
     return list(PRESETS)
 
 
-def get_config(name: str, overrides: Dict[str, Any] = None, **kwargs: Any) -> KNetConfig:
+def reference_config(name: str) -> str | None:
+    """The reference's config name of a COCO preset or its ``-tiny`` twin, else None."""
+    return REFERENCE_CONFIGS.get(name[: -len("-tiny")] if name.endswith("-tiny") else name)
+
+
+def get_config(name: str, overrides: Dict[str, Any] = None, **kwargs: Any) -> ModelConfig:
     """The config of preset ``name`` with overrides (dotted keys or nested dicts) applied."""
     if name not in PRESETS:
         raise UnknownPresetError(f"unknown model {name!r}; valid names: {', '.join(PRESETS)}")

@@ -14,7 +14,7 @@ from knet.data.mask_transforms import (
     stack_padded,
 )
 from knet.data.transforms import normalize
-from knet.losses import prepare_targets
+from knet.losses import batch_targets, prepare_targets
 
 from tests.conftest import golden_path
 
@@ -195,7 +195,7 @@ def test_collate_pads_to_the_batch_and_feeds_prepare_targets():
     assert batch.img_shapes == [small.img_shape, large.img_shape, tall.img_shape]
 
     # Padding here and prepare_targets' own padding of the per-sample arrays agree.
-    targets = batch.targets(num_thing_classes=3)
+    targets = batch_targets(batch, num_thing_classes=3)
     expected = prepare_targets([torch.from_numpy(s.masks) for s in (small, large, tall)],
                                [torch.from_numpy(s.labels) for s in (small, large, tall)], (160, 96),
                                [torch.from_numpy(s.sem_seg) for s in (small, large, tall)], num_thing_classes=3)
@@ -206,7 +206,7 @@ def test_collate_pads_to_the_batch_and_feeds_prepare_targets():
         assert got.stuff_labels.tolist() == want.stuff_labels.tolist() == [3, 4]
 
     instance = collate_mask_samples([_sample(s.image, s.masks, s.labels, None, s.img_shape) for s in (small, tall)])
-    assert instance.sem_seg is None and instance.targets(3)[0].stuff_masks is None
+    assert instance.sem_seg is None and batch_targets(instance, 3)[0].stuff_masks is None
     with pytest.raises(ValueError):
         collate_mask_samples([small, _sample(tall.image, tall.masks, tall.labels, None, tall.img_shape)])
 
@@ -224,7 +224,7 @@ def test_batch_targets_equal_the_official_ones():
     batch = collate_mask_samples(samples)
     np.testing.assert_array_equal(batch.images.numpy(), golden["x"])
     np.testing.assert_array_equal(batch.sem_seg.numpy(), golden["gt_semantic_seg"][:, 0])
-    for i, target in enumerate(batch.targets(num_thing_classes=80)):
+    for i, target in enumerate(batch_targets(batch, num_thing_classes=80)):
         np.testing.assert_array_equal(batch.masks[i].numpy(), golden[f"gt_masks_{i}"])
         np.testing.assert_allclose(target.masks.numpy(), golden[f"train_gt_masks_assign_{i}"], atol=1e-6)
         np.testing.assert_allclose(target.stuff_masks.numpy(), golden[f"train_gt_sem_seg_{i}"], atol=1e-6)

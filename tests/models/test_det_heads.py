@@ -9,10 +9,11 @@ import pytest
 import torch
 from torch import nn
 
+from knet.checkpoint.reference import convert_reference_state_dict
 from knet.checkpoint.safe_load import safe_load
 from knet.models.knet.kernel_head import sine_positional_encoding
 from knet.models.knet.kernel_update_head import KernelUpdateHead
-from knet.models.mask_segmentor import KNetMaskSegmentor, convert_reference_keys
+from knet.models.mask_segmentor import KNetMaskSegmentor
 from knet.models.outputs import KNetOutput
 from tests.conftest import golden_path
 
@@ -24,6 +25,13 @@ def tiny_heads(num_stuff_classes: int, backbone: nn.Module | None = None, neck: 
     return KNetMaskSegmentor(backbone or nn.Identity(), neck or nn.Identity(), num_thing_classes=80,
                              num_stuff_classes=num_stuff_classes, num_proposals=10, channels=32, num_groups=8,
                              num_heads=4, feedforward_channels=64)
+
+
+def convert_reference_keys(state_dict):
+    """The official names -> knet's, every key accounted for by the rename table."""
+    converted, unaccounted = convert_reference_state_dict(state_dict)
+    assert not unaccounted, f"keys no rename rule covers: {unaccounted[:5]}"
+    return converted
 
 
 def head_state(state_dict):

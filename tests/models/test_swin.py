@@ -169,9 +169,9 @@ def test_full_size_parameter_counts(embed_dims, depths, num_heads, expected):
 def test_build_backbone_from_config():
     model = build_backbone(SwinConfig(embed_dims=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4)))
     assert isinstance(model, SwinTransformer) and model.out_channels == [16, 32, 64, 128]
-    assert set(BACKBONES) == {"resnet_v1c", "swin"}
+    assert set(BACKBONES) == {"resnet_v1c", "resnet", "swin"}
 
 
 def test_build_backbone_unknown_kind():
-    with pytest.raises(KnetError, match="valid kinds: resnet_v1c, swin"):
+    with pytest.raises(KnetError, match="valid kinds: resnet, resnet_v1c, swin"):
         build_backbone(SwinConfig(kind="vit"))

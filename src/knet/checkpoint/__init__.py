@@ -1,4 +1,5 @@
-"""Checkpoint I/O: the reference's ``.pth`` files, knet training checkpoints, native directories.
+"""Checkpoint I/O: the reference's ``.pth`` files, knet training checkpoints, native directories,
+for the semantic models and the panoptic/instance models alike.
 
     knet.load_checkpoint(model, "ref.pth")          # strict by default
     model = knet.checkpoint.load_model("ref.pth", "knet-r50-fcn")
@@ -12,10 +13,11 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 
 import torch
 
-from ..config import KNetConfig
+from ..config import ConfigBase, config_from_dict
 from ..errors import CheckpointError
 from .native import is_native_dir, read_native, save_pretrained, with_class_meta
-from .reference import class_meta, convert_reference_state_dict, extract_state_dict, num_classes_of, presets_fitting
+from .reference import (class_meta, convert_reference_state_dict, extract_state_dict, family_of_state, family_of_task,
+                        num_classes_of, presets_fitting, reference_config_names)
 from .safe_load import safe_load
 
 PathLike = Union[str, os.PathLike]
@@ -43,8 +45,8 @@ def _names(keys: List[str], limit: int = 8) -> str:
 
 
 def read_checkpoint(path: PathLike) -> Dict[str, Any]:
-    """Any supported checkpoint -> ``{"state_dict", "config" (KNetConfig or None), "class_names",
-    "palette", "raw"}``, read without executing pickled code."""
+    """Any supported checkpoint -> ``{"state_dict", "config" (KNetConfig, KNetMaskConfig or None),
+    "class_names", "palette", "raw"}``, read without executing pickled code."""
     path = os.fspath(path)
     if is_native_dir(path):
         native = read_native(path)
@@ -58,7 +60,7 @@ def read_checkpoint(path: PathLike) -> Dict[str, Any]:
         state[key] = original[key]
     config = None
     if isinstance(raw, Mapping) and isinstance(raw.get("config"), Mapping):  # a knet training checkpoint
-        config = KNetConfig.from_dict(dict(raw["config"]))
+        config = config_from_dict(dict(raw["config"]))
     names, palette = class_meta(raw)
     return {"state_dict": state, "config": config, "class_names": names, "palette": palette, "raw": raw}
 
@@ -75,6 +77,15 @@ def load_state_dict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], s
                     for k, v in own.items() if k in state and tuple(state[k].shape) != tuple(v.shape)],
     )
     if strict and result:
+        name = getattr(getattr(model, "config", None), "name", type(model).__name__)
+        fitting = presets_fitting(state)
+        hint = (f"presets whose shapes fit it: {', '.join(fitting)}" if fitting
+                else "no preset's shapes fit it")
+        task = getattr(getattr(model, "config", None), "task", None)
+        family = family_of_state(state)
+        if family is not None and task is not None and family != family_of_task(task):
+            raise CheckpointError(f"{source} is a {family} K-Net checkpoint and does not fit the {task} model "
+                                  f"{name} ({hint})")
         problems = []
         if result.missing:
             problems.append(f"{len(result.missing)} missing key(s): {_names(result.missing)}")
@@ -82,10 +93,6 @@ def load_state_dict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], s
             problems.append(f"{len(result.unexpected)} unexpected key(s): {_names(result.unexpected)}")
         if result.mismatched:
             problems.append(f"{len(result.mismatched)} shape mismatch(es): {_names(result.mismatched, 4)}")
-        fitting = presets_fitting(state)
-        hint = (f"presets whose shapes fit it: {', '.join(fitting)}" if fitting
-                else "no preset's shapes fit it")
-        name = getattr(getattr(model, "config", None), "name", type(model).__name__)
         raise CheckpointError(f"{source} does not fit model {name} ({hint}): {'; '.join(problems)} "
                               "(strict=False loads what fits)")
     skip = set(result.missing) | {m.split(":")[0] for m in result.mismatched}
@@ -110,7 +117,7 @@ def _adopt_class_meta(model: torch.nn.Module, ckpt: Dict[str, Any]) -> None:
     """Give a model without class names those the checkpoint carries, when their number fits."""
     config = getattr(model, "config", None)
     names = ckpt["class_names"]
-    if isinstance(config, KNetConfig) and config.class_names is None and names and len(names) == config.num_classes:
+    if isinstance(config, ConfigBase) and config.class_names is None and names and len(names) == config.num_classes:
         model.config = config.replace(class_names=names, palette=ckpt["palette"])
 
 
@@ -119,25 +126,35 @@ def load_model(path: PathLike, name: Optional[str] = None, overrides: Optional[D
     """Build and load a model in one call.
 
     The config comes from ``name`` (a preset) when given, else from the checkpoint itself (native
-    directory or knet training checkpoint), else from the one preset whose shapes fit the file.
+    directory or knet training checkpoint), else from the one preset whose shapes fit the file
+    (among several, the one whose reference config the file's ``meta`` names).
     """
     from ..models.segmentor import build_model
+    from ..presets import get_config, reference_config
 
     ckpt = read_checkpoint(path)
+    # A semantic file's class count (panoptic/instance presets keep theirs: their shapes cannot
+    # tell thing from stuff classes).
+    num_classes = num_classes_of(ckpt["state_dict"])
     if name is not None:
-        num_classes = num_classes_of(ckpt["state_dict"])
-        base = {"num_classes": num_classes} if num_classes and not (overrides or {}).get("num_classes") else {}
-        model = build_model(name, {**base, **(overrides or {})})
+        config = get_config(name)
+        keep = config.task != "semantic" or not num_classes or (overrides or {}).get("num_classes")
+        base = {} if keep else {"num_classes": num_classes}
+        model = build_model(config, {**base, **(overrides or {})})
     elif ckpt["config"] is not None:
         model = build_model(ckpt["config"], overrides)
     else:
         fitting = presets_fitting(ckpt["state_dict"])
+        if len(fitting) > 1:
+            named = set(reference_config_names(ckpt["raw"]))
+            fitting = [f for f in fitting if reference_config(f.split(" ")[0]) in named] or fitting
         if len(fitting) != 1:
             hint = f"candidates: {', '.join(fitting)}" if fitting else "no preset's shapes fit it"
             raise CheckpointError(f"{os.fspath(path)} does not say which model it belongs to; pass the "
                                   f"preset name (--model NAME); {hint}")
-        model = build_model(fitting[0].split(" ")[0], {"num_classes": num_classes_of(ckpt["state_dict"]),
-                                                        **(overrides or {})})
+        config = get_config(fitting[0].split(" ")[0])
+        base = {"num_classes": num_classes} if config.task == "semantic" and num_classes else {}
+        model = build_model(config, {**base, **(overrides or {})})
     load_state_dict(model, ckpt["state_dict"], strict=strict, source=os.fspath(path))
     _adopt_class_meta(model, ckpt)
     return model

@@ -1,6 +1,7 @@
 """knet's native format: a directory with ``model.safetensors`` and ``config.json``.
 
-``config.json`` is the model's :class:`~knet.config.KNetConfig` (class names and palette included),
+``config.json`` is the model's config (:class:`~knet.config.KNetConfig` or
+:class:`~knet.config.KNetMaskConfig`, its ``task`` saying which; class names and palette included),
 so ``from_pretrained(directory)`` needs nothing else.
 """
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any, Dict, Union
 
 import torch
 
-from ..config import KNetConfig
+from ..config import ModelConfig, config_from_dict
 from ..errors import CheckpointError
 from ..utils.atomic import atomic_path, atomic_write_text
 
@@ -20,7 +21,7 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 
 
-def with_class_meta(config: KNetConfig) -> KNetConfig:
+def with_class_meta(config: ModelConfig) -> ModelConfig:
     """The config with class names and palette filled in (ADE20K's for 150 classes, else generic)."""
     if config.class_names is not None and config.palette is not None:
         return config
@@ -55,7 +56,7 @@ def is_native_dir(path: Union[str, os.PathLike]) -> bool:
 
 
 def read_native(directory: Union[str, os.PathLike]) -> Dict[str, Any]:
-    """``{"config": KNetConfig, "state_dict": {...}}`` of a native directory."""
+    """``{"config": KNetConfig or KNetMaskConfig, "state_dict": {...}}`` of a native directory."""
     from safetensors.torch import load_file
 
     directory = Path(directory)
@@ -64,7 +65,7 @@ def read_native(directory: Union[str, os.PathLike]) -> Dict[str, Any]:
         if not path.is_file():
             raise CheckpointError(f"{directory} is not a knet model directory: {path.name} is missing")
     try:
-        config = KNetConfig.from_dict(json.loads(config_path.read_text()))
+        config = config_from_dict(json.loads(config_path.read_text()))
     except (json.JSONDecodeError, ValueError) as err:
         raise CheckpointError(f"{config_path}: {err}") from None
     try:

@@ -15,7 +15,7 @@ Train::
 
 then mmdet's collate pads every image of a batch to the batch's largest (H, W) (images with 0, the
 semantic map with 255) and K-Net pads the masks to it (with 0) before bringing them to stride 4
-(:func:`knet.losses.prepare_targets`).
+(:func:`knet.losses.batch_targets`).
 
 Keep-ratio resizing scales by ``min(long_max / long_side, short_max / short_side)`` (upscaling
 small images too) to ``int(side * factor + 0.5)``; images are resized as uint8 with OpenCV's
@@ -307,18 +307,6 @@ class MaskBatch:
                          labels=[t.to(device) for t in self.labels],
                          sem_seg=None if self.sem_seg is None else self.sem_seg.to(device),
                          img_shapes=list(self.img_shapes))
-
-    def targets(self, num_thing_classes: int, assign_stride: int = 4,
-                ignore_index: int = SEG_PAD_VALUE) -> list:
-        """The per-image :class:`knet.losses.DetTargets` of the batch (masks at stride
-        ``assign_stride``), through :func:`knet.losses.prepare_targets`."""
-        # Imported here: knet.losses imports the models, which must not need the data package.
-        from ..losses.knet_det_loss import prepare_targets
-
-        sem_seg = None if self.sem_seg is None else list(self.sem_seg)
-        return prepare_targets(self.masks, self.labels, self.batch_shape, sem_seg,
-                               num_thing_classes=num_thing_classes, assign_stride=assign_stride,
-                               ignore_index=ignore_index)
 
 
 def collate_mask_samples(samples: Sequence[MaskSample], seg_pad_value: int = SEG_PAD_VALUE) -> MaskBatch:

@@ -19,7 +19,7 @@ Targets are per image at stride 4 of the padded batch, as produced by :func:`pre
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -364,3 +364,13 @@ class KNetDetCriterion(nn.Module):
 def total_loss(losses: Dict[str, Tensor]) -> Tensor:
     """Sum of the entries whose key contains ``"loss"`` (mmdet's ``_parse_losses``): the objective."""
     return sum(value for key, value in losses.items() if "loss" in key)
+
+
+def batch_targets(batch: Any, num_thing_classes: int = 80, assign_stride: int = 4,
+                  ignore_index: int = 255) -> List[DetTargets]:
+    """The per-image :class:`DetTargets` of a collated batch (``knet.data.mask_transforms.MaskBatch``:
+    ``masks``, ``labels``, ``sem_seg``, ``batch_shape``), masks at stride ``assign_stride``."""
+    sem_seg = None if batch.sem_seg is None else list(batch.sem_seg)
+    return prepare_targets(batch.masks, batch.labels, batch.batch_shape, sem_seg,
+                           num_thing_classes=num_thing_classes, assign_stride=assign_stride,
+                           ignore_index=ignore_index)

@@ -7,43 +7,24 @@ returns predictions only (:class:`knet.models.outputs.KNetOutput`); losses and p
 
 Parameter names: ``backbone.*`` and ``neck.*`` as the given modules name them, ``kernel_head.*``
 = the reference's ``rpn_head.*`` and ``kernel_update_head.{i}.*`` = its ``roi_head.mask_head.{i}.*``
-(see :data:`REFERENCE_PREFIXES`).
+(the rename table is :data:`knet.checkpoint.reference.RENAME_RULES`).
+
+:func:`build_mask_model` builds one from a :class:`~knet.config.KNetMaskConfig`.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import KNetMaskConfig
+from .backbones import build_backbone
 from .knet.kernel_head import ConvKernelHead
 from .knet.kernel_update_head import KernelUpdateHead
+from .necks import FPN
 from .outputs import KNetOutput
-
-# Reference state-dict prefix -> the prefix of the same tensors here.
-REFERENCE_PREFIXES: Dict[str, str] = {
-    "backbone.": "backbone.",
-    "neck.": "neck.",
-    "rpn_head.": "kernel_head.",
-    "roi_head.mask_head.": "kernel_update_head.",
-}
-
-
-def convert_reference_keys(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """The reference's (mmdet) state dict -> this model's names: a prefix rename, nothing else.
-
-    Raises KeyError naming the first key no prefix accounts for.
-    """
-    converted = {}
-    for key, value in state.items():
-        for old, new in REFERENCE_PREFIXES.items():
-            if key.startswith(old):
-                converted[new + key[len(old):]] = value
-                break
-        else:
-            raise KeyError(f"no rule for reference key {key!r}")
-    return converted
 
 
 class KNetMaskSegmentor(nn.Module):
@@ -64,7 +45,11 @@ class KNetMaskSegmentor(nn.Module):
         num_groups: GroupNorm groups of the kernel head (32; the tiny goldens use 8).
         pos_num_feats: per-axis channels of the positional encoding (default channels // 2).
         feedforward_channels, num_heads, dropout: the stages' FFN width, attention heads, dropout.
+        updator_channels: width of the stages' KernelUpdator (default ``channels``, as the reference).
         mask_upsample_stride: factor from the stages' stride 8 to the stride-4 output masks.
+
+    ``config`` is the :class:`KNetMaskConfig` the model was built from (set by
+    :func:`build_mask_model`; None for a model assembled by hand).
     """
 
     def __init__(self, backbone: nn.Module, neck: nn.Module, num_thing_classes: int = 80,
@@ -72,8 +57,9 @@ class KNetMaskSegmentor(nn.Module):
                  num_groups: int = 32, pos_num_feats: Optional[int] = None, num_stages: int = 3,
                  num_heads: int = 8, feedforward_channels: int = 2048, num_ffn_fcs: int = 2,
                  num_cls_fcs: int = 1, num_mask_fcs: int = 1, dropout: float = 0.0,
-                 mask_upsample_stride: int = 2) -> None:
+                 updator_channels: Optional[int] = None, mask_upsample_stride: int = 2) -> None:
         super().__init__()
+        self.config: Optional[KNetMaskConfig] = None
         self.num_thing_classes = num_thing_classes
         self.num_stuff_classes = num_stuff_classes
         self.num_classes = num_thing_classes + num_stuff_classes
@@ -85,7 +71,8 @@ class KNetMaskSegmentor(nn.Module):
                                           num_groups=num_groups, pos_num_feats=pos_num_feats)
         self.kernel_update_head = nn.ModuleList(
             KernelUpdateHead(in_channels=channels, out_channels=channels, num_heads=num_heads,
-                             feedforward_channels=feedforward_channels, updator_channels=channels,
+                             feedforward_channels=feedforward_channels,
+                             updator_channels=updator_channels if updator_channels is not None else channels,
                              num_ffn_fcs=num_ffn_fcs, num_mask_fcs=num_mask_fcs, dropout=dropout,
                              mask_gather="binary", num_classes=self.num_classes, num_cls_fcs=num_cls_fcs)
             for _ in range(num_stages)
@@ -127,3 +114,23 @@ class KNetMaskSegmentor(nn.Module):
     def final_mask_logits(self, output: KNetOutput) -> torch.Tensor:
         """The last stage's masks of ``outputs(x)`` at stride 4: (B, K, H/4, W/4) logits."""
         return self.scaled_mask_logits(output.final_masks)
+
+
+def build_mask_model(config: KNetMaskConfig) -> KNetMaskSegmentor:
+    """A panoptic or instance K-Net as ``config`` describes it, with the reference's initial
+    weights (ImageNet backbone weights are loaded separately)."""
+    backbone = build_backbone(config.backbone)
+    # Four FPN levels from the four backbone stages, as all the reference's configs: with as many
+    # outputs as inputs no extra level (and no extra conv) exists.
+    neck = FPN(backbone.out_channels, config.neck.out_channels, num_outs=4, start_level=0, add_extra_convs="on_input")
+    head, stages = config.kernel_head, config.kernel_update
+    model = KNetMaskSegmentor(
+        backbone, neck, num_thing_classes=config.num_thing_classes, num_stuff_classes=config.num_stuff_classes,
+        num_proposals=head.num_proposals, channels=config.neck.out_channels, num_groups=head.num_groups,
+        pos_num_feats=head.pos_num_feats, num_stages=stages.num_stages, num_heads=stages.num_heads,
+        feedforward_channels=stages.feedforward_channels, num_ffn_fcs=stages.num_ffn_fcs,
+        num_cls_fcs=stages.num_cls_fcs, num_mask_fcs=stages.num_mask_fcs, dropout=stages.dropout,
+        updator_channels=stages.updator_channels)
+    model.init_weights()
+    model.config = config
+    return model

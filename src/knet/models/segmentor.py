@@ -1,12 +1,13 @@
-"""KNet: backbone + iterative K-Net decode head + auxiliary FCN head."""
+"""KNet: backbone + iterative K-Net decode head + auxiliary FCN head; and :func:`build_model`,
+which builds any K-Net (semantic, panoptic, instance) from a preset name or a config."""
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
-from ..config import KNetConfig
+from ..config import KNetConfig, KNetMaskConfig, ModelConfig
 from ..errors import KnetError
 from ..losses.semantic import semantic_losses
 from ..presets import get_config
@@ -14,6 +15,7 @@ from .backbones import build_backbone
 from .heads import FCNHead
 from .knet.iterative_head import IterativeDecodeHead
 from .layers import resize
+from .mask_segmentor import KNetMaskSegmentor, build_mask_model
 from .outputs import KNetOutput
 
 
@@ -112,15 +114,28 @@ class KNet(nn.Module):
         return self.encode_decode(x)
 
 
-def build_model(name_or_config: Union[str, KNetConfig], overrides: Optional[Dict[str, Any]] = None,
-                **kwargs: Any) -> KNet:
-    """Build a K-Net from a preset name (see ``knet.list_presets()``) or a :class:`KNetConfig`.
+# The model class of each config class: semantic K-Net, or the panoptic/instance K-Net.
+MODEL_BUILDERS: Dict[type, Callable[[Any], nn.Module]] = {
+    KNetConfig: KNet,
+    KNetMaskConfig: build_mask_model,
+}
+
+
+def build_model(name_or_config: Union[str, ModelConfig], overrides: Optional[Dict[str, Any]] = None,
+                **kwargs: Any) -> Union[KNet, KNetMaskSegmentor]:
+    """Build a K-Net from a preset name (see ``knet.list_presets()``) or a config
+    (:class:`KNetConfig`: a :class:`KNet`; :class:`KNetMaskConfig`: a :class:`KNetMaskSegmentor`).
 
     Overrides are dotted keys or nested dicts, e.g. ``build_model("knet-r50-fcn", num_classes=5)``
     or ``build_model("knet-swin-t-upernet", {"backbone.drop_path_rate": 0.1})``.
     """
-    if isinstance(name_or_config, KNetConfig):
-        config = name_or_config.replace(overrides, **kwargs) if (overrides or kwargs) else name_or_config
-    else:
+    if isinstance(name_or_config, str):
         config = get_config(name_or_config, overrides, **kwargs)
-    return KNet(config)
+    else:
+        config = name_or_config.replace(overrides, **kwargs) if (overrides or kwargs) else name_or_config
+    builder = MODEL_BUILDERS.get(type(config))
+    if builder is None:
+        valid = ", ".join(cls.__name__ for cls in MODEL_BUILDERS)
+        raise KnetError(f"cannot build a model from a {type(config).__name__}; expected a preset name or "
+                        f"one of: {valid}")
+    return builder(config)

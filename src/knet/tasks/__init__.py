@@ -1,7 +1,7 @@
 """Tasks: what turns a model's outputs into losses, predictions and metrics.
 
-``TASKS`` maps ``KNetConfig.task`` to the task's class; :func:`get_task` builds one and names the
-valid tasks for an unknown name.
+``TASKS`` maps a config's ``task`` (semantic, panoptic, instance) to the task's class;
+:func:`get_task` builds one and names the valid tasks for an unknown name.
 """
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from typing import Callable, Dict
 
 from ..errors import KnetError
 from .base import Evaluator, Task
+from .instance import InstanceTask
+from .panoptic import MaskTask, PanopticTask
 from .semantic import SemanticTask
 
-TASKS: Dict[str, Callable[[], Task]] = {"semantic": SemanticTask}
+TASKS: Dict[str, Callable[[], Task]] = {"semantic": SemanticTask, "panoptic": PanopticTask, "instance": InstanceTask}
 
 
 def get_task(name: str) -> Task:
@@ -20,4 +22,4 @@ def get_task(name: str) -> Task:
     return TASKS[name]()
 
 
-__all__ = ["TASKS", "Evaluator", "Task", "SemanticTask", "get_task"]
+__all__ = ["TASKS", "Evaluator", "Task", "SemanticTask", "MaskTask", "PanopticTask", "InstanceTask", "get_task"]

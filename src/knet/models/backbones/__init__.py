@@ -10,18 +10,23 @@ from typing import Any, Callable, Dict
 
 from torch import nn
 
-from ...config import ResNetConfig, SwinConfig
+from ...config import PlainResNetConfig, ResNetConfig, SwinConfig
 from ...errors import KnetError
-from .resnet import ResNetV1c
+from .resnet import ResNet, ResNetV1c
 from .swin import SwinTransformer
 
-__all__ = ["BACKBONES", "ResNetV1c", "SwinTransformer", "build_backbone"]
+__all__ = ["BACKBONES", "ResNet", "ResNetV1c", "SwinTransformer", "build_backbone"]
 
 
 def _build_resnet_v1c(cfg: ResNetConfig) -> ResNetV1c:
     return ResNetV1c(depth=cfg.depth, stem_channels=cfg.stem_channels, base_channels=cfg.base_channels,
                      strides=tuple(cfg.strides), dilations=tuple(cfg.dilations),
                      contract_dilation=cfg.contract_dilation, norm_eval=cfg.norm_eval)
+
+
+def _build_resnet(cfg: PlainResNetConfig) -> ResNet:
+    return ResNet(depth=cfg.depth, base_channels=cfg.base_channels, dcn_stages=tuple(cfg.dcn_stages),
+                  deform_groups=cfg.deform_groups, frozen_stages=cfg.frozen_stages, norm_eval=cfg.norm_eval)
 
 
 def _build_swin(cfg: SwinConfig) -> SwinTransformer:
@@ -33,12 +38,14 @@ def _build_swin(cfg: SwinConfig) -> SwinTransformer:
 
 BACKBONES: Dict[str, Callable[[Any], nn.Module]] = {
     "resnet_v1c": _build_resnet_v1c,
+    "resnet": _build_resnet,
     "swin": _build_swin,
 }
 
 
 def build_backbone(cfg: Any) -> nn.Module:
-    """Build the backbone described by ``cfg`` (a :class:`ResNetConfig` or :class:`SwinConfig`)."""
+    """Build the backbone described by ``cfg`` (a :class:`ResNetConfig`, :class:`PlainResNetConfig`
+    or :class:`SwinConfig`)."""
     kind = getattr(cfg, "kind", None)
     if kind not in BACKBONES:
         raise KnetError(f"unknown backbone kind {kind!r}; valid kinds: {', '.join(sorted(BACKBONES))}")

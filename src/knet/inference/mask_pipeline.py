@@ -1,0 +1,202 @@
+"""The test pipeline of the panoptic and instance models (the reference's mmdetection 2.x one).
+
+For uint8 RGB images of any size, step by step as the reference's configs:
+
+1. keep-ratio resize to fit the test scale (1333, 800): factor ``min(1333 / long side, 800 /
+   short side)`` (small images are enlarged), sides ``int(x * factor + 0.5)``, OpenCV bilinear on
+   the uint8 image (its fixed-point result, not a float resize);
+2. normalise ((x - mean) / std, RGB, float32);
+3. pad bottom/right to a multiple of 32 with 0 (after normalising: 0 is the mean colour);
+4. the model -> the last stage's class logits (K, C) and stride-4 mask logits (K, H/4, W/4);
+5. post-processing (:mod:`knet.postprocess`) at the original size: a panoptic segment map or the
+   top-scoring instances.
+
+Batching: only images whose padded sizes are equal are stacked, so every image sees exactly the
+input it would alone (K-Net's kernels pool features over every pixel, padding included, so padding
+an image further would change its result).
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import MASK_TASKS, KNetMaskConfig
+from ..data.transforms import Size, keep_ratio_size, normalize, resize
+from ..errors import KnetError
+from ..postprocess import InstanceResult, PanopticResult, instance_inference, panoptic_inference
+from ..utils.device import module_device
+from .pipeline import TorchRunner
+
+MaskResult = Union[PanopticResult, InstanceResult]
+
+
+class TorchMaskRunner:
+    """The model-runner interface of :class:`MaskTestPipeline`, for a torch model.
+
+    A runner has ``config`` (the model's :class:`KNetMaskConfig`), ``device`` (where inputs go)
+    and ``__call__(x)``: normalised, padded float32 images (B, 3, H, W) on ``device``, H and W
+    multiples of 32 -> the last stage's class logits (B, K, num_classes) and its mask logits at
+    stride 4 (B, K, H/4, W/4), float32. A compiled model or another runtime plugs in by providing
+    the same three things.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.config: KNetMaskConfig = model.config
+
+    @property
+    def device(self) -> torch.device:
+        return module_device(self.model)
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            output = self.model.outputs(x)
+            return output.final_classes.float(), self.model.final_mask_logits(output).float()
+        finally:
+            self.model.train(was_training)
+
+
+def as_mask_runner(model: Any) -> Any:
+    """A torch model wrapped as a :class:`TorchMaskRunner`; a runner is returned as it is. A
+    semantic :class:`TorchRunner` around a mask model (as generic code may build one) is unwrapped."""
+    if isinstance(model, TorchRunner):
+        model = model.model
+    return TorchMaskRunner(model) if isinstance(model, nn.Module) else model
+
+
+@dataclass
+class PreparedImage:
+    """One image as the model gets it.
+
+    x: float32 (3, H, W) normalised, zero-padded to multiples of the size divisor;
+    img_shape: (h, w) of the resized image inside ``x``; ori_shape: (h, w) of the original image.
+    """
+
+    x: np.ndarray
+    img_shape: Tuple[int, int]
+    ori_shape: Tuple[int, int]
+
+    @property
+    def pad_shape(self) -> Tuple[int, int]:
+        return int(self.x.shape[1]), int(self.x.shape[2])
+
+
+class MaskTestPipeline:
+    """The reference's test pipeline for a panoptic or instance model (see the module docstring).
+
+    ``predict(images)`` maps uint8 (H, W, 3) RGB images to one :class:`PanopticResult` (panoptic
+    models) or :class:`InstanceResult` (instance models) each, at the image's size, on the model's
+    device. Thresholds come from ``config.postprocess``.
+
+    Args:
+        model: a ``KNetMaskSegmentor`` built from a config (run where its parameters are, in eval
+            mode; its train/eval flag is restored afterwards) or a model runner (see
+            :class:`TorchMaskRunner`).
+        test_scale: (width, height) to fit; default the config's ``data.test_scale``.
+        size_divisor: pad to multiples of it; default the config's ``data.size_divisor``.
+        mode, crop_size, stride, tta: the semantic pipeline's options, accepted so that generic
+            callers can pass them; these models only run on whole images without augmentation.
+    """
+
+    __test__ = False  # not a pytest test class despite its name
+
+    def __init__(self, model: Any, test_scale: Optional[Size] = None, size_divisor: Optional[int] = None,
+                 mode: str = "whole", crop_size: Optional[Size] = None, stride: Optional[Size] = None,
+                 tta: bool = False) -> None:
+        if mode != "whole" or crop_size is not None or stride is not None or tta:
+            raise KnetError("panoptic and instance models run on whole images: sliding-window inference and "
+                            "multi-scale + flip testing are not available for them")
+        self.runner = as_mask_runner(model)
+        config = self.runner.config
+        if getattr(config, "task", None) not in MASK_TASKS:
+            raise KnetError(f"the mask test pipeline needs a panoptic or instance model, got a "
+                            f"{getattr(config, 'task', type(config).__name__)} model")
+        self.config: KNetMaskConfig = config
+        self.task = config.task
+        self.test_scale: Size = tuple(test_scale) if test_scale is not None else tuple(config.data.test_scale)
+        self.size_divisor = int(size_divisor) if size_divisor is not None else int(config.data.size_divisor)
+        if len(self.test_scale) != 2 or min(self.test_scale) <= 0:
+            raise KnetError(f"test scale must be two positive integers (width, height), got {self.test_scale}")
+        if self.size_divisor < 1:
+            raise KnetError(f"size divisor must be a positive integer, got {self.size_divisor}")
+        self.mean, self.std = tuple(config.data.mean), tuple(config.data.std)
+
+    @property
+    def device(self) -> torch.device:
+        return self.runner.device
+
+    # ---- steps -------------------------------------------------------------------------------
+    def resize(self, image: np.ndarray) -> np.ndarray:
+        """uint8 (H, W, 3) -> uint8 (h, w, 3) resized to fit the test scale (step 1)."""
+        height, width = image.shape[:2]
+        return resize(image, keep_ratio_size(width, height, self.test_scale))
+
+    def prepare(self, image: np.ndarray) -> PreparedImage:
+        """Steps 1-3 for one uint8 (H, W, 3) RGB image."""
+        resized = self.resize(image)
+        x = normalize(resized, self.mean, self.std)
+        height, width = resized.shape[:2]
+        pad_h = -height % self.size_divisor
+        pad_w = -width % self.size_divisor
+        if pad_h or pad_w:
+            x = np.pad(x, ((0, 0), (0, pad_h), (0, pad_w)), constant_values=0.0)
+        return PreparedImage(x, (height, width), (int(image.shape[0]), int(image.shape[1])))
+
+    @torch.no_grad()
+    def logits(self, images: Sequence[np.ndarray]) -> List[Tuple[torch.Tensor, torch.Tensor, PreparedImage]]:
+        """Per image: the class logits (K, C), the stride-4 mask logits (K, H/4, W/4) of its
+        padded input, and its :class:`PreparedImage` (with ``x``); in input order."""
+        _check_images(images)
+        prepared = [self.prepare(image) for image in images]
+        outputs: List[Optional[Tuple[torch.Tensor, torch.Tensor, PreparedImage]]] = [None] * len(images)
+        for indices in _group_by_pad_shape(prepared).values():
+            x = torch.from_numpy(np.stack([prepared[i].x for i in indices])).to(self.device)
+            cls_logits, mask_logits = self.runner(x)
+            for row, i in enumerate(indices):
+                outputs[i] = (cls_logits[row], mask_logits[row], prepared[i])
+        return outputs  # type: ignore[return-value]
+
+    def postprocess(self, cls_logits: torch.Tensor, mask_logits: torch.Tensor, prepared: PreparedImage) -> MaskResult:
+        """Step 5 for one image: its logits -> its result at the original size."""
+        post = self.config.postprocess
+        shapes = (prepared.img_shape, prepared.pad_shape, prepared.ori_shape)
+        if self.task == "panoptic":
+            # The mask area of a candidate is counted at the reference's fixed 0.5 (post.mask_thr
+            # is the instance models' threshold).
+            return panoptic_inference(cls_logits, mask_logits, *shapes, num_thing_classes=self.config.num_thing_classes,
+                                      instance_score_thr=post.instance_score_thr, overlap_thr=post.overlap_thr)
+        return instance_inference(cls_logits, mask_logits, *shapes, max_per_img=post.max_per_img,
+                                  mask_thr=post.mask_thr)
+
+    # ---- public ------------------------------------------------------------------------------
+    def predict(self, images: Sequence[np.ndarray]) -> List[MaskResult]:
+        """Per uint8 (H, W, 3) RGB image its :class:`PanopticResult` or :class:`InstanceResult`."""
+        return [self.postprocess(cls_logits, mask_logits, prepared)
+                for cls_logits, mask_logits, prepared in self.logits(images)]
+
+    __call__ = predict
+
+
+def _check_images(images: Sequence[np.ndarray]) -> None:
+    for i, image in enumerate(images):
+        if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3
+                and image.shape[2] == 3 and image.shape[0] > 0 and image.shape[1] > 0):
+            described = (f"{image.dtype} array of shape {image.shape}" if isinstance(image, np.ndarray)
+                         else type(image).__name__)
+            raise KnetError(f"image {i}: expected a uint8 (H, W, 3) RGB array, got a {described}")
+
+
+def _group_by_pad_shape(prepared: Sequence[PreparedImage]) -> Dict[Tuple[int, int], List[int]]:
+    """Indices grouped by padded (H, W), groups in order of first appearance."""
+    groups: Dict[Tuple[int, int], List[int]] = OrderedDict()
+    for i, item in enumerate(prepared):
+        groups.setdefault(item.pad_shape, []).append(i)
+    return groups
