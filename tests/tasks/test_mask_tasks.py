@@ -10,7 +10,6 @@ import knet
 from knet.losses import prepare_targets
 from knet.postprocess import InstanceResult, PanopticResult, PanopticSegment
 from knet.tasks import TASKS, InstanceTask, PanopticTask, get_task
-from knet.tasks.panoptic import draw_regions, segment_colours
 from tests.conftest import golden_path
 
 GOLDENS = {
@@ -66,44 +65,37 @@ def test_losses_are_the_official_ones_end_to_end(golden, preset, one_thread):
 
 
 def test_panoptic_drawing_colours_each_segment_and_outlines_it():
-    image = np.full((6, 8, 3), 100, dtype=np.uint8)
-    segment_map = torch.zeros((6, 8), dtype=torch.int32)
-    segment_map[:, :4] = 1  # a stuff segment on the left half
-    segment_map[1:4, 5:7] = 2  # two instances of thing class 0 side by side on the right
-    segment_map[4:6, 5:7] = 3
-    segments = [PanopticSegment(1, 2, 0.9, 24, 12, False), PanopticSegment(2, 0, 0.8, 6, 3, True),
-                PanopticSegment(3, 0, 0.7, 4, 5, True)]
-    palette = [[200, 0, 0], [0, 200, 0], [0, 0, 200]]
-    out = get_task("panoptic").visualize(image, PanopticResult(segment_map, segments), palette, opacity=0.5)
+    image = np.full((30, 40, 3), 100, dtype=np.uint8)
+    segment_map = torch.zeros((30, 40), dtype=torch.int32)
+    segment_map[:, :20] = 1  # a stuff segment on the left half
+    segment_map[5:15, 25:35] = 2  # two instances of thing class 0 on the right
+    segment_map[18:28, 25:35] = 3
+    segments = [PanopticSegment(1, 2, 0.9, 600, 12, False), PanopticSegment(2, 0, 0.8, 100, 3, True),
+                PanopticSegment(3, 0, 0.7, 100, 5, True)]
+    config = knet.get_config("knet-r50-fpn-panoptic-tiny").replace(
+        num_thing_classes=2, num_stuff_classes=1, class_names=["cat", "dog", "sky"], isthing=None, category_ids=None,
+        palette=[[200, 0, 0], [0, 200, 0], [0, 0, 200]])
+    out = get_task("panoptic").visualize(image, PanopticResult(segment_map, segments), config, opacity=0.5)
     assert out.dtype == np.uint8 and out.shape == image.shape
-    assert out[0, 7].tolist() == [100, 100, 100]  # void: the image
-    assert out[2, 1].tolist() == [50, 50, 150]  # inside the stuff segment: 50% of its class colour
-    assert out[2, 3].tolist() == [0, 0, 200]  # its outline towards void: the full colour
-    assert out[0, 0].tolist() == [50, 50, 150]  # the image border is no outline
-    first, second = out[2, 5].tolist(), out[5, 5].tolist()
-    assert first == [200, 0, 0] and second != first  # same class, different instances, different colours
-    assert out[0, 5].tolist() == [100, 100, 100]
+    assert out[29, 39].tolist() == [100, 100, 100]  # void: the image
+    assert out[20, 10].tolist() == [50, 50, 150]  # inside the stuff segment: 50% of its class colour
+    assert out[20, 19].tolist() == [0, 0, 200]  # its contour: the full colour
+    first, second = out[12, 30].tolist(), out[25, 30].tolist()
+    assert first != second  # same class, different instances, different colours
 
 
 def test_instance_drawing_shows_confident_instances_best_on_top():
-    image = np.zeros((5, 5, 3), dtype=np.uint8)
-    masks = torch.zeros((3, 5, 5), dtype=torch.bool)
-    masks[0, 1:4, 1:4] = True
-    masks[1, 2:, :] = True
-    masks[2, 0, 0] = True
+    image = np.zeros((30, 30, 3), dtype=np.uint8)
+    masks = torch.zeros((3, 30, 30), dtype=torch.bool)
+    masks[0, 5:20, 5:20] = True
+    masks[1, 10:25, :] = True
+    masks[2, 27:30, 27:30] = True
     result = InstanceResult(masks, torch.tensor([1, 0, 2]), torch.tensor([0.9, 0.5, 0.1]), torch.tensor([4, 2, 7]))
-    palette = [[0, 200, 0], [200, 0, 0], [0, 0, 200]]
-    out = get_task("instance").visualize(image, result, palette, opacity=1.0)
-    assert out[2, 2].tolist() == [200, 0, 0]  # the best instance is drawn over the larger one
-    assert out[4, 4].tolist() == [0, 200, 0]
-    assert out[0, 0].tolist() == [0, 0, 0]  # the 0.1 instance is below the 0.3 display threshold
-    shown_all = get_task("instance").visualize(image, result, palette, opacity=1.0, score_thr=0.0)
-    assert shown_all[0, 0].tolist() == [0, 0, 200]
-
-
-def test_colours_and_regions_are_checked():
-    assert segment_colours([1, 1, 1], [False, False, False], [[0, 0, 0], [10, 20, 30]]) == [(10, 20, 30)] * 3
-    with pytest.raises(ValueError, match="no colour"):
-        segment_colours([5], [True], [[0, 0, 0]])
-    with pytest.raises(ValueError, match="opacity"):
-        draw_regions(np.zeros((2, 2, 3), np.uint8), [], [], opacity=2.0)
+    config = knet.get_config("knet-r50-fpn-instance-tiny").replace(
+        num_thing_classes=3, class_names=["a", "b", "c"], isthing=None, category_ids=None,
+        palette=[[0, 200, 0], [200, 0, 0], [0, 0, 200]])
+    out = get_task("instance").visualize(image, result, config, opacity=1.0)
+    assert out[15, 15].tolist() == [200, 0, 0]  # the best instance is drawn over the larger one
+    assert out[28, 28].tolist() == [0, 0, 0]  # the 0.1 instance is below the 0.3 display threshold
+    shown_all = get_task("instance").visualize(image, result, config, opacity=1.0, score_thr=0.0)
+    assert shown_all[28, 28].tolist() != [0, 0, 0]

@@ -111,6 +111,9 @@ def run_evaluation(model: Any, dataset: Any, *, task: Optional[Task] = None, mod
         model.to(resolve_device(device))
     pipeline = task.pipeline(runner, mode=mode, crop_size=crop_size, stride=stride, test_scale=test_scale, tta=tta)
     evaluator = task.evaluator(config, list(dataset.class_names), device=pipeline.device)
+    # The pictures use the dataset's class names and colours (a model may carry none of its own).
+    pictures_config = config.replace(class_names=list(dataset.class_names),
+                                     palette=[list(c) for c in dataset.palette]) if show_dir is not None else None
     items = _SafeItems(dataset, range(info.rank, len(dataset), info.world_size))
     skipped: List[Tuple[str, str]] = []
     evaluated = 0
@@ -129,7 +132,8 @@ def run_evaluation(model: Any, dataset: Any, *, task: Optional[Task] = None, mod
                 evaluator.process([item for _, item in good], predictions)
                 if show_dir is not None:
                     for (index, item), prediction in zip(good, predictions):
-                        _write_picture(Path(show_dir), task, dataset, index, item, prediction, opacity)
+                        _write_picture(Path(show_dir), task, pictures_config, dataset, index, item, prediction,
+                                       opacity)
                 evaluated += len(good)
             bar.update(len(batch))
     metrics = evaluator.evaluate(info)
@@ -139,7 +143,7 @@ def run_evaluation(model: Any, dataset: Any, *, task: Optional[Task] = None, mod
     return EvaluationResult(metrics=metrics, evaluator=evaluator, num_images=evaluated, skipped=skipped)
 
 
-def _write_picture(show_dir: Path, task: Task, dataset: Any, index: int, item: Dict[str, Any],
+def _write_picture(show_dir: Path, task: Task, config: Any, dataset: Any, index: int, item: Dict[str, Any],
                    prediction: Any, opacity: float) -> None:
     """``show_dir/<image name>.png``: the ground truth (left) and the prediction (right) over the
     image, written atomically."""
@@ -149,9 +153,9 @@ def _write_picture(show_dir: Path, task: Task, dataset: Any, index: int, item: D
 
     image = item["image"]
     prediction = prediction.cpu().numpy() if isinstance(prediction, torch.Tensor) else prediction
-    panels = [task.visualize(image, prediction, dataset.palette, opacity)]
+    panels = [task.visualize(image, prediction, config, opacity)]
     if item.get("label") is not None:
-        panels.insert(0, task.visualize(image, item["label"], dataset.palette, opacity))
+        panels.insert(0, task.visualize(image, item["label"], config, opacity))
     name = dataset.relative_name(index) if hasattr(dataset, "relative_name") else f"{index:06d}"
     write_image(show_dir / Path(name).with_suffix(".png"), np.concatenate(panels, axis=1))
 

@@ -58,8 +58,8 @@ class TorchMaskRunner:
         was_training = self.model.training
         self.model.eval()
         try:
-            output = self.model.outputs(x)
-            return output.final_classes.float(), self.model.final_mask_logits(output).float()
+            cls_logits, mask_logits = self.model.inference(x)
+            return cls_logits.float(), mask_logits.float()
         finally:
             self.model.train(was_training)
 
@@ -114,6 +114,7 @@ class MaskTestPipeline:
         if mode != "whole" or crop_size is not None or stride is not None or tta:
             raise KnetError("panoptic and instance models run on whole images: sliding-window inference and "
                             "multi-scale + flip testing are not available for them")
+        self.mode, self.tta = mode, tta  # the semantic pipeline's attributes, for generic callers
         self.runner = as_mask_runner(model)
         config = self.runner.config
         if getattr(config, "task", None) not in MASK_TASKS:

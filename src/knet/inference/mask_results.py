@@ -45,12 +45,25 @@ class Segment:
 
 @dataclass(frozen=True)
 class ClassMeta:
-    """What the results need to know about a model's classes."""
+    """What the results need to know about a model's classes (from its config: :meth:`of`)."""
 
     names: List[str]
     category_ids: List[int]
     isthing: List[bool]
     palette: List[Colour]
+
+    @classmethod
+    def of(cls, config: Any) -> "ClassMeta":
+        """The class names, dataset category ids, thing flags and colours a config carries; the
+        label itself stands in for a missing category id, a generated colour for a missing one."""
+        from ..data.palette import default_palette
+
+        count = int(config.num_classes)
+        names = list(config.class_names or [f"class_{i}" for i in range(count)])
+        category_ids = list(getattr(config, "category_ids", None) or range(count))
+        isthing = list(getattr(config, "isthing", None) or [True] * count)
+        palette = [tuple(c) for c in (config.palette or default_palette(count + 1)[1:])]
+        return cls(names, [int(i) for i in category_ids], [bool(t) for t in isthing], palette)
 
     def name(self, label: int) -> str:
         return self.names[label] if 0 <= label < len(self.names) else f"class_{label}"
@@ -99,7 +112,7 @@ def instance_colour(index: int, base: Colour) -> Colour:
 def draw_segments(image: np.ndarray, masks: Sequence[np.ndarray], colours: Sequence[Colour],
                   captions: Sequence[str], opacity: float = 0.5) -> np.ndarray:
     """``image`` (H, W, 3) uint8 with each mask blended in its colour, its contour drawn and its
-    caption written at the top of its box."""
+    caption written at the top of its box. Later masks are painted over earlier ones."""
     import cv2
 
     if not 0.0 <= opacity <= 1.0:
@@ -259,7 +272,9 @@ class InstanceSegmentationResult:
         keep = self.kept(self.score_thr if score_thr is None else score_thr)
         colours = [instance_colour(rank, self.meta.colour(int(self.labels[i]))) for rank, i in enumerate(keep)]
         captions = [f"{self.instances[i].name} {self.scores[i]:.2f}" for i in keep]
-        return _to_pil(draw_segments(self.image, [self.masks[i] for i in keep], colours, captions, opacity), pil)
+        # Painted lowest score first, so that the best instances end on top.
+        masks = [self.masks[i] for i in keep]
+        return _to_pil(draw_segments(self.image, masks[::-1], colours[::-1], captions[::-1], opacity), pil)
 
     def to_coco(self, image_id: Any = None, score_thr: float = 0.0) -> List[Dict[str, Any]]:
         """COCO results (RLE ``segmentation`` with ``counts`` as a string) of the instances scored at

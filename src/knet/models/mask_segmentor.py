@@ -13,13 +13,14 @@ Parameter names: ``backbone.*`` and ``neck.*`` as the given modules name them, `
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..config import KNetMaskConfig
+from ..errors import KnetError
 from .backbones import build_backbone
 from .knet.kernel_head import ConvKernelHead
 from .knet.kernel_update_head import KernelUpdateHead
@@ -102,6 +103,16 @@ class KNetMaskSegmentor(nn.Module):
 
     def forward(self, x: torch.Tensor) -> KNetOutput:
         return self.outputs(x)
+
+    def inference(self, x: torch.Tensor, mode: str = "whole", crop_size: Any = None,
+                  stride: Any = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """What post-processing reads: (B, 3, H, W) normalised images, H and W multiples of 32 ->
+        the last stage's class logits (B, K, num_classes) and stride-4 mask logits (B, K, H/4, W/4).
+        Only whole-image inference exists for these models (``mode`` is the semantic model's option)."""
+        if mode != "whole":
+            raise KnetError(f"inference mode {mode!r}: panoptic and instance models run on whole images")
+        output = self.outputs(x)
+        return output.final_classes, self.final_mask_logits(output)
 
     def scaled_mask_logits(self, mask_logits: torch.Tensor) -> torch.Tensor:
         """(B, K, h, w) stride-8 mask logits -> (B, K, 2h, 2w) stride-4 logits (bilinear,

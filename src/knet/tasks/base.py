@@ -67,9 +67,10 @@ class Task:
         raise NotImplementedError
 
     def results(self, pipeline: Any, images: List[np.ndarray], sources: List[Optional[str]],
-                config: KNetConfig) -> List[Any]:
+                config: KNetConfig, score_thr: float = 0.3) -> List[Any]:
         """The :class:`knet.Segmenter`'s result objects of ``images`` (uint8 (H, W, 3) RGB) run
-        through ``pipeline``; each has ``write(base, opacity, save_probs)`` and ``overlay()``."""
+        through ``pipeline``; each has ``write(base, opacity, save_probs)`` and ``overlay()``.
+        ``score_thr``: the lowest score an instance needs to be shown and written."""
         raise NotImplementedError
 
     def evaluator(self, config: KNetConfig, class_names: Optional[List[str]] = None,
@@ -77,9 +78,9 @@ class Task:
         """An empty evaluator for a model of ``config``; it accumulates on ``device``."""
         raise NotImplementedError
 
-    def visualize(self, image: np.ndarray, prediction: Any, palette: Sequence[Sequence[int]],
-                  opacity: float = 0.5) -> np.ndarray:
-        """uint8 (H, W, 3): ``prediction`` drawn over ``image``."""
+    def visualize(self, image: np.ndarray, prediction: Any, config: Any, opacity: float = 0.5) -> np.ndarray:
+        """uint8 (H, W, 3): ``prediction`` drawn over ``image`` in the colours (and with the class
+        names) of ``config``."""
         raise NotImplementedError
 
     def format_metrics(self, metrics: Dict[str, Any]) -> str:

@@ -5,11 +5,11 @@ Not yet here: the COCO evaluator and the training augmentation (base class: NotI
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, List, Optional
 
 import numpy as np
 
-from .panoptic import MaskTask, as_numpy, draw_regions, segment_colours
+from .panoptic import MaskTask
 
 
 class InstanceTask(MaskTask):
@@ -17,16 +17,20 @@ class InstanceTask(MaskTask):
     best_metric = "AP"
     summary_metrics = ("AP", "AP50", "AP75")
 
-    def visualize(self, image: np.ndarray, prediction: Any, palette: Sequence[Sequence[int]],
-                  opacity: float = 0.5, score_thr: float = 0.3) -> np.ndarray:
-        """uint8 (H, W, 3): the instances of an :class:`~knet.postprocess.InstanceResult` scoring
-        at least ``score_thr`` (mmdetection's display default 0.3) blended over ``image``, each in
-        its own colour (its class's, shifted for further instances of a class) and outlined;
-        higher scores are drawn on top."""
-        masks = as_numpy(prediction.masks).astype(bool)
-        labels = as_numpy(prediction.labels)
-        scores = as_numpy(prediction.scores)
-        shown = [i for i in np.argsort(-scores, kind="stable") if scores[i] >= score_thr]
-        colours = segment_colours([labels[i] for i in shown], [True] * len(shown), palette)
-        # Painted lowest score first, so that the best instances end on top.
-        return draw_regions(image, [masks[i] for i in reversed(shown)], list(reversed(colours)), opacity)
+    def results(self, pipeline: Any, images: List[np.ndarray], sources: List[Optional[str]],
+                config: Any, score_thr: float = 0.3) -> List[Any]:
+        from ..inference.mask_results import ClassMeta, InstanceSegmentationResult
+
+        meta = ClassMeta.of(config)
+        return [InstanceSegmentationResult.from_prediction(image, prediction, meta, source, score_thr)
+                for image, prediction, source in zip(images, pipeline.predict(images), sources)]
+
+    def visualize(self, image: np.ndarray, prediction: Any, config: Any, opacity: float = 0.5,
+                  score_thr: float = 0.3) -> np.ndarray:
+        """uint8 (H, W, 3): the instances of an :class:`~knet.postprocess.InstanceResult` scoring at
+        least ``score_thr`` (mmdetection's display default) over ``image``, each in its own colour,
+        outlined and labelled."""
+        from ..inference.mask_results import ClassMeta, InstanceSegmentationResult
+
+        result = InstanceSegmentationResult.from_prediction(image, prediction, ClassMeta.of(config), None, score_thr)
+        return result.overlay(opacity)

@@ -6,7 +6,7 @@ those methods are the base class's, which raise NotImplementedError.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -61,63 +61,18 @@ class PanopticTask(MaskTask):
     best_metric = "PQ"
     summary_metrics = ("PQ", "SQ", "RQ", "PQ_th", "PQ_st")
 
-    def visualize(self, image: np.ndarray, prediction: Any, palette: Sequence[Sequence[int]],
-                  opacity: float = 0.5) -> np.ndarray:
-        """uint8 (H, W, 3): every segment of a :class:`~knet.postprocess.PanopticResult` blended
-        over ``image`` in its own colour (stuff: its class colour; things: their class colour,
-        shifted for each further instance of a class) and outlined in it; void pixels unchanged."""
-        segment_map = as_numpy(prediction.segment_map)
-        segments = prediction.segments
-        regions = [segment_map == segment.id for segment in segments]
-        colours = segment_colours([segment.label for segment in segments],
-                                   [segment.is_thing for segment in segments], palette)
-        return draw_regions(image, regions, colours, opacity)
+    def results(self, pipeline: Any, images: List[np.ndarray], sources: List[Optional[str]],
+                config: KNetMaskConfig, score_thr: float = 0.3) -> List[Any]:
+        from ..inference.mask_results import ClassMeta, PanopticSegmentationResult
 
+        meta = ClassMeta.of(config)
+        return [PanopticSegmentationResult.from_prediction(image, prediction, meta, source)
+                for image, prediction, source in zip(images, pipeline.predict(images), sources)]
 
-def as_numpy(value: Any) -> np.ndarray:
-    """A tensor (on any device) or an array-like as a numpy array."""
-    return value.detach().cpu().numpy() if torch.is_tensor(value) else np.asarray(value)
+    def visualize(self, image: np.ndarray, prediction: Any, config: Any, opacity: float = 0.5) -> np.ndarray:
+        """uint8 (H, W, 3): every segment of a :class:`~knet.postprocess.PanopticResult` over
+        ``image`` in its own colour, outlined and labelled (see
+        :meth:`knet.inference.mask_results.PanopticSegmentationResult.overlay`)."""
+        from ..inference.mask_results import ClassMeta, PanopticSegmentationResult
 
-
-def segment_colours(labels: Sequence[int], is_thing: Sequence[bool],
-                     palette: Sequence[Sequence[int]]) -> List[Tuple[int, int, int]]:
-    """One RGB colour per segment: its class's; the n-th further instance of a thing class gets
-    that colour moved by a fixed pseudo-random offset (seed n), so touching instances differ."""
-    colours = []
-    seen: Dict[int, int] = {}
-    for label, thing in zip(labels, is_thing):
-        label = int(label)
-        if not 0 <= label < len(palette):
-            raise ValueError(f"label {label} has no colour in a palette of {len(palette)}")
-        colour = np.asarray(palette[label], dtype=np.float64)
-        count = seen.get(label, 0)
-        seen[label] = count + 1
-        if thing and count:
-            colour = colour + np.random.default_rng(count).uniform(-70, 70, size=3)
-        colours.append(tuple(int(c) for c in np.clip(np.rint(colour), 0, 255)))
-    return colours
-
-
-def _outline(region: np.ndarray) -> np.ndarray:
-    """Pixels of ``region`` (bool (H, W)) with a 4-neighbour outside it (the image border does
-    not count as outside)."""
-    padded = np.pad(region, 1, mode="edge")
-    interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
-    return region & ~interior
-
-
-def draw_regions(image: np.ndarray, regions: Sequence[np.ndarray], colours: Sequence[Sequence[int]],
-                 opacity: float = 0.5) -> np.ndarray:
-    """Blend each bool (H, W) region over a uint8 (H, W, 3) RGB image in its colour
-    (``image * (1 - opacity) + colour * opacity``) and draw its outline in the full colour.
-    Later regions are drawn over earlier ones. Returns a new uint8 (H, W, 3) image."""
-    if not 0.0 <= opacity <= 1.0:
-        raise ValueError(f"opacity must be in [0, 1], got {opacity}")
-    out = image.astype(np.float32)
-    for region, colour in zip(regions, colours):
-        if region.shape != image.shape[:2]:
-            raise ValueError(f"a region of size {region.shape} on an image of size {image.shape[:2]}")
-        colour = np.asarray(colour, dtype=np.float32)
-        out[region] = out[region] * (1.0 - opacity) + colour * opacity
-        out[_outline(region)] = colour
-    return np.rint(out).astype(np.uint8)
+        return PanopticSegmentationResult.from_prediction(image, prediction, ClassMeta.of(config)).overlay(opacity)

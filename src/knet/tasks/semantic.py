@@ -72,7 +72,7 @@ class SemanticTask(Task):
         return TestPipeline(model, **options)
 
     def results(self, pipeline: Any, images: List[np.ndarray], sources: List[Optional[str]],
-                config: KNetConfig) -> List[Any]:
+                config: KNetConfig, score_thr: float = 0.3) -> List[Any]:
         from ..inference.segmenter import SegmentationResult
 
         scores = pipeline.scores(images)
@@ -84,11 +84,10 @@ class SemanticTask(Task):
                   device: Any = "cpu") -> SemanticEvaluator:
         return SemanticEvaluator(config.num_classes, config.data.ignore_index, class_names, device)
 
-    def visualize(self, image: np.ndarray, prediction: Any, palette: Sequence[Sequence[int]],
-                  opacity: float = 0.5) -> np.ndarray:
+    def visualize(self, image: np.ndarray, prediction: Any, config: Any, opacity: float = 0.5) -> np.ndarray:
         from ..inference.visualize import overlay
 
-        return overlay(image, np.asarray(prediction), palette, opacity)
+        return overlay(image, np.asarray(prediction), config.palette or [], opacity)
 
     def format_metrics(self, metrics: Dict[str, Any]) -> str:
         return format_table(metrics)
