@@ -65,3 +65,14 @@ def test_benchmark_errors_are_one_line(capsys, argv, message):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_panoptic_preset_defaults_to_the_padded_coco_test_scale(capsys):
+    from knet.apps.benchmark import default_size
+
+    assert default_size(knet.get_config("knet-r50-fpn-panoptic")) == (1344, 800)
+    assert default_size(knet.get_config("knet-r50-fcn")) == (512, 512)
+    assert main(["benchmark", "--model", "knet-r50-fpn-instance-tiny", "--size", "96,64", "--device", "cpu",
+                 "--iters", "1", "--warmup", "0", "--threads", "1", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["size"] == [96, 64] and data["model"] == "knet-r50-fpn-instance-tiny" and data["gmacs"] > 0

@@ -1,7 +1,7 @@
 """``knet benchmark``: inference speed, latency, peak memory and multiply-accumulates of a model.
 
 It times the model forward of the predict path (``model.inference`` in whole or slide mode on a
-normalised batch of ``size x size`` images) after warm-up, one synchronised call per iteration,
+normalised batch of ``width x height`` images) after warm-up, one synchronised call per iteration,
 and counts the multiply-accumulates of one forward with :class:`torch.utils.flop_counter.FlopCounterMode`
 (MACs = FLOPs / 2; convolutions and matrix products, which are all but a sliver of the work).
 
@@ -20,7 +20,7 @@ import resource
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..errors import KnetError
 from . import options
@@ -34,7 +34,7 @@ class BenchmarkResult:
     device: str
     threads: int
     batch_size: int
-    size: int
+    size: Any  # N for square N x N inputs, else [width, height]
     mode: str
     iters: int
     images_per_s: float
@@ -52,7 +52,7 @@ class BenchmarkResult:
         """Human-readable lines, as ``knet benchmark`` prints them without ``--json``."""
         lat = self.latency_ms
         return "\n".join([
-            f"model           {self.model} ({self.mode}, {self.size}x{self.size}, batch {self.batch_size})",
+            f"model           {self.model} ({self.mode}, {_size_text(self.size)}, batch {self.batch_size})",
             f"device          {self.device} ({self.threads} thread{'s' if self.threads != 1 else ''})",
             f"throughput      {self.images_per_s:.2f} images/s over {self.iters} iterations",
             f"latency (batch) p50 {lat['p50']:.1f} ms   p90 {lat['p90']:.1f} ms   p99 {lat['p99']:.1f} ms",
@@ -64,7 +64,9 @@ class BenchmarkResult:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     options.add_model(parser)
     options.add_weights(parser, required=False)
-    parser.add_argument("--size", type=int, default=512, help="square input side in pixels (default 512)")
+    parser.add_argument("--size", type=options.size_pair, default=None, metavar="N|W,H",
+                        help="input size in pixels (default: the preset's training crop, 512 for ADE20K; "
+                             "panoptic/instance: the test scale padded to 32, 1344,800)")
     parser.add_argument("--batch-size", type=int, default=1, help="images per forward (default 1)")
     parser.add_argument("--mode", choices=("whole", "slide"), default="whole",
                         help="whole-image or sliding-window forward (default whole)")
@@ -98,14 +100,30 @@ def _percentile(values: List[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=np.float64), q))
 
 
-def benchmark(model: Any, size: int = 512, batch_size: int = 1, device: str = "auto",
+def _size_text(size: Any) -> str:
+    width, height = (size, size) if isinstance(size, int) else size
+    return f"{width}x{height}"
+
+
+def default_size(config: Any) -> Tuple[int, int]:
+    """(width, height) timed when ``--size`` is left out: a semantic preset's training crop, or a
+    panoptic/instance preset's test scale padded to its size divisor (COCO: 1344 x 800)."""
+    crop = getattr(config.data, "crop_size", None)
+    if crop is not None:
+        return tuple(crop)
+    divisor = int(getattr(config.data, "size_divisor", 1))
+    return tuple(-(-int(side) // divisor) * divisor for side in config.data.test_scale)
+
+
+def benchmark(model: Any, size: Any = None, batch_size: int = 1, device: str = "auto",
               threads: Optional[int] = None, iters: int = 20, warmup: int = 3, mode: str = "whole",
               name: Optional[str] = None) -> BenchmarkResult:
-    """Time ``model.inference`` on random normalised ``(batch_size, 3, size, size)`` inputs.
+    """Time ``model.inference`` on random normalised ``(batch_size, 3, height, width)`` inputs.
 
     Args:
-        model: a :class:`knet.KNet` (or anything with ``inference(x, mode=...)``); moved to
-            ``device`` and put in eval mode.
+        model: a :class:`knet.KNet` or a panoptic/instance model (anything with
+            ``inference(x, mode=...)``); moved to ``device`` and put in eval mode.
+        size: N (N x N), (width, height), or None for :func:`default_size` of the model's config.
         device: ``auto`` picks CUDA, then MPS, then the CPU.
         threads: ``torch.set_num_threads`` when given.
         iters, warmup: timed and untimed iterations.
@@ -118,7 +136,10 @@ def benchmark(model: Any, size: int = 512, batch_size: int = 1, device: str = "a
 
     from ..utils.device import resolve_device
 
-    for label, value, low in (("size", size, 1), ("batch size", batch_size, 1), ("iters", iters, 1),
+    if size is None:
+        size = default_size(model.config)
+    width, height = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    for label, value, low in (("size", min(width, height), 1), ("batch size", batch_size, 1), ("iters", iters, 1),
                               ("warmup", warmup, 0)):
         if value < low:
             raise KnetError(f"{label} must be at least {low}, got {value}")
@@ -128,7 +149,7 @@ def benchmark(model: Any, size: int = 512, batch_size: int = 1, device: str = "a
         torch.set_num_threads(threads)
     dev = resolve_device(device)
     model = model.to(dev).eval()
-    x = torch.randn(batch_size, 3, size, size, device=dev)
+    x = torch.randn(batch_size, 3, height, width, device=dev)
 
     def sync() -> None:
         if dev.type == "cuda":
@@ -167,7 +188,7 @@ def benchmark(model: Any, size: int = 512, batch_size: int = 1, device: str = "a
         device=str(dev),
         threads=torch.get_num_threads(),
         batch_size=batch_size,
-        size=size,
+        size=width if width == height else [width, height],
         mode=mode,
         iters=iters,
         images_per_s=round(batch_size * iters / total, 3),
@@ -191,7 +212,8 @@ def _load(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     model = _load(args)
-    result = benchmark(model, size=args.size, batch_size=args.batch_size, device=args.device,
+    size = args.size if args.size is None or args.size[0] != args.size[1] else args.size[0]
+    result = benchmark(model, size=size, batch_size=args.batch_size, device=args.device,
                        threads=args.threads, iters=args.iters, warmup=args.warmup, mode=args.mode,
                        name=args.model)
     if args.json:

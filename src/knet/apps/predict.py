@@ -1,12 +1,17 @@
-"""``knet predict``: segment image files, folders and globs into label maps and colour overlays.
+"""``knet predict``: segment image files, folders and globs into label maps, panoptic segments or
+instances, and colour overlays.
 
     knet predict --model knet-r50-fcn --checkpoint ref.pth photos/ extra/*.jpg --out-dir out
 
-For each image, under ``--out-dir``:
+For each image, under ``--out-dir``, semantic models write:
 
 - ``<stem>.png``: the label map, one class index per pixel (uint8; uint16 beyond 255 classes);
 - ``<stem>_overlay.png``: the image blended with the palette, plus a legend of the classes present;
 - ``<stem>.npy`` with ``--save-probs``: float32 class probabilities, shape (C, H, W).
+
+Panoptic models write the COCO panoptic PNG ``<stem>.png`` (id = R + 256 G + 256^2 B, 0 = void),
+``<stem>.json`` (``segments_info``) and the overlay; instance models ``<stem>.json`` (COCO results
+with RLE masks, scores >= ``--score-thr``) and the overlay (see :mod:`knet.inference.mask_results`).
 
 Images inside a folder (searched recursively) keep their path relative to that folder, and glob
 matches their path relative to the glob's first directory without wildcards, so equal stems in
@@ -175,14 +180,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--opacity", type=float, default=0.5, metavar="A",
                         help="weight of the class colours in the overlays, 0..1 (default 0.5)")
     parser.add_argument("--save-probs", action="store_true",
-                        help="also write the class probabilities as <stem>.npy, float32 (C, H, W)")
+                        help="semantic models: also write the class probabilities as <stem>.npy, float32 (C, H, W)")
+    parser.add_argument("--score-thr", type=float, default=0.3, metavar="S",
+                        help="instance models: the lowest score of the instances written and drawn (default 0.3)")
 
 
 def _build_segmenter(args: argparse.Namespace):
     from ..inference.segmenter import Segmenter
 
     options = dict(device=args.device, mode=args.mode, tta=args.tta, test_scale=args.test_scale,
-                   crop_size=args.crop_size, stride=args.stride, batch_size=args.batch_size)
+                   crop_size=args.crop_size, stride=args.stride, batch_size=args.batch_size,
+                   score_thr=args.score_thr)
     if args.pretrained:
         path = Path(args.pretrained)
         if not path.is_dir():
@@ -207,13 +215,17 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    if not 0.0 <= args.score_thr <= 1.0:
+        raise KnetError(f"--score-thr must be between 0 and 1, got {args.score_thr}")
     segmenter = _build_segmenter(args)
+    if args.save_probs and not segmenter.task.has_probabilities:
+        raise KnetError(f"--save-probs: a {segmenter.task.name} model has no per-class probabilities to save "
+                        "(it writes segments: <stem>.json)")
     print(f"knet predict: {len(items)} image{'s' if len(items) != 1 else ''} with {segmenter}", file=sys.stderr)
     failures = predict(segmenter, items, out_dir, opacity=args.opacity, save_probs=args.save_probs)
     written = len(items) - len(failures)
-    extra = ", <stem>.npy" if args.save_probs else ""
-    print(f"wrote {written} label map{'s' if written != 1 else ''} (<stem>.png) and overlays "
-          f"(<stem>_overlay.png{extra}) to {out_dir}")
+    extra = " and probabilities (<stem>.npy)" if args.save_probs else ""
+    print(f"wrote {written} image{'s' if written != 1 else ''}: {segmenter.task.output_files}{extra}, to {out_dir}")
     if failures:
         print(f"knet predict: {len(failures)} image{'s' if len(failures) != 1 else ''} failed:", file=sys.stderr)
         for path, message in failures:

@@ -253,9 +253,13 @@ class Segmenter:
         test_scale: (width, height) the images are resized to fit; default the model's.
         batch_size: images per forward; images of equal size share a forward, which gives
             exactly the batch-of-one result.
+        score_thr: instance models: the lowest score an instance needs to be shown and written
+            (mmdetection's display default, 0.3).
         overrides: config overrides when building ``model`` from a name.
 
-    Calling it on one input returns a :class:`SegmentationResult`; on a list, a list. Every
+    Calling it on one input returns a result (semantic models: :class:`SegmentationResult`;
+    panoptic and instance models: :class:`~knet.inference.mask_results.PanopticSegmentationResult`,
+    :class:`~knet.inference.mask_results.InstanceSegmentationResult`); on a list, a list. A semantic
     result keeps its class scores for :meth:`SegmentationResult.probabilities` (C x H x W floats);
     for many images use :meth:`stream`, which yields the results one at a time.
     """
@@ -263,7 +267,7 @@ class Segmenter:
     def __init__(self, model: Union[str, Any, None] = None, checkpoint: Optional[PathLike] = None, *,
                  device: Optional[str] = None, mode: str = "whole", tta: bool = False,
                  test_scale: Optional[Tuple[int, int]] = None, crop_size: Optional[Tuple[int, int]] = None,
-                 stride: Optional[Tuple[int, int]] = None, batch_size: int = 1,
+                 stride: Optional[Tuple[int, int]] = None, batch_size: int = 1, score_thr: float = 0.3,
                  overrides: Optional[Dict[str, Any]] = None) -> None:
         from torch import nn
 
@@ -288,6 +292,8 @@ class Segmenter:
         else:
             raise KnetError("Segmenter needs a model: a preset name with checkpoint=PATH, a checkpoint "
                             "that carries its config, or a KNet module")
+        if not 0.0 <= float(score_thr) <= 1.0:
+            raise KnetError(f"score threshold must be between 0 and 1, got {score_thr}")
         if device is not None or not isinstance(model, nn.Module):
             module = module.to(resolve_device(device or "auto"))
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -296,6 +302,7 @@ class Segmenter:
         self.model = module
         self.config: KNetConfig = with_class_meta(module.config)
         self.batch_size = batch_size
+        self.score_thr = float(score_thr)
         self.task = get_task(self.config.task)
         self.pipeline = self.task.pipeline(module, mode=mode, crop_size=crop_size, stride=stride,
                                            test_scale=test_scale, tta=tta)
@@ -335,7 +342,7 @@ class Segmenter:
         if not images:
             return []
         sources = list(sources) if sources is not None else [None] * len(images)
-        return self.task.results(self.pipeline, list(images), sources, self.config)
+        return self.task.results(self.pipeline, list(images), sources, self.config, score_thr=self.score_thr)
 
     def stream(self, inputs: Iterable[ImageInput]) -> Iterator[SegmentationResult]:
         """Yield one result per input, in order, reading and segmenting ``batch_size`` at a time.
@@ -365,7 +372,7 @@ class Segmenter:
     def __repr__(self) -> str:
         p = self.pipeline
         extra = ", tta" if p.tta else ""
-        return (f"Segmenter({self.config.name}, {self.num_classes} classes, {p.mode}{extra}, "
+        return (f"Segmenter({self.config.name}, {self.config.task}, {self.num_classes} classes, {p.mode}{extra}, "
                 f"test scale {p.test_scale[0]}x{p.test_scale[1]}, device {self.device})")
 
 

@@ -6,7 +6,8 @@ and call these methods; none of them tests a task's name.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -14,14 +15,17 @@ import torch
 from ..config import KNetConfig
 from ..models.outputs import KNetOutput
 
+# Averages a tensor over the processes of a distributed run (the identity in one process).
+ReduceMean = Callable[[torch.Tensor], torch.Tensor]
+
 
 class Evaluator:
     """Accumulates predictions against the dataset's ground truth (detectron2's interface).
 
     ``reset()`` empties it, ``process(items, predictions)`` adds a batch (dataset items and the
     task's predictions for them, in order), ``evaluate(dist_info)`` returns the metrics dict,
-    combining the statistics of every rank when the run is distributed (call it on every rank).
-    Memory stays flat in the number of images.
+    combining the statistics of every rank when the run is distributed (call it on every rank:
+    each gets the same dict). Memory stays flat in the number of images.
     """
 
     def reset(self) -> None:
@@ -44,20 +48,56 @@ class Task:
         summary_metrics: the metrics logged after each validation.
         class_dependent_keys: state-dict keys whose first dimension is the number of classes:
             re-initialised when fine-tuning onto another class list.
+        dataset_kinds: the dataset layouts (keys of ``knet.data.datasets.DATASETS``) this task
+            reads, the preferred first: what ``knet test`` / ``knet train`` pick when a root holds
+            several.
     """
 
     name: str = ""
     best_metric: str = ""
     summary_metrics: Tuple[str, ...] = ()
     class_dependent_keys: Tuple[str, ...] = ()
+    dataset_kinds: Tuple[str, ...] = ()
 
-    # ---- training ----------------------------------------------------------------------
-    def train_transform(self, config: KNetConfig) -> Any:
-        """``(image, target, rng) -> (image (3, h, w) float32, target)``: the training augmentation."""
+    # ---- datasets ----------------------------------------------------------------------
+    def dataset_options(self, config: Any, training: bool) -> Dict[str, Any]:
+        """Keyword arguments of ``knet.data.datasets.build_dataset`` for this task's datasets
+        (``training``: the training split, else an evaluation split)."""
         raise NotImplementedError
 
-    def losses(self, output: KNetOutput, targets: Any, config: KNetConfig) -> Dict[str, torch.Tensor]:
-        """The named losses of a forward pass with every stage; their sum is the objective."""
+    def default_splits(self, root: Path) -> Tuple[str, str]:
+        """The (training, validation) split names a dataset root holds for this task."""
+        return "train", "val"
+
+    def adopt_classes(self, config: Any, dataset: Any) -> Any:
+        """``config`` with the classes of ``dataset`` (their number, names, colours, and what
+        else the task's models carry per class): a model trained on it predicts its classes."""
+        raise NotImplementedError
+
+    # ---- training ----------------------------------------------------------------------
+    def train_transform(self, config: Any) -> Any:
+        """The training augmentation of ``config``'s recipe; :meth:`train_sample` applies it."""
+        raise NotImplementedError
+
+    def train_sample(self, item: Dict[str, Any], transform: Any, rng: np.random.Generator, config: Any) -> Any:
+        """One training sample (CPU tensors) of a dataset item, augmented by ``transform`` drawing
+        from ``rng`` only."""
+        raise NotImplementedError
+
+    def collate(self, samples: Sequence[Any]) -> Any:
+        """A batch of :meth:`train_sample` outputs (the DataLoader's ``collate_fn``)."""
+        raise NotImplementedError
+
+    def batch_inputs(self, batch: Any, config: Any, device: torch.device) -> Tuple[torch.Tensor, Any]:
+        """``(images (B, 3, H, W), targets)`` of a collated batch on ``device``: the model's input
+        and what :meth:`losses` takes."""
+        raise NotImplementedError
+
+    def losses(self, output: KNetOutput, targets: Any, config: Any,
+               reduce_mean: Optional[ReduceMean] = None) -> Dict[str, torch.Tensor]:
+        """The named losses of a forward pass with every stage; their sum is the objective.
+        ``reduce_mean`` averages a tensor over the processes of a distributed run, for losses
+        normalised by a count over the whole batch (None: one process)."""
         raise NotImplementedError
 
     # ---- inference ---------------------------------------------------------------------
@@ -73,9 +113,21 @@ class Task:
         ``score_thr``: the lowest score an instance needs to be shown and written."""
         raise NotImplementedError
 
-    def evaluator(self, config: KNetConfig, class_names: Optional[List[str]] = None,
-                  device: Any = "cpu") -> Evaluator:
-        """An empty evaluator for a model of ``config``; it accumulates on ``device``."""
+    # ---- evaluation --------------------------------------------------------------------
+    def evaluator(self, config: Any, dataset: Any, device: Any = "cpu") -> Evaluator:
+        """An empty evaluator of a model of ``config`` on ``dataset`` (whose items it receives,
+        and whose classes name the results); it accumulates on ``device``."""
+        raise NotImplementedError
+
+    def formatter(self, config: Any, dataset: Any, out_dir: Path) -> Evaluator:
+        """An evaluator that writes the predictions on ``dataset`` into ``out_dir`` in the
+        dataset's results format instead of scoring them (``knet test --format-only``); its
+        ``evaluate`` returns ``{"files": [...], "num_images": N}``. Needs no labels."""
+        raise NotImplementedError(f"--format-only is not available for {self.name} models")
+
+    def ground_truth(self, item: Dict[str, Any]) -> Any:
+        """The labels of a dataset item as a prediction of this task (what :meth:`visualize`
+        draws), or None when the item has none."""
         raise NotImplementedError
 
     def visualize(self, image: np.ndarray, prediction: Any, config: Any, opacity: float = 0.5) -> np.ndarray:

@@ -15,6 +15,7 @@ from .panoptic import MaskTask
 class InstanceTask(MaskTask):
     name = "instance"
     best_metric = "AP"
+    output_files = "COCO instance results (<stem>.json) and overlays (<stem>_overlay.png)"
     summary_metrics = ("AP", "AP50", "AP75")
 
     def results(self, pipeline: Any, images: List[np.ndarray], sources: List[Optional[str]],

@@ -59,6 +59,7 @@ class MaskTask(Task):
 class PanopticTask(MaskTask):
     name = "panoptic"
     best_metric = "PQ"
+    output_files = "COCO panoptic PNGs (<stem>.png), segments (<stem>.json) and overlays (<stem>_overlay.png)"
     summary_metrics = ("PQ", "SQ", "RQ", "PQ_th", "PQ_st")
 
     def results(self, pipeline: Any, images: List[np.ndarray], sources: List[Optional[str]],

@@ -1,16 +1,18 @@
 """Semantic segmentation: one class per pixel, scored by mIoU."""
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from torch.utils.data import default_collate
 
 from ..config import KNetConfig
+from ..data.transforms import normalize
 from ..losses.semantic import semantic_losses
 from ..metrics.semantic import SegmentationMetric, format_table
 from ..models.outputs import KNetOutput
-from .base import Evaluator, Task
+from .base import Evaluator, ReduceMean, Task
 
 
 class SemanticEvaluator(Evaluator):
@@ -45,6 +47,20 @@ class SemanticEvaluator(Evaluator):
         return self.metric.areas()
 
 
+def to_tensors(image: Any, label: Any, mean: np.ndarray, std: np.ndarray) -> Tuple[torch.Tensor, torch.Tensor]:
+    """uint8 HxWx3 (normalised here) or float (3,H,W) (already normalised) + label -> tensors
+    ((3, H, W) float32, (H, W) int64)."""
+    if isinstance(image, torch.Tensor):
+        image_t = image.float()
+    else:
+        array = np.asarray(image)
+        if array.dtype == np.uint8:
+            array = normalize(array, mean, std)
+        image_t = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    label_t = label.long() if isinstance(label, torch.Tensor) else torch.from_numpy(np.asarray(label).astype(np.int64))
+    return image_t, label_t
+
+
 class SemanticTask(Task):
     name = "semantic"
     best_metric = "mIoU"
@@ -56,16 +72,54 @@ class SemanticTask(Task):
         "auxiliary_head.conv_seg.weight",
         "auxiliary_head.conv_seg.bias",
     )
+    dataset_kinds = ("folder", "ade20k")
 
+    # ---- datasets ----------------------------------------------------------------------
+    def dataset_options(self, config: KNetConfig, training: bool) -> Dict[str, Any]:
+        return {"ignore_index": config.data.ignore_index}
+
+    def adopt_classes(self, config: KNetConfig, dataset: Any) -> KNetConfig:
+        """The config with the dataset's number of classes, class names and palette."""
+        names = getattr(dataset, "class_names", None)
+        palette = getattr(dataset, "palette", None)
+        num_classes = int(getattr(dataset, "num_classes", len(names) if names else config.num_classes))
+        overrides: Dict[str, Any] = {"num_classes": num_classes}
+        if names is not None:
+            overrides["class_names"] = [str(n) for n in names]
+        if palette is not None:
+            overrides["palette"] = [[int(c) for c in colour] for colour in palette]
+        return config.replace(overrides)
+
+    # ---- training ----------------------------------------------------------------------
     def train_transform(self, config: KNetConfig) -> Any:
+        """``(image, label, rng) -> (image, label)``: random resize, crop, flip, photometric
+        distortion (:class:`knet.data.transforms.TrainPipeline`)."""
         from ..data.transforms import TrainPipeline
 
         return TrainPipeline(config.data)
 
-    def losses(self, output: KNetOutput, targets: torch.Tensor, config: KNetConfig) -> Dict[str, torch.Tensor]:
+    def train_sample(self, item: Dict[str, Any], transform: Any, rng: np.random.Generator,
+                     config: KNetConfig) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(image (3, H, W) float32 normalised, label (H, W) int64)``."""
+        image, label = transform(item["image"], item["label"], rng)
+        return to_tensors(image, label, np.asarray(config.data.mean, dtype=np.float32),
+                          np.asarray(config.data.std, dtype=np.float32))
+
+    def collate(self, samples: Sequence[Tuple[torch.Tensor, torch.Tensor]]) -> Tuple[torch.Tensor, torch.Tensor]:
+        return default_collate(list(samples))
+
+    def batch_inputs(self, batch: Tuple[torch.Tensor, torch.Tensor], config: KNetConfig,
+                     device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+        images, labels = batch
+        return images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+
+    def losses(self, output: KNetOutput, targets: torch.Tensor, config: KNetConfig,
+               reduce_mean: Optional[ReduceMean] = None) -> Dict[str, torch.Tensor]:
+        """Pixel cross-entropies, averaged per process (``reduce_mean`` is not needed)."""
         return semantic_losses(output, targets, config.data.ignore_index, config.auxiliary_head.loss_weight,
                                config.align_corners)
 
+    # ---- inference ---------------------------------------------------------------------
     def pipeline(self, model: Any, **options: Any) -> Any:
         from ..inference.pipeline import TestPipeline
 
@@ -80,9 +134,12 @@ class SemanticTask(Task):
                                    config.palette or [], source)
                 for image, s, source in zip(images, scores, sources)]
 
-    def evaluator(self, config: KNetConfig, class_names: Optional[List[str]] = None,
-                  device: Any = "cpu") -> SemanticEvaluator:
-        return SemanticEvaluator(config.num_classes, config.data.ignore_index, class_names, device)
+    # ---- evaluation --------------------------------------------------------------------
+    def evaluator(self, config: KNetConfig, dataset: Any, device: Any = "cpu") -> SemanticEvaluator:
+        return SemanticEvaluator(config.num_classes, config.data.ignore_index, list(dataset.class_names), device)
+
+    def ground_truth(self, item: Dict[str, Any]) -> Optional[np.ndarray]:
+        return item.get("label")
 
     def visualize(self, image: np.ndarray, prediction: Any, config: Any, opacity: float = 0.5) -> np.ndarray:
         from ..inference.visualize import overlay
