@@ -27,15 +27,17 @@ def _inputs(tmp_path, golden):
     return folder, dict(np.load(golden_path(f"det/{golden}.tiny.pipe.npz")))
 
 
-def test_panoptic_outputs_decode_to_the_official_results(tmp_path, capsys):
-    folder, ref = _inputs(tmp_path, "knet-det-panoptic")
+@pytest.mark.parametrize("golden, preset", [("knet-det-panoptic", "knet-r50-fpn-panoptic-tiny"),
+                                            ("knet-det-panoptic-swin", "knet-swin-l-fpn-panoptic-ms3x-tiny")])
+def test_panoptic_outputs_decode_to_the_official_results(tmp_path, capsys, golden, preset):
+    folder, ref = _inputs(tmp_path, golden)
     out = tmp_path / "out"
-    code = main(["predict", str(folder), "--out-dir", str(out), "--model", "knet-r50-fpn-panoptic-tiny",
-                 "--checkpoint", str(golden_path("det/knet-det-panoptic.tiny.pth")), "--device", "cpu",
+    code = main(["predict", str(folder), "--out-dir", str(out), "--model", preset,
+                 "--checkpoint", str(golden_path(f"det/{golden}.tiny.pth")), "--device", "cpu",
                  "--batch-size", "2"])
     assert code == 0, capsys.readouterr().err
     assert "COCO panoptic PNGs" in capsys.readouterr().out
-    names = knet.get_config("knet-r50-fpn-panoptic-tiny").class_names
+    names = knet.get_config(preset).class_names
     for i in range(2):
         ids = decode_panoptic_png(np.asarray(Image.open(out / f"pipe_{i}.png").convert("RGB")))
         info = json.loads((out / f"pipe_{i}.json").read_text())
