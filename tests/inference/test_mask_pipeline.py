@@ -9,7 +9,8 @@ import torch
 import knet
 from knet.data.io import read_image
 from knet.errors import KnetError
-from knet.inference.mask_pipeline import MaskTestPipeline, TorchMaskRunner
+from knet.inference.mask_pipeline import MaskTestPipeline
+from knet.inference.pipeline import TorchRunner
 from knet.inference.pipeline import TorchRunner
 from knet.postprocess import InstanceResult, PanopticResult, reference_encoding
 from knet.tasks import get_task
@@ -97,13 +98,13 @@ def test_a_batch_gives_the_batch_of_one_results(one_thread):
         assert (a.masks != b.masks).float().mean() <= 0.005
 
 
-def test_the_task_builds_the_pipeline_and_generic_runners_are_unwrapped(one_thread):
+def test_the_task_builds_the_pipeline_and_takes_the_one_runner_interface(one_thread):
     model = knet.build_model("knet-r50-fpn-instance-tiny").eval()
     task = get_task("instance")
-    # What generic code (the evaluation loop) passes: a semantic runner and its options.
+    # What generic code (the evaluation loop) passes: a runner and the semantic pipeline's options.
     pipeline = task.pipeline(TorchRunner(model), mode="whole", crop_size=None, stride=None, test_scale=(64, 48),
                              tta=False)
-    assert isinstance(pipeline, MaskTestPipeline) and isinstance(pipeline.runner, TorchMaskRunner)
+    assert isinstance(pipeline, MaskTestPipeline) and isinstance(pipeline.runner, TorchRunner)
     image = np.random.default_rng(0).integers(0, 256, (30, 50, 3), dtype=np.uint8)
     prepared = pipeline.prepare(image)
     assert prepared.img_shape == (38, 64) and prepared.pad_shape == (64, 64)

@@ -23,53 +23,14 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from torch import nn
 
 from ..config import MASK_TASKS, KNetMaskConfig
 from ..data.transforms import Size, keep_ratio_size, normalize, resize
 from ..errors import KnetError
 from ..postprocess import InstanceResult, PanopticResult, instance_inference, panoptic_inference
-from ..utils.device import module_device
-from .pipeline import TorchRunner
+from .pipeline import as_runner
 
 MaskResult = Union[PanopticResult, InstanceResult]
-
-
-class TorchMaskRunner:
-    """The model-runner interface of :class:`MaskTestPipeline`, for a torch model.
-
-    A runner has ``config`` (the model's :class:`KNetMaskConfig`), ``device`` (where inputs go)
-    and ``__call__(x)``: normalised, padded float32 images (B, 3, H, W) on ``device``, H and W
-    multiples of 32 -> the last stage's class logits (B, K, num_classes) and its mask logits at
-    stride 4 (B, K, H/4, W/4), float32. A compiled model or another runtime plugs in by providing
-    the same three things.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        self.config: KNetMaskConfig = model.config
-
-    @property
-    def device(self) -> torch.device:
-        return module_device(self.model)
-
-    @torch.no_grad()
-    def __call__(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            cls_logits, mask_logits = self.model.inference(x)
-            return cls_logits.float(), mask_logits.float()
-        finally:
-            self.model.train(was_training)
-
-
-def as_mask_runner(model: Any) -> Any:
-    """A torch model wrapped as a :class:`TorchMaskRunner`; a runner is returned as it is. A
-    semantic :class:`TorchRunner` around a mask model (as generic code may build one) is unwrapped."""
-    if isinstance(model, TorchRunner):
-        model = model.model
-    return TorchMaskRunner(model) if isinstance(model, nn.Module) else model
 
 
 @dataclass
@@ -99,7 +60,8 @@ class MaskTestPipeline:
     Args:
         model: a ``KNetMaskSegmentor`` built from a config (run where its parameters are, in eval
             mode; its train/eval flag is restored afterwards) or a model runner (see
-            :class:`TorchMaskRunner`).
+            :class:`~knet.inference.pipeline.TorchRunner`: its call gives the last stage's class
+            logits and stride-4 mask logits).
         test_scale: (width, height) to fit; default the config's ``data.test_scale``.
         size_divisor: pad to multiples of it; default the config's ``data.size_divisor``.
         mode, crop_size, stride, tta: the semantic pipeline's options, accepted so that generic
@@ -115,7 +77,7 @@ class MaskTestPipeline:
             raise KnetError("panoptic and instance models run on whole images: sliding-window inference and "
                             "multi-scale + flip testing are not available for them")
         self.mode, self.tta = mode, tta  # the semantic pipeline's attributes, for generic callers
-        self.runner = as_mask_runner(model)
+        self.runner = as_runner(model)
         config = self.runner.config
         if getattr(config, "task", None) not in MASK_TASKS:
             raise KnetError(f"the mask test pipeline needs a panoptic or instance model, got a "

@@ -36,13 +36,16 @@ MODES = ("whole", "slide")
 
 
 class TorchRunner:
-    """The model-runner interface of the test pipeline, for a torch model.
+    """The model-runner interface of the test pipelines, for a torch model.
 
-    A runner has ``config`` (the model's :class:`KNetConfig`), ``device`` (where inputs go) and
-    ``__call__(x, mode, crop_size, stride)``: normalised float32 images (N, 3, h, w) on ``device``
-    -> logits (N, C, h, w) at the same size. A compiled model or another runtime plugs into
-    :class:`TestPipeline`, and so into ``knet test``, ``knet predict`` and ``Segmenter``, by
-    providing the same three things.
+    A runner has ``config`` (the model's config), ``device`` (where inputs go) and
+    ``__call__(x, mode="whole", crop_size=None, stride=None)``: normalised float32 images
+    (N, 3, h, w) on ``device`` -> what the model's ``inference`` gives, in float32: a semantic
+    model's logits (N, C, h, w) at the input size; a panoptic/instance model's last-stage class
+    logits (N, K, C) and stride-4 mask logits (N, K, h/4, w/4) (``h``, ``w`` multiples of 32). A
+    compiled model or another runtime plugs into :class:`TestPipeline` and
+    :class:`~knet.inference.mask_pipeline.MaskTestPipeline`, and so into ``knet test``,
+    ``knet predict`` and ``Segmenter``, by providing the same three things.
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -54,14 +57,15 @@ class TorchRunner:
         return module_device(self.model)
 
     @torch.no_grad()
-    def __call__(self, x: torch.Tensor, mode: str, crop_size: Tuple[int, int],
-                 stride: Tuple[int, int]) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, mode: str = "whole", crop_size: Optional[Tuple[int, int]] = None,
+                 stride: Optional[Tuple[int, int]] = None) -> Union[torch.Tensor, Tuple[torch.Tensor, ...]]:
         was_training = self.model.training
         self.model.eval()
         try:
-            return self.model.inference(x, mode=mode, crop_size=crop_size, stride=stride).float()
+            out = self.model.inference(x, mode=mode, crop_size=crop_size, stride=stride)
         finally:
             self.model.train(was_training)
+        return tuple(t.float() for t in out) if isinstance(out, tuple) else out.float()
 
 
 def as_runner(model: Union[nn.Module, "TorchRunner"]):
