@@ -55,7 +55,7 @@ def test_inputs_are_the_official_ones(golden):
         assert prepared.pad_shape == tuple(ref[f"pipe_pad_shape_{i}"][:2])
         assert prepared.img_shape == tuple(ref[f"pipe_img_shape_{i}"][:2])
         assert prepared.ori_shape == tuple(ref[f"pipe_ori_shape_{i}"][:2])
-        assert np.abs(prepared.x[:, ::8, ::8] - ref[f"pipe_x_sub_{i}"]).max() <= 1e-5
+        assert np.abs(prepared.image[:, ::8, ::8] - ref[f"pipe_x_sub_{i}"]).max() <= 1e-5
 
 
 def test_results_are_the_official_ones(golden):

@@ -18,36 +18,19 @@ an image further would change its result).
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
 from ..config import MASK_TASKS, KNetMaskConfig
-from ..data.transforms import Size, keep_ratio_size, normalize, resize
+from ..data.mask_transforms import TestInput, prepare_test_image, rescale_image
+from ..data.transforms import Size
 from ..errors import KnetError
 from ..postprocess import InstanceResult, PanopticResult, instance_inference, panoptic_inference
 from .pipeline import as_runner
 
 MaskResult = Union[PanopticResult, InstanceResult]
-
-
-@dataclass
-class PreparedImage:
-    """One image as the model gets it.
-
-    x: float32 (3, H, W) normalised, zero-padded to multiples of the size divisor;
-    img_shape: (h, w) of the resized image inside ``x``; ori_shape: (h, w) of the original image.
-    """
-
-    x: np.ndarray
-    img_shape: Tuple[int, int]
-    ori_shape: Tuple[int, int]
-
-    @property
-    def pad_shape(self) -> Tuple[int, int]:
-        return int(self.x.shape[1]), int(self.x.shape[2])
 
 
 class MaskTestPipeline:
@@ -99,35 +82,27 @@ class MaskTestPipeline:
     # ---- steps -------------------------------------------------------------------------------
     def resize(self, image: np.ndarray) -> np.ndarray:
         """uint8 (H, W, 3) -> uint8 (h, w, 3) resized to fit the test scale (step 1)."""
-        height, width = image.shape[:2]
-        return resize(image, keep_ratio_size(width, height, self.test_scale))
+        return rescale_image(image, self.test_scale)
 
-    def prepare(self, image: np.ndarray) -> PreparedImage:
-        """Steps 1-3 for one uint8 (H, W, 3) RGB image."""
-        resized = self.resize(image)
-        x = normalize(resized, self.mean, self.std)
-        height, width = resized.shape[:2]
-        pad_h = -height % self.size_divisor
-        pad_w = -width % self.size_divisor
-        if pad_h or pad_w:
-            x = np.pad(x, ((0, 0), (0, pad_h), (0, pad_w)), constant_values=0.0)
-        return PreparedImage(x, (height, width), (int(image.shape[0]), int(image.shape[1])))
+    def prepare(self, image: np.ndarray) -> TestInput:
+        """Steps 1-3 for one uint8 (H, W, 3) RGB image (the training pipeline's helpers)."""
+        return prepare_test_image(image, self.test_scale, self.mean, self.std, self.size_divisor)
 
     @torch.no_grad()
-    def logits(self, images: Sequence[np.ndarray]) -> List[Tuple[torch.Tensor, torch.Tensor, PreparedImage]]:
+    def logits(self, images: Sequence[np.ndarray]) -> List[Tuple[torch.Tensor, torch.Tensor, TestInput]]:
         """Per image: the class logits (K, C), the stride-4 mask logits (K, H/4, W/4) of its
-        padded input, and its :class:`PreparedImage` (with ``x``); in input order."""
+        padded input, and its :class:`~knet.data.mask_transforms.TestInput`; in input order."""
         _check_images(images)
         prepared = [self.prepare(image) for image in images]
-        outputs: List[Optional[Tuple[torch.Tensor, torch.Tensor, PreparedImage]]] = [None] * len(images)
+        outputs: List[Optional[Tuple[torch.Tensor, torch.Tensor, TestInput]]] = [None] * len(images)
         for indices in _group_by_pad_shape(prepared).values():
-            x = torch.from_numpy(np.stack([prepared[i].x for i in indices])).to(self.device)
+            x = torch.from_numpy(np.stack([prepared[i].image for i in indices])).to(self.device)
             cls_logits, mask_logits = self.runner(x)
             for row, i in enumerate(indices):
                 outputs[i] = (cls_logits[row], mask_logits[row], prepared[i])
         return outputs  # type: ignore[return-value]
 
-    def postprocess(self, cls_logits: torch.Tensor, mask_logits: torch.Tensor, prepared: PreparedImage) -> MaskResult:
+    def postprocess(self, cls_logits: torch.Tensor, mask_logits: torch.Tensor, prepared: TestInput) -> MaskResult:
         """Step 5 for one image: its logits -> its result at the original size."""
         post = self.config.postprocess
         shapes = (prepared.img_shape, prepared.pad_shape, prepared.ori_shape)
@@ -157,7 +132,7 @@ def _check_images(images: Sequence[np.ndarray]) -> None:
             raise KnetError(f"image {i}: expected a uint8 (H, W, 3) RGB array, got a {described}")
 
 
-def _group_by_pad_shape(prepared: Sequence[PreparedImage]) -> Dict[Tuple[int, int], List[int]]:
+def _group_by_pad_shape(prepared: Sequence[TestInput]) -> Dict[Tuple[int, int], List[int]]:
     """Indices grouped by padded (H, W), groups in order of first appearance."""
     groups: Dict[Tuple[int, int], List[int]] = OrderedDict()
     for i, item in enumerate(prepared):
