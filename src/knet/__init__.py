@@ -1,4 +1,4 @@
-"""knet: K-Net semantic segmentation in PyTorch.
+"""knet: K-Net semantic, panoptic and instance segmentation in PyTorch.
 
     import knet
     model = knet.build_model("knet-r50-fcn")      # any preset name, optional overrides
@@ -7,7 +7,7 @@
 """
 __version__ = "0.1.0"
 
-from .config import KNetConfig  # noqa: E402
+from .config import KNetConfig, KNetMaskConfig  # noqa: E402
 from .presets import get_config, list_presets  # noqa: E402
 
 
@@ -32,6 +32,6 @@ def __getattr__(name):
 
 
 __all__ = [
-    "__version__", "KNetConfig", "get_config", "list_presets", "build_model", "KNet",
+    "__version__", "KNetConfig", "KNetMaskConfig", "get_config", "list_presets", "build_model", "KNet",
     "load_checkpoint", "from_pretrained", "save_pretrained", "evaluate", "Segmenter",
 ]
