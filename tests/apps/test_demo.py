@@ -1,5 +1,6 @@
-"""``knet demo``: a shortened run writes every output and prints where they are; the full run
-(about two minutes on two CPU cores) reaches the expected mIoU and is marked slow."""
+"""``knet demo``: a shortened run writes every output and prints where they are, for each task;
+the full runs (two to four minutes on two CPU cores) reach the expected mIoU / PQ and are marked
+slow."""
 from __future__ import annotations
 
 import json
@@ -8,7 +9,7 @@ from pathlib import Path
 import cv2
 import pytest
 
-from knet.apps.demo import EXPECTED_MIOU, NUM_CLASSES
+from knet.apps.demo import EXPECTED_MIOU, NUM_CLASSES, RECIPES
 from knet.cli import main
 
 OUTPUTS = ["report.md", "metrics.json", "curves.png", "gallery.png", "model/model.safetensors",
@@ -70,3 +71,61 @@ def test_full_demo_reaches_the_expected_miou(tmp_path):
     assert main(["demo", "--out-dir", str(out), "--quiet"]) == 0
     metrics = _check_outputs(out, num_shown=6)
     assert metrics["mIoU"] >= EXPECTED_MIOU
+
+
+# ---- panoptic and instance ------------------------------------------------------------------
+TOY_CLASSES = ["disc", "box", "triangle", "sky", "grass", "wall"]
+
+
+def _check_mask_outputs(out: Path, task: str, num_shown: int) -> dict:
+    for name in ("report.md", "metrics.json", "curves.png", "gallery.png", "model/model.safetensors",
+                 "model/config.json", "train/log.jsonl", f"data/annotations/{'panoptic' if task == 'panoptic' else 'instances'}_val.json"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["task"] == task and metrics["model"] == RECIPES[task].preset
+    overlays = sorted((out / "predictions").glob("*_overlay.png"))
+    results = sorted((out / "predictions").glob("*.json"))
+    assert len(overlays) == len(results) == num_shown
+    panoptic_pngs = [p for p in (out / "predictions").glob("*.png") if not p.name.endswith("_overlay.png")]
+    assert len(panoptic_pngs) == (num_shown if task == "panoptic" else 0)
+    gallery = cv2.imread(str(out / "gallery.png"))
+    assert gallery.shape[1] == 3 * metrics["image_size"] + 12  # image | ground truth | prediction
+    report = (out / "report.md").read_text()
+    if task == "panoptic":
+        assert metrics["class_names"] == TOY_CLASSES and set(metrics["per_class"]) == set(TOY_CLASSES)
+        assert f"**PQ {metrics['PQ']:.2f}%**" in report and "| disc | red disc with light rings |" in report
+    else:
+        assert metrics["class_names"] == TOY_CLASSES[:3]
+        assert {"AP", "AP50", "AP75", "APs", "APm", "APl"} <= set(metrics)
+        assert f"**AP {metrics['AP']:.2f}%**" in report
+    return metrics
+
+
+@pytest.mark.parametrize("task, metric", [("panoptic", "PQ"), ("instance", "AP")])
+def test_short_mask_demo_writes_everything(tmp_path, capsys, task, metric):
+    out = tmp_path / "demo"
+    code = main(["demo", "--task", task, "--out-dir", str(out), "--iters", "4", "--num-train", "4", "--num-val", "3",
+                 "--image-size", "64", "--quiet"])
+    assert code == 0
+    metrics = _check_mask_outputs(out, task, num_shown=3)
+    assert metrics["iterations"] == 4 and metrics["num_val"] == 3
+    printed = capsys.readouterr()
+    assert f"demo {metric}" in printed.out and "raise --iters" in printed.err
+    for name in ("report.md", "metrics.json", "curves.png", "predictions", "model"):
+        assert str(out / name) in printed.out
+
+
+def test_mask_demo_rejects_scenes_too_small(tmp_path, capsys):
+    assert main(["demo", "--task", "panoptic", "--out-dir", str(tmp_path / "d"), "--image-size", "40"]) == 2
+    assert "--image-size must be at least 48" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["panoptic", "instance"])
+def test_full_mask_demo_reaches_the_expected_metric(tmp_path, task):
+    out = tmp_path / "demo_out"
+    assert main(["demo", "--task", task, "--out-dir", str(out), "--quiet"]) == 0
+    metrics = _check_mask_outputs(out, task, num_shown=6)
+    from knet.tasks import get_task
+
+    assert metrics[get_task(task).best_metric] >= RECIPES[task].expected

@@ -249,3 +249,154 @@ def test_ignore_index_setting_applies_to_knet_test_and_validation_alike(tmp_path
                                device=None).metrics
     assert result.last_metrics == {k: evaluated[k] for k in ("aAcc", "mIoU", "mAcc")}
     assert evaluated["per_class"][data.class_names[1]]["Acc"] is None
+
+
+# ---- COCO panoptic and instance ---------------------------------------------------------------
+COCO_SMALL = {"data.test_scale": (64, 64), "data.train_scales": [[64, 64]], "postprocess.instance_score_thr": 0.0,
+              "postprocess.overlap_thr": 0.0}
+
+
+@pytest.fixture(scope="module")
+def coco(tmp_path_factory):
+    """The synthetic COCO toy set (both formats), 64x64 scenes; a test split with images only."""
+    import shutil
+
+    from knet.data.synthetic_coco import make_synthetic_coco
+
+    toy = make_synthetic_coco(tmp_path_factory.mktemp("coco"), num_train=2, num_val=5, size=(64, 64), seed=0,
+                              crowd_prob=0.5)
+    shutil.copytree(toy.root / "val", toy.root / "test")
+    data = json.loads((toy.root / "annotations" / "panoptic_val.json").read_text())
+    (toy.root / "annotations" / "panoptic_image_info_test.json").write_text(
+        json.dumps({"images": data["images"], "categories": data["categories"]}))
+    instances = json.loads((toy.root / "annotations" / "instances_val.json").read_text())
+    (toy.root / "annotations" / "image_info_test.json").write_text(
+        json.dumps({"images": instances["images"], "categories": instances["categories"]}))
+    return toy
+
+
+@pytest.fixture(scope="module")
+def coco_models(tmp_path_factory, coco):
+    """A panoptic and an instance tiny model for the toy set's classes (random weights; every
+    candidate segment is kept, so that predictions have segments to count)."""
+    from knet.data.datasets import build_dataset
+    from knet.tasks import get_task
+
+    models = {}
+    for task_name in ("panoptic", "instance"):
+        task = get_task(task_name)
+        dataset = build_dataset(task.dataset_kinds[0], coco.root, "val")
+        config = task.adopt_classes(knet.get_config(f"knet-r50-fpn-{task_name}-tiny", COCO_SMALL), dataset)
+        torch.manual_seed(0)
+        models[task_name] = knet.save_pretrained(knet.build_model(config), tmp_path_factory.mktemp(task_name))
+    return models
+
+
+PANOPTIC_KEYS = {"PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st", "per_class"}
+INSTANCE_KEYS = {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+
+
+@pytest.mark.parametrize("task, keys", [("panoptic", PANOPTIC_KEYS), ("instance", INSTANCE_KEYS)])
+def test_coco_roots_are_read_as_the_tasks_dataset(tmp_path, coco, coco_models, capsys, task, keys):
+    out = tmp_path / "metrics.json"
+    assert _test("--checkpoint", coco_models[task], "--data-root", coco.root, "--split", "val", "--out", out,
+                 "--show-dir", tmp_path / "show") == 0
+    captured = capsys.readouterr()
+    assert "summary:" in captured.out and f"5 images, {6 if task == 'panoptic' else 3} classes" in captured.out
+    metrics = json.loads(out.read_text())
+    assert set(metrics) == keys
+    if task == "panoptic":
+        assert list(metrics["per_class"]) == coco.class_names and "| Things |" in captured.out
+        assert sum(row["FP"] for row in metrics["per_class"].values()) > 0  # segments were predicted
+    from knet.data.datasets import build_dataset
+
+    dataset = build_dataset(f"coco_{task}", coco.root, "val")
+    assert knet.evaluate(knet.from_pretrained(coco_models[task]), dataset, device="cpu") == metrics
+    # --show-dir: ground truth | prediction per image, named as the image
+    pictures = sorted(p.name for p in (tmp_path / "show").iterdir())
+    assert pictures == [f"{i:012d}.png" for i in range(1000001, 1000006)]
+    assert np.array(Image.open(tmp_path / "show" / pictures[0])).shape == (64, 128, 3)
+
+
+def test_format_only_writes_cocos_results_formats(tmp_path, coco, coco_models, capsys):
+    from pycocotools.coco import COCO
+
+    from knet.data.coco import rgb_to_id
+
+    for split in ("val", "test"):  # the test split has no labels
+        pan = tmp_path / f"pan_{split}"
+        assert _test("--checkpoint", coco_models["panoptic"], "--data-root", coco.root, "--split", split,
+                     "--format-only", pan, "--quiet") == 0
+        assert f"wrote the predictions on 5 images: {pan / 'panoptic.json'}" in capsys.readouterr().out
+        data = json.loads((pan / "panoptic.json").read_text())
+        assert len(data["annotations"]) == 5 and [c["id"] for c in data["categories"]] == [1, 2, 8, 5, 10, 12]
+        for annotation in data["annotations"]:
+            ids = rgb_to_id(np.array(Image.open(pan / "panoptic" / annotation["file_name"]).convert("RGB")))
+            assert set(np.unique(ids).tolist()) - {0} == {s["id"] for s in annotation["segments_info"]}
+            assert all(s["category_id"] in (1, 2, 5, 8, 10, 12) for s in annotation["segments_info"])
+        assert sum(len(a["segments_info"]) for a in data["annotations"]) > 0
+
+        ins = tmp_path / f"ins_{split}"
+        assert _test("--checkpoint", coco_models["instance"], "--data-root", coco.root, "--split", split,
+                     "--format-only", ins, "--quiet") == 0
+        results = json.loads((ins / "segm.json").read_text())
+        assert len(results) == 5 * 10  # the tiny preset keeps its 10 best (kernel, class) pairs per image
+    ground_truth = COCO(str(coco.root / "annotations" / "instances_val.json"))
+    loaded = ground_truth.loadRes(str(tmp_path / "ins_val" / "segm.json"))
+    assert len(loaded.getAnnIds()) == 50 and set(loaded.getCatIds()) <= {1, 2, 8}
+
+    assert _test("--checkpoint", coco_models["panoptic"], "--data-root", coco.root, "--split", "test") == 2
+    _assert_error(capsys, "no labels to evaluate against")
+    assert _test("--checkpoint", coco_models["panoptic"], "--data-root", coco.root, "--split", "val",
+                 "--format-only", tmp_path / "x", "--out", tmp_path / "m.json") == 2
+    _assert_error(capsys, "--format-only")
+
+
+def test_coco_bad_image_stops_or_is_skipped_and_wrong_models_are_refused(tmp_path, coco, coco_models, folder_model,
+                                                                        capsys):
+    import shutil
+
+    root = tmp_path / "coco"
+    shutil.copytree(coco.root, root)
+    (root / "val" / "000001000002.jpg").write_bytes(b"not a jpeg")
+    out = tmp_path / "m.json"
+    assert _test("--checkpoint", coco_models["panoptic"], "--data-root", root, "--split", "val", "--out", out,
+                 "--quiet") == 2
+    _assert_error(capsys, "000001000002.jpg")
+    assert not out.exists()
+    assert _test("--checkpoint", coco_models["panoptic"], "--data-root", root, "--split", "val", "--out", out,
+                 "--quiet", "--skip-bad") == 0
+    captured = capsys.readouterr()
+    assert "skipped 1 bad item(s):" in captured.err and "4 images" in captured.out
+
+    assert _test("--checkpoint", folder_model, "--data-root", coco.root, "--split", "val") == 2
+    _assert_error(capsys, "holds both COCO panoptic and instance annotations")
+    assert _test("--checkpoint", folder_model, "--data-root", coco.root, "--dataset", "coco_panoptic",
+                 "--split", "val") == 2
+    _assert_error(capsys, "semantic models are evaluated on folder or ade20k datasets")
+    assert _test("--checkpoint", coco_models["instance"], "--data-root", coco.root, "--dataset", "coco_panoptic",
+                 "--split", "val") == 2
+    _assert_error(capsys, "instance models are evaluated on coco_instance datasets")
+
+
+def test_torchrun_two_processes_give_the_single_process_coco_metrics(tmp_path, coco, coco_models):
+    from tests.conftest import run_torchrun
+
+    for task in ("panoptic", "instance"):
+        single, distributed = tmp_path / f"{task}_single.json", tmp_path / f"{task}_ddp.json"
+        assert _test("--checkpoint", coco_models[task], "--data-root", coco.root, "--split", "val", "--out", single,
+                     "--quiet") == 0
+        _, outputs = run_torchrun(["test", "--checkpoint", str(coco_models[task]), "--data-root", str(coco.root),
+                                   "--split", "val", "--device", "cpu", "--workers", "0", "--quiet", "--out",
+                                   str(distributed)], tmp_path / f"logs_{task}")
+        assert json.loads(distributed.read_text()) == json.loads(single.read_text())
+        assert "5 images" in outputs[0]["stdout"] and "x 2 processes" in outputs[0]["stdout"]
+        assert outputs[1]["stdout"].strip() == ""
+    # The detections of both ranks reach the results file, in image order, as from one process.
+    assert _test("--checkpoint", coco_models["instance"], "--data-root", coco.root, "--split", "val",
+                 "--format-only", tmp_path / "single", "--quiet") == 0
+    run_torchrun(["test", "--checkpoint", str(coco_models["instance"]), "--data-root", str(coco.root), "--split",
+                  "val", "--device", "cpu", "--workers", "0", "--quiet", "--format-only", str(tmp_path / "ddp")],
+                 tmp_path / "logs_format")
+    single = json.loads((tmp_path / "single" / "segm.json").read_text())
+    assert json.loads((tmp_path / "ddp" / "segm.json").read_text()) == single and len(single) == 50

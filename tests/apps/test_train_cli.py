@@ -1,5 +1,6 @@
 """``knet train`` and ``knet plot-log`` from the command line: exact resume after SIGKILL,
-torchrun with two CPU processes (gloo), user errors, the curves image."""
+torchrun with two CPU processes (gloo), user errors, the curves image; the same for the panoptic
+and instance models on the synthetic COCO set, then ``knet test`` of what they trained."""
 from __future__ import annotations
 
 import json
@@ -36,18 +37,22 @@ def records(work_dir):
     return [json.loads(line) for line in lines]
 
 
-def test_resume_after_sigkill_equals_an_uninterrupted_run(toy, tmp_path):
-    iters = 30  # the kill comes at iteration 7 or soon after: a wide window on a slow machine
+def resume_after_sigkill_equals_an_uninterrupted_run(args_of, tmp_path, iters=30):
+    """Train ``iters`` iterations in one go, and again killed (SIGKILL) at iteration 7 or soon
+    after, then resumed with ``--resume``: the last checkpoints are equal within 1e-5, the logs
+    have each iteration once, the same checkpoints are kept. ``args_of(work_dir, iters, *extra)``
+    is the ``knet train`` command line."""
+    # the kill comes at iteration 7 or soon after: a wide window on a slow machine
     common = ["--checkpoint-interval", "3", "--val-interval", "4", "--keep", "2"]
     python = [sys.executable, "-m", "knet"]
 
     whole = tmp_path / "whole"
-    done = subprocess.run(python + train_args(toy, whole, iters, *common), env=subprocess_env(),
+    done = subprocess.run(python + args_of(whole, iters, *common), env=subprocess_env(),
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
 
     cut = tmp_path / "cut"
-    proc = subprocess.Popen(python + train_args(toy, cut, iters, *common), env=subprocess_env(),
+    proc = subprocess.Popen(python + args_of(cut, iters, *common), env=subprocess_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     killed_at = None
@@ -72,7 +77,7 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(toy, tmp_path):
     assert latest in {f"iter_{k}.pth" for k in range(6, iters, 3)}
     torch.load(cut / latest, weights_only=True)  # the newest checkpoint is complete
 
-    resumed = subprocess.run(python + train_args(toy, cut, iters, *common, "--resume"), env=subprocess_env(),
+    resumed = subprocess.run(python + args_of(cut, iters, *common, "--resume"), env=subprocess_env(),
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed from {cut / latest}" in resumed.stdout
@@ -87,6 +92,11 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(toy, tmp_path):
     # The log of the resumed run has each iteration once, as the uninterrupted one.
     assert [r["iter"] for r in records(cut)] == [r["iter"] for r in records(whole)]
     assert sorted(p.name for p in cut.glob("*.pth")) == sorted(p.name for p in whole.glob("*.pth"))
+
+
+def test_resume_after_sigkill_equals_an_uninterrupted_run(toy, tmp_path):
+    resume_after_sigkill_equals_an_uninterrupted_run(lambda work, iters, *extra: train_args(toy, work, iters, *extra),
+                                                     tmp_path)
 
 
 def test_torchrun_two_cpu_processes(toy, tmp_path):
@@ -193,3 +203,65 @@ def test_device_option_is_the_one_of_every_verb(toy, tmp_path, capsys):
     assert code == 2 and err == ("knet train: error: device 'cuda:1' requested but CUDA is not available here "
                                  "(use --device cpu)")
     assert not (tmp_path / "gpu").exists()
+
+
+# ---- panoptic and instance models on the synthetic COCO set ----------------------------------
+MASK_SMALL = ["data.test_scale=64,64", "data.train_scales=[[64,64]]", "train.log_interval=1", "train.warmup_iters=4",
+              "train.lr=1e-3"]
+
+
+@pytest.fixture(scope="module")
+def coco(tmp_path_factory):
+    from knet.data.synthetic_coco import make_synthetic_coco
+
+    return make_synthetic_coco(tmp_path_factory.mktemp("coco"), num_train=6, num_val=2, size=(64, 64), seed=0)
+
+
+def mask_train_args(coco, work_dir, iters, *extra, task="panoptic"):
+    return ["train", "--model", f"knet-r50-fpn-{task}-tiny", "--data-root", str(coco.root), "--work-dir",
+            str(work_dir), "--iters", str(iters), "--batch-size", "2", "--workers", "0", "--device", "cpu",
+            *extra, "--set", *MASK_SMALL]
+
+
+def test_panoptic_resume_after_sigkill_equals_an_uninterrupted_run(coco, tmp_path):
+    resume_after_sigkill_equals_an_uninterrupted_run(
+        lambda work, iters, *extra: mask_train_args(coco, work, iters, *extra), tmp_path, iters=20)
+
+
+def test_panoptic_torchrun_two_cpu_processes_stay_identical(coco, tmp_path):
+    work = tmp_path / "ddp"
+    _, outputs = run_torchrun(mask_train_args(coco, work, 4, "--checkpoint-interval", "2", "--val-interval", "2"),
+                              tmp_path / "logs")
+    assert "parameters identical on all 2 ranks" in outputs[0]["stdout"]  # else the run fails
+    assert outputs[1]["stdout"].strip() == ""
+    assert [r["iter"] for r in records(work) if "loss" in r] == [1, 2, 3, 4]
+    assert [r["iter"] for r in records(work) if "PQ" in r] == [2, 4]
+    ckpt = torch.load(work / "iter_4.pth", weights_only=True)
+    assert ckpt["sampler"]["world_size"] == 2 and len(ckpt["rng"]) == 2
+    assert any(p.name.startswith("best_PQ_iter_") for p in work.iterdir())
+
+
+@pytest.mark.parametrize("task, metric", [("panoptic", "PQ"), ("instance", "AP")])
+def test_train_then_test_on_the_coco_toy_set(coco, tmp_path, capsys, task, metric):
+    work = tmp_path / "run"
+    assert main(mask_train_args(coco, work, 4, "--checkpoint-interval", "2", "--val-interval", "4", task=task)) == 0
+    out = capsys.readouterr().out
+    assert f"best {metric}" in out and f"best_{metric}_iter_4.pth" in out
+    assert main(["test", "--checkpoint", str(work / "iter_4.pth"), "--data-root", str(coco.root), "--split", "val",
+                 "--workers", "0", "--device", "cpu", "--quiet", "--out", str(tmp_path / "m.json")]) == 0
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    validation = [r for r in records(work) if metric in r][-1]
+    assert {k: metrics[k] for k in validation if k != "iter"} == {k: v for k, v in validation.items() if k != "iter"}
+    png = tmp_path / "curves.png"
+    assert main(["plot-log", str(work), "--out", str(png)]) == 0 and png.is_file()
+
+
+def test_mask_recipe_is_in_epochs_unless_iterations_are_given(coco, tmp_path, capsys):
+    args = mask_train_args(coco, tmp_path / "epochs", 1)
+    args = args[:args.index("--iters")] + args[args.index("--iters") + 2:]  # the preset's 12 epochs ...
+    args += ["train.epochs=1", "train.milestone_epochs=[]", "train.val_interval=100"]  # ... made 1
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "schedule: 1 epochs of 6 images at 2 images per iteration = 3 iterations" in out and "iter 3/3" in out
+    saved = json.loads((tmp_path / "epochs" / "config.json").read_text())["train"]
+    assert (saved["iters"], saved["epochs"]) == (3, None)

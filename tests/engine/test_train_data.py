@@ -37,10 +37,11 @@ def test_sampler_shards_resumes_and_reshuffles():
 def test_augmentation_depends_on_sample_number_not_worker(toy):
     from knet.data.datasets import build_dataset
     from knet.data.transforms import TrainPipeline
+    from knet.tasks import get_task
 
     cfg = knet.get_config("knet-r50-fcn-tiny", {"data.crop_size": "64,64", "data.train_scale": "64,64"})
     samples = TrainSamples(build_dataset("folder", toy.root, "train"), TrainPipeline(cfg.data), seed=1,
-                             mean=cfg.data.mean, std=cfg.data.std)
+                           task=get_task("semantic"), config=cfg)
     a, b, c = samples[(3, 17)], samples[(3, 17)], samples[(3, 18)]
     assert a[0].shape == (3, 64, 64) and a[1].dtype == torch.int64
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])

@@ -25,8 +25,7 @@ def test_tasks_are_registered_with_their_metrics():
     assert (panoptic.name, panoptic.best_metric, instance.name, instance.best_metric) == ("panoptic", "PQ",
                                                                                           "instance", "AP")
     assert panoptic.best_metric in panoptic.summary_metrics and instance.best_metric in instance.summary_metrics
-    with pytest.raises(NotImplementedError):  # needs the COCO datasets
-        panoptic.evaluator(knet.get_config("knet-r50-fpn-panoptic"))
+    assert (panoptic.dataset_kinds, instance.dataset_kinds) == (("coco_panoptic",), ("coco_instance",))
 
 
 @pytest.mark.parametrize("preset", ["knet-r50-fpn-panoptic-tiny", "knet-r50-fpn-instance-tiny"])

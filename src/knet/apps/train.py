@@ -3,9 +3,14 @@
     knet train --model knet-r50-fcn --dataset ade20k --data-root data/ade --work-dir runs/fcn
     torchrun --nproc_per_node=8 -m knet train --model knet-r50-fcn ...   # 8 GPUs, 2 images each
     knet train ... --resume                  # continue from runs/fcn/last_checkpoint
+    torchrun --nproc_per_node=8 -m knet train --model knet-r50-fpn-panoptic --data-root data/coco \\
+        --work-dir runs/pan --backbone-weights resnet50-0676ba61.pth   # 12 epochs of train2017
 
 Options left out keep the preset's recipe (``knet config NAME`` prints it); ``--set key=value``
-overrides any config field (e.g. ``--set train.lr=1e-3 data.crop_size=256,256``).
+overrides any config field (e.g. ``--set train.lr=1e-3 data.crop_size=256,256``). The panoptic and
+instance recipes count in epochs (``train.epochs``, ``train.milestone_epochs``), converted to
+iterations from the training set and the total batch; ``--iters`` (or ``--set train.iters=N``)
+replaces them with a fixed number of iterations.
 """
 from __future__ import annotations
 
@@ -22,10 +27,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", required=True, metavar="ROOT", help="dataset folder")
     parser.add_argument("--work-dir", required=True, metavar="DIR",
                         help="where checkpoints, log.jsonl, config.json and tb/ go")
-    parser.add_argument("--dataset", choices=("auto", "ade20k", "folder"), default="auto",
-                        help="dataset layout; auto: folder when ROOT has classes.txt, ade20k when it has "
-                             "annotations/ (or ADEChallengeData2016/)")
-    parser.add_argument("--iters", type=int, metavar="N", help="total iterations (preset: 80000)")
+    parser.add_argument("--dataset", choices=("auto", "ade20k", "folder", "coco_panoptic", "coco_instance"),
+                        default="auto",
+                        help="dataset layout; auto: folder when ROOT has classes.txt, COCO when annotations/ holds "
+                             "panoptic_*.json / instances_*.json (the kind the model's task reads), ade20k when it "
+                             "has annotations/ (or ADEChallengeData2016/)")
+    parser.add_argument("--train-split", metavar="NAME",
+                        help="training split (default: train; train2017 for a COCO root that has it)")
+    parser.add_argument("--val-split", metavar="NAME",
+                        help="validation split (default: val; val2017 for a COCO root that has it)")
+    parser.add_argument("--iters", type=int, metavar="N",
+                        help="total iterations (preset: 80000, or the panoptic/instance presets' epochs)")
     parser.add_argument("--batch-size", type=int, metavar="B", help="images per process (preset: 2)")
     parser.add_argument("--val-interval", type=int, metavar="K", help="validate every K iterations (preset: 8000)")
     parser.add_argument("--checkpoint-interval", type=int, metavar="K",
@@ -38,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="start from these weights (reference .pth, knet checkpoint or model dir); "
                              "class-dependent tensors are re-initialised when the class count differs")
     parser.add_argument("--backbone-weights", metavar="PATH",
-                        help="ImageNet weights for the backbone (ResNetV1c or Swin file)")
+                        help="ImageNet weights for the backbone (ResNetV1c, torchvision ResNet or Swin file)")
     parser.add_argument("--amp", choices=("fp16", "bf16"), default=None,
                         help="mixed precision on CUDA (fp16 with loss scaling, or bf16)")
     options.add_device(parser)
@@ -51,7 +63,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..config import parse_set_options
     from ..engine.training import TrainOptions, dist_info_from_env, train
-    from ..data.datasets import detect_dataset_kind
     from ..presets import get_config
 
     overrides: Dict[str, Any] = dict(parse_set_options(args.overrides))
@@ -62,13 +73,15 @@ def run(args: argparse.Namespace) -> int:
         if value is not None:
             options.check_positive(option.replace("_", "-"), value)
             overrides[key] = value
+    if "train.iters" in overrides and "train.epochs" not in overrides:
+        overrides["train.epochs"] = None  # a number of iterations replaces an epoch-based schedule
     cfg = get_config(args.model, overrides)
     root = Path(args.data_root)
     if not root.is_dir():
         raise KnetError(f"--data-root {root}: no such folder")
-    dataset = detect_dataset_kind(root) if args.dataset == "auto" else args.dataset
     train_options = TrainOptions(
-        work_dir=args.work_dir, data_root=root, dataset=dataset, device=args.device, amp=args.amp,
+        work_dir=args.work_dir, data_root=root, dataset=args.dataset, train_split=args.train_split,
+        val_split=args.val_split, device=args.device, amp=args.amp,
         seed=args.seed, workers=args.workers, keep=args.keep, resume=args.resume, load_from=args.load_from,
         backbone_weights=args.backbone_weights, quiet=args.quiet, progress=False if args.quiet else None,
     )

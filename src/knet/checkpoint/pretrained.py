@@ -1,9 +1,15 @@
 """ImageNet backbone weights for training from scratch.
 
-Three file layouts are recognised from their keys:
+Four file layouts are recognised from their keys:
 
 * ``resnet_v1c``: the reference's ResNetV1c file, ``{'state_dict': {'stem.0.weight', ...,
   'layer4.2.bn3.*', 'fc.weight', 'fc.bias'}}``. The classifier ``fc.*`` is dropped.
+* ``resnet_torchvision``: torchvision's ImageNet ResNet-50/101 (``torchvision://resnet50``, what
+  the panoptic/instance models start from), a flat dict ``conv1.weight``, ``bn1.*``,
+  ``layerX.Y.conv1/bn1/.../downsample.*``, ``fc.*`` for the plain-stem :class:`ResNet`. The
+  classifier ``fc.*`` is dropped; the offset convs of deformable stages (``conv2.conv_offset.*``)
+  are not in such a file and keep their zero initialisation (a deformable conv then starts as
+  the plain one).
 * ``swin_converted``: the reference's converted Swin file, a flat dict with the backbone's own
   names (``patch_embed.projection.*``, ``stages.N.blocks.M.attn.w_msa.*``, ``ffn.layers.*``,
   ``stages.N.downsample.*``). It has no ``norm0..3``; those keep their initial weight 1 / bias 0.
@@ -15,7 +21,8 @@ Any of them may also be wrapped in ``state_dict`` / ``model``, and prefixed with
 ``backbone.`` (a whole-segmentor checkpoint: only its ``backbone.*`` keys are used). After
 conversion the backbone is loaded strictly: every file key must be a backbone key of the same
 shape, and every backbone key must be in the file, except the documented exceptions
-(``norm0..3`` of a Swin backbone, which ImageNet files do not have).
+(``norm0..3`` of a Swin backbone and the deformable offsets of a ResNet, which ImageNet files
+do not have).
 """
 from __future__ import annotations
 
@@ -30,7 +37,7 @@ from torch import nn
 from ..errors import CheckpointError
 from .reference import extract_state_dict
 from .safe_load import safe_load
-from ..models.backbones.resnet import ResNetV1c
+from ..models.backbones.resnet import ResNet, ResNetV1c
 from ..models.backbones.swin import SwinTransformer
 
 logger = logging.getLogger(__name__)
@@ -39,6 +46,7 @@ StateDict = Dict[str, torch.Tensor]
 PathLike = Union[str, Path]
 
 RESNET_V1C = "resnet_v1c"
+RESNET_TORCHVISION = "resnet_torchvision"
 SWIN_CONVERTED = "swin_converted"
 SWIN_ORIGINAL = "swin_original"
 
@@ -96,6 +104,7 @@ _SWIN_ORIGINAL_DROPPED: List[Tuple[str, str]] = [
 # Backbone keys the original file cannot provide; they keep their computed / initial values.
 _SWIN_ORIGINAL_NOT_LOADED = re.compile(r"stages\.\d+\.blocks\.\d+\.attn\.w_msa\.relative_position_index")
 _SWIN_OUTPUT_NORMS = re.compile(r"norm[0-3]\.(weight|bias)")
+_DCN_OFFSETS = re.compile(r"layer\d\.\d+\.conv2\.conv_offset\.(weight|bias)")
 
 
 def convert_swin_original(state: Mapping[str, torch.Tensor], source: str = "<state dict>"
@@ -156,14 +165,19 @@ def detect_layout(state: Mapping[str, torch.Tensor], source: str = "<state dict>
         return SWIN_ORIGINAL
     if any(k.startswith("stem.") for k in keys):
         return RESNET_V1C
+    if "conv1.weight" in state and any(k.startswith("layer1.") for k in keys):
+        return RESNET_TORCHVISION
     raise CheckpointError(
         f"{source}: unknown backbone weight layout (expected a ResNetV1c file with 'stem.*', a "
-        f"converted Swin file with 'patch_embed.projection.*', or an original Swin release with "
-        f"'patch_embed.proj.*'); its keys: {_key_list(keys)}")
+        f"torchvision ResNet with 'conv1.weight' and 'layer1.*', a converted Swin file with "
+        f"'patch_embed.projection.*', or an original Swin release with 'patch_embed.proj.*'); its keys: "
+        f"{_key_list(keys)}")
 
 
+# The first entry the backbone is an instance of decides (ResNetV1c is a ResNet).
 _LAYOUTS_FOR: List[Tuple[type, Set[str]]] = [
     (ResNetV1c, {RESNET_V1C}),
+    (ResNet, {RESNET_TORCHVISION}),
     (SwinTransformer, {SWIN_CONVERTED, SWIN_ORIGINAL}),
 ]
 
@@ -195,8 +209,8 @@ def _load_checked(backbone: nn.Module, state: StateDict, may_be_missing: Callabl
 
 
 def load_backbone_weights(backbone: nn.Module, path: PathLike) -> List[str]:
-    """Load an ImageNet weight file into ``backbone`` (a :class:`ResNetV1c` or
-    :class:`SwinTransformer`), detecting its layout (see the module docstring).
+    """Load an ImageNet weight file into ``backbone`` (a :class:`ResNetV1c`, a plain-stem
+    :class:`ResNet` or a :class:`SwinTransformer`), detecting its layout (see the module docstring).
 
     Returns the file's keys that were deliberately not loaded (classifier, original-release
     buffers, non-backbone keys of a segmentor checkpoint), with their names as in the file. Backbone
@@ -225,10 +239,10 @@ def load_backbone_weights(backbone: nn.Module, path: PathLike) -> List[str]:
         raise CheckpointError(f"{source} holds {layout} weights, which do not fit a {type(backbone).__name__} "
                               f"backbone (it takes {', '.join(sorted(expected))})")
 
-    if layout == RESNET_V1C:
+    if layout in (RESNET_V1C, RESNET_TORCHVISION):
         dropped = [k for k in state if k.startswith("fc.")]  # ImageNet classifier
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-        may_be_missing: Callable[[str], bool] = lambda key: False
+        may_be_missing: Callable[[str], bool] = lambda key: bool(_DCN_OFFSETS.fullmatch(key))
     elif layout == SWIN_CONVERTED:
         dropped = []
         may_be_missing = lambda key: bool(_SWIN_OUTPUT_NORMS.fullmatch(key))

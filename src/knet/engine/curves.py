@@ -2,8 +2,9 @@
 (``knet plot-log``, the demo's ``curves.png``).
 
 Drawn with Pillow alone (no plotting library needed): the left panel shows the training loss
-(total and, thinner, the final-stage and auxiliary terms), the right one the validation mIoU,
-mAcc and aAcc against the iteration.
+(total and, thinner, the final-stage and auxiliary terms), the right one the validation metrics
+against the iteration: mIoU, mAcc and aAcc (semantic), PQ, SQ and RQ (panoptic) or AP, AP50 and
+AP75 (instance).
 """
 from __future__ import annotations
 
@@ -23,11 +24,21 @@ LOSS_SERIES: Sequence[Tuple[str, str, Colour, int]] = (
     ("loss", "loss (total)", (31, 119, 180), 3),
     ("decode.loss_ce.s3", "last stage", (255, 127, 14), 1),
     ("aux.loss_ce", "auxiliary", (44, 160, 44), 1),
+    # The panoptic/instance presets' three stages: the last one's mask terms, and the kernel head's.
+    ("s2_loss_cls", "last stage: class", (255, 127, 14), 1),
+    ("s2_loss_dice", "last stage: dice", (188, 189, 34), 1),
+    ("loss_rpn_seg", "kernel head: semantic", (44, 160, 44), 1),
 )
 VAL_SERIES: Sequence[Tuple[str, str, Colour, int]] = (
     ("mIoU", "mIoU", (214, 39, 40), 3),
     ("mAcc", "mAcc", (148, 103, 189), 1),
     ("aAcc", "aAcc", (140, 86, 75), 1),
+    ("PQ", "PQ", (214, 39, 40), 3),
+    ("SQ", "SQ", (148, 103, 189), 1),
+    ("RQ", "RQ", (140, 86, 75), 1),
+    ("AP", "AP", (214, 39, 40), 3),
+    ("AP50", "AP50", (148, 103, 189), 1),
+    ("AP75", "AP75", (140, 86, 75), 1),
 )
 
 
@@ -61,7 +72,7 @@ def read_log(path: Union[str, Path]) -> Tuple[List[Dict[str, float]], List[Dict[
             continue
         if "loss" in record:
             train.append(record)
-        elif "mIoU" in record:
+        elif any(key in record for key, _, _, _ in VAL_SERIES):
             val.append(record)
     if not train and not val:
         raise PlotLogError(f"{path}: no training or validation records")

@@ -4,6 +4,8 @@ A task (:mod:`knet.tasks`) supplies the test pipeline and the evaluator; a model
 model, or anything with the interface of :class:`knet.inference.pipeline.TorchRunner`) computes
 the logits. Under torchrun every rank takes its share of the images (``rank, rank + W, ...``)
 and the evaluator combines the statistics of all ranks, so the metrics equal a one-process run.
+With ``format_dir`` the task's formatter takes the evaluator's place and writes the predictions
+in the dataset's results format (``knet test --format-only``).
 """
 from __future__ import annotations
 
@@ -75,15 +77,22 @@ def _image_path(dataset: Any, index: int) -> str:
     return str(samples[index][0]) if samples is not None else f"item {index}"
 
 
-def _check_dataset(config: Any, dataset: Any) -> None:
+def _check_dataset(config: Any, dataset: Any, task: Task, need_labels: bool = True) -> None:
+    from ..data.datasets import DATASETS
+
+    kind = getattr(dataset, "name", None)
+    if kind in DATASETS and kind not in task.dataset_kinds:
+        raise DataError(f"{task.name} models are evaluated on {' or '.join(task.dataset_kinds)} datasets, "
+                        f"not on {kind}")
     if dataset.num_classes != config.num_classes:
         raise DataError(
             f"the model predicts {config.num_classes} classes but the dataset has {dataset.num_classes}"
             + (f" ({dataset.root / 'classes.txt'})" if getattr(dataset, "name", "") == "folder" else ""))
-    if not dataset.has_labels:
+    if need_labels and not dataset.has_labels:
         where = getattr(dataset, "root", "the dataset")
-        raise DataError(f"{where}: the dataset has no labels to evaluate against "
-                        f"(expected masks/{getattr(dataset, 'split', '')})")
+        hint = (f"expected masks/{getattr(dataset, 'split', '')}" if kind == "folder"
+                else "--format-only writes the predictions of a split without labels")
+        raise DataError(f"{where}: the dataset has no labels to evaluate against ({hint})")
 
 
 def run_evaluation(model: Any, dataset: Any, *, task: Optional[Task] = None, mode: str = "whole",
@@ -91,12 +100,15 @@ def run_evaluation(model: Any, dataset: Any, *, task: Optional[Task] = None, mod
                    workers: int = 0, crop_size: Optional[Size] = None, stride: Optional[Size] = None,
                    test_scale: Optional[Size] = None, skip_bad: bool = False,
                    show_dir: Optional[Union[str, os.PathLike]] = None, opacity: float = 0.5,
-                   progress: bool = False, dist_info: Optional[DistInfo] = None) -> EvaluationResult:
+                   progress: bool = False, dist_info: Optional[DistInfo] = None,
+                   format_dir: Optional[Union[str, os.PathLike]] = None) -> EvaluationResult:
     """Evaluate ``model`` (a torch model or a model runner) on ``dataset``; see :func:`evaluate`.
 
     ``task`` defaults to the model config's. ``dist_info``: this process's place in a torchrun
     run (its process group initialised); None or one process evaluates everything. Call it on
-    every rank: each returns the same metrics.
+    every rank: each returns the same metrics. ``format_dir``: write the predictions there in the
+    dataset's results format (:meth:`knet.tasks.Task.formatter`; labels are not needed) instead of
+    scoring them; the metrics are then the formatter's ``{"files", "num_images"}``.
     """
     from ..utils.progress import ProgressBar
 
@@ -106,11 +118,12 @@ def run_evaluation(model: Any, dataset: Any, *, task: Optional[Task] = None, mod
     config = runner.config
     task = task or get_task(config.task)
     info = dist_info or DistInfo()
-    _check_dataset(config, dataset)
+    _check_dataset(config, dataset, task, need_labels=format_dir is None)
     if device is not None and isinstance(model, nn.Module):
         model.to(resolve_device(device))
     pipeline = task.pipeline(runner, mode=mode, crop_size=crop_size, stride=stride, test_scale=test_scale, tta=tta)
-    evaluator = task.evaluator(config, list(dataset.class_names), device=pipeline.device)
+    evaluator = (task.formatter(config, dataset, Path(format_dir)) if format_dir is not None
+                 else task.evaluator(config, dataset, device=pipeline.device))
     # The pictures use the dataset's class names and colours (a model may carry none of its own).
     pictures_config = config.replace(class_names=list(dataset.class_names),
                                      palette=[list(c) for c in dataset.palette]) if show_dir is not None else None
@@ -154,8 +167,9 @@ def _write_picture(show_dir: Path, task: Task, config: Any, dataset: Any, index:
     image = item["image"]
     prediction = prediction.cpu().numpy() if isinstance(prediction, torch.Tensor) else prediction
     panels = [task.visualize(image, prediction, config, opacity)]
-    if item.get("label") is not None:
-        panels.insert(0, task.visualize(image, item["label"], config, opacity))
+    truth = task.ground_truth(item)
+    if truth is not None:
+        panels.insert(0, task.visualize(image, truth, config, opacity))
     name = dataset.relative_name(index) if hasattr(dataset, "relative_name") else f"{index:06d}"
     write_image(show_dir / Path(name).with_suffix(".png"), np.concatenate(panels, axis=1))
 
@@ -170,8 +184,9 @@ def evaluate(model: nn.Module, dataset: Any, *, mode: str = "whole", tta: bool =
     Args:
         model: a ``KNet`` (``knet.build_model`` + ``knet.load_checkpoint``, or
             ``knet.checkpoint.load_model``); it is moved to ``device`` and run in eval mode.
-        dataset: from :func:`knet.data.datasets.build_dataset` (ADE20K or a folder dataset);
-            its number of classes must be the model's.
+        dataset: from :func:`knet.data.datasets.build_dataset` (semantic models: ADE20K or a
+            folder dataset; panoptic / instance models: COCO panoptic / instance); its number of
+            classes must be the model's.
         mode: ``whole`` or ``slide`` (sliding window of ``crop_size`` every ``stride``,
             both (width, height)).
         tta: multi-scale (0.5 ... 1.75) + flip instead of the single scale.
@@ -187,8 +202,10 @@ def evaluate(model: nn.Module, dataset: Any, *, mode: str = "whole", tta: bool =
         progress: draw a progress bar on stderr.
 
     Returns:
-        The task's metrics; semantic: ``{"aAcc", "mIoU", "mAcc", "per_class": {name: {"IoU",
-        "Acc"}}}``, percent rounded to 2 decimals, None where undefined.
+        The task's metrics, percent rounded to 2 decimals, None where undefined; semantic:
+        ``{"aAcc", "mIoU", "mAcc", "per_class": {name: {"IoU", "Acc"}}}``; panoptic: ``{"PQ",
+        "SQ", "RQ", "PQ_th", ..., "RQ_st", "per_class": {name: {"PQ", "SQ", "RQ", ...}}}``;
+        instance: ``{"AP", "AP50", "AP75", "APs", "APm", "APl"}``.
     """
     return run_evaluation(model, dataset, mode=mode, tta=tta, batch_size=batch_size, device=device,
                           workers=workers, crop_size=crop_size, stride=stride, test_scale=test_scale,

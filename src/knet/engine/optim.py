@@ -1,25 +1,34 @@
 """The reference's optimisation recipe: AdamW parameter groups (the Swin presets exempt
-normalisation weights and position tables from weight decay), the warm-up + step lr schedule
-in closed form, and one clipped (optionally loss-scaled) optimizer step.
+normalisation weights and position tables from weight decay; the panoptic/instance recipes train
+the backbone at a fraction of the lr), the warm-up + step lr schedule in closed form (a schedule
+given in epochs is converted to iterations first), and one clipped (optionally loss-scaled)
+optimizer step.
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from ..config import TrainConfig
-from ..errors import CheckpointError
+from ..errors import CheckpointError, TrainingError
 
 __all__ = [
     "WarmupStepSchedule",
     "backward_step",
     "build_optimizer",
     "build_param_groups",
+    "epochs_to_iterations",
     "lr_factor",
     "no_decay_parameter_names",
 ]
+
+# Parameters whose name starts with this train at ``backbone_lr_mult`` times the lr (the
+# reference's ``paramwise_cfg=dict(custom_keys={'backbone': dict(lr_mult=0.25)})``).
+BACKBONE_PREFIX = "backbone."
 
 
 def no_decay_parameter_names(model: nn.Module, keys: Sequence[str]) -> List[str]:
@@ -31,20 +40,29 @@ def no_decay_parameter_names(model: nn.Module, keys: Sequence[str]) -> List[str]
 
 def build_param_groups(model: nn.Module, train_cfg: TrainConfig) -> List[Dict[str, Any]]:
     """AdamW parameter groups: one with the recipe's weight decay and, when ``no_decay_keys`` is
-    set, one with weight decay 0 for the exempt parameters. Each group records its parameter
-    names under ``"names"`` (informative; the optimizer ignores it)."""
+    set, one with weight decay 0 for the exempt parameters. With ``backbone_lr_mult`` != 1 each
+    of them is split once more: the ``backbone.*`` parameters get ``lr = lr * backbone_lr_mult``
+    in a group after the base-lr one (the first group always has the base lr). Each group records
+    its parameter names under ``"names"`` (informative; the optimizer ignores it)."""
     exempt = set(no_decay_parameter_names(model, train_cfg.no_decay_keys))
-    decay: List[Tuple[str, nn.Parameter]] = []
-    no_decay: List[Tuple[str, nn.Parameter]] = []
+    split_backbone = train_cfg.backbone_lr_mult != 1.0
+    groups: Dict[Tuple[bool, bool], List[Tuple[str, nn.Parameter]]] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if name in exempt else decay).append((name, p))
-    groups = [{"params": [p for _, p in decay], "names": [n for n, _ in decay],
-               "weight_decay": train_cfg.weight_decay}]
-    if no_decay:
-        groups.append({"params": [p for _, p in no_decay], "names": [n for n, _ in no_decay],
-                       "weight_decay": 0.0})
-    return groups
+            in_backbone = split_backbone and name.startswith(BACKBONE_PREFIX)
+            groups.setdefault((name in exempt, in_backbone), []).append((name, p))
+    result = []
+    for exempt_group in (False, True):
+        for in_backbone in (False, True):
+            members = groups.get((exempt_group, in_backbone))
+            if not members:
+                continue
+            group: Dict[str, Any] = {"params": [p for _, p in members], "names": [n for n, _ in members],
+                                     "weight_decay": 0.0 if exempt_group else train_cfg.weight_decay}
+            if split_backbone:
+                group["lr"] = train_cfg.lr * (train_cfg.backbone_lr_mult if in_backbone else 1.0)
+            result.append(group)
+    return result
 
 
 def build_optimizer(model: nn.Module, train_cfg: TrainConfig) -> torch.optim.AdamW:
@@ -54,6 +72,30 @@ def build_optimizer(model: nn.Module, train_cfg: TrainConfig) -> torch.optim.Ada
         group.pop("names")
     return torch.optim.AdamW(groups, lr=train_cfg.lr, betas=tuple(train_cfg.betas),
                              weight_decay=train_cfg.weight_decay)
+
+
+def epochs_to_iterations(train_cfg: TrainConfig, num_images: int, world_size: int = 1
+                         ) -> Tuple[TrainConfig, Optional[str]]:
+    """An epoch-based schedule (``epochs``, ``milestone_epochs``) as iterations, for a training
+    set of ``num_images`` and a total batch of ``batch_size x world_size`` images: one epoch is
+    ``ceil(num_images / total batch)`` iterations, the run ``epochs`` of them and the lr drops
+    after each milestone epoch. Returns the iteration-based config (``epochs`` cleared) and a
+    line saying what was converted; an iteration-based config comes back as it is, with None."""
+    if train_cfg.epochs is None:
+        return train_cfg, None
+    if train_cfg.epochs < 1:
+        raise TrainingError(f"train.epochs must be at least 1, got {train_cfg.epochs}")
+    if num_images < 1:
+        raise TrainingError("an epoch-based schedule needs a non-empty training set")
+    total_batch = train_cfg.batch_size * world_size
+    per_epoch = math.ceil(num_images / total_batch)
+    converted = dataclasses.replace(
+        train_cfg, iters=train_cfg.epochs * per_epoch, milestones=tuple(e * per_epoch for e in train_cfg.milestone_epochs),
+        epochs=None, milestone_epochs=())
+    drops = ", ".join(str(m) for m in converted.milestones) or "none"
+    note = (f"schedule: {train_cfg.epochs} epochs of {num_images} images at {total_batch} images per iteration "
+            f"= {converted.iters} iterations ({per_epoch} per epoch); lr x{train_cfg.gamma:g} at iterations {drops}")
+    return converted, note
 
 
 def lr_factor(iteration: int, train_cfg: TrainConfig) -> float:

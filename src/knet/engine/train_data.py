@@ -1,19 +1,22 @@
 """The training data stream: an endless, resumable, rank-sharded sampler whose keys carry a
 global sample number, and the dataset adapter that augments each sample with a generator
-seeded by that number (so the stream is the same for any number of data workers).
+seeded by that number (so the stream is the same for any number of data workers). What a
+sample is (tensors of an image and its label map, or a padded image with its masks) is the
+task's (:meth:`knet.tasks.Task.train_sample`, :meth:`~knet.tasks.Task.collate`).
 """
 from __future__ import annotations
 
 import math
 import random
-from typing import Any, Callable, Iterator, List, Sequence, Tuple
+from typing import Any, Callable, Iterator, List, Tuple
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from ..data.transforms import normalize
 from ..errors import DataError
+from ..tasks import Task
+from ..tasks.semantic import to_tensors
 
 __all__ = [
     "InfiniteSampler",
@@ -68,45 +71,30 @@ class InfiniteSampler(Sampler):
             epoch, offset = epoch + 1, 0
 
 
-TrainTransform = Callable[[np.ndarray, np.ndarray, np.random.Generator], Tuple[Any, Any]]
+TrainTransform = Callable[[np.ndarray, Any, np.random.Generator], Any]
 
 
 class TrainSamples(Dataset):
-    """Adapts a dataset (items with ``image`` uint8 HxWx3 RGB and ``label`` HxW) to the training
-    loop: key ``(index, sample number)`` -> ``(image (3,H,W) float32 normalised, label (H,W)
-    int64)``, augmented by ``transform(image, label, rng)`` with ``rng`` seeded by
-    ``(seed, sample number)``."""
+    """Adapts a dataset (items with ``image`` uint8 HxWx3 RGB and the task's labels) to the
+    training loop: key ``(index, sample number)`` -> the task's training sample of that item
+    (:meth:`knet.tasks.Task.train_sample`; semantic: ``(image (3,H,W) float32 normalised, label
+    (H,W) int64)``), augmented by ``transform`` with a generator seeded by ``(seed, sample
+    number)``."""
 
-    def __init__(self, dataset: Any, transform: TrainTransform, seed: int,
-                 mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(self, dataset: Any, transform: TrainTransform, seed: int, task: Task, config: Any) -> None:
         self.dataset = dataset
         self.transform = transform
         self.seed = int(seed)
-        self.mean = np.asarray(mean, dtype=np.float32)
-        self.std = np.asarray(std, dtype=np.float32)
+        self.task = task
+        self.config = config
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, key: Tuple[int, int]) -> Any:
         index, number = key
         rng = np.random.default_rng([self.seed, int(number)])
-        item = self.dataset[int(index)]
-        image, label = self.transform(item["image"], item["label"], rng)
-        return to_tensors(image, label, self.mean, self.std)
-
-
-def to_tensors(image: Any, label: Any, mean: np.ndarray, std: np.ndarray) -> Tuple[torch.Tensor, torch.Tensor]:
-    """uint8 HxWx3 (normalised here) or float (3,H,W) (already normalised) + label -> tensors."""
-    if isinstance(image, torch.Tensor):
-        image_t = image.float()
-    else:
-        array = np.asarray(image)
-        if array.dtype == np.uint8:
-            array = normalize(array, mean, std)
-        image_t = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
-    label_t = label.long() if isinstance(label, torch.Tensor) else torch.from_numpy(np.asarray(label).astype(np.int64))
-    return image_t, label_t
+        return self.task.train_sample(self.dataset[int(index)], self.transform, rng, self.config)
 
 
 def worker_init(worker_id: int) -> None:

@@ -1,9 +1,11 @@
 """Training: the reference's recipe, one process or many (torchrun / DistributedDataParallel).
 
 The recipe (per preset, in :class:`knet.config.TrainConfig`): AdamW with parameter groups (the
-Swin presets exempt normalisation weights and position tables from weight decay), a linear
+Swin presets exempt normalisation weights and position tables from weight decay; the
+panoptic/instance presets train the backbone at ``backbone_lr_mult`` times the lr), a linear
 warm-up followed by step decay, gradient clipping at a total L2 norm, a fixed number of
-iterations (:mod:`.optim`). :func:`train` runs it and keeps a work directory::
+iterations, or of epochs converted to iterations from the size of the training set and the
+total batch (:mod:`.optim`). :func:`train` runs it and keeps a work directory::
 
     WORK_DIR/config.json               the resolved config (class names and palette included)
     WORK_DIR/log.jsonl                 one JSON object per logged iteration and per validation
@@ -25,12 +27,14 @@ BatchNorm on CPU. Only rank 0 writes files or prints; validation is the evaluati
 test`` (:mod:`.evaluation`) with each rank evaluating its share (:mod:`.distributed`). Console,
 ``log.jsonl`` and TensorBoard: :mod:`.run_log`.
 
-The task of the config (:mod:`knet.tasks`) gives the augmentation, the losses, the evaluator, the
-metric of the best checkpoint and the tensors re-initialised when fine-tuning; the loop itself
-is task-free: step, log, validate, checkpoint.
+The task of the config (:mod:`knet.tasks`) gives the datasets it reads and their classes, the
+augmentation, the samples, batches and targets, the losses, the evaluator, the metric of the best
+checkpoint and the tensors re-initialised when fine-tuning; the loop itself is task-free: step,
+log, validate, checkpoint.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import math
 import sys
@@ -45,7 +49,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..config import KNetConfig
+from ..config import ModelConfig
 from ..errors import CheckpointError, DataError, TrainingDivergedError, TrainingError
 from ..tasks import Task, get_task
 from ..utils.atomic import atomic_write_text
@@ -53,7 +57,7 @@ from .checkpoints import CheckpointManager, load_for_finetuning, read_training_c
 from .distributed import (all_gather_objects, all_reduce_sum, check_amp, decide_on_main, dist_info_from_env,
                           init_distributed, leave_process_group, parameter_digest, process_device)
 from .evaluation import run_evaluation
-from .optim import WarmupStepSchedule, backward_step, build_optimizer
+from .optim import WarmupStepSchedule, backward_step, build_optimizer, epochs_to_iterations
 from .rng import get_rng_state, preserved_rng, seed_everything, set_rng_state
 from .run_log import RunLog, format_eta, memory_mb
 from .train_data import InfiniteSampler, TrainSamples, TrainTransform, worker_init
@@ -79,15 +83,21 @@ CONFIG_NAME = "config.json"
 class TrainOptions:
     """Everything about a run that is not the model/recipe config.
 
-    ``resume``: ``None`` starts afresh; ``"auto"`` continues from the newest checkpoint of
-    ``work_dir`` (or starts afresh, saying so, when there is none); a path continues from that
-    checkpoint. ``amp``: ``None``, ``"fp16"`` or ``"bf16"`` (CUDA only). ``progress``: draw a
-    progress bar on stderr; ``None`` draws one when stderr is a terminal.
+    ``dataset``: the layout of ``data_root`` (a key of ``knet.data.datasets.DATASETS``), or
+    ``auto`` to detect it (preferring the kinds the task reads); ``train_split`` /
+    ``val_split``: None for the task's default split names of the root (``train`` / ``val``;
+    ``train2017`` / ``val2017`` for COCO). ``resume``: ``None`` starts afresh; ``"auto"``
+    continues from the newest checkpoint of ``work_dir`` (or starts afresh, saying so, when there
+    is none); a path continues from that checkpoint. ``amp``: ``None``, ``"fp16"`` or ``"bf16"``
+    (CUDA only). ``progress``: draw a progress bar on stderr; ``None`` draws one when stderr is a
+    terminal.
     """
 
     work_dir: PathLike
     data_root: Optional[PathLike] = None
-    dataset: str = "folder"
+    dataset: str = "auto"
+    train_split: Optional[str] = None
+    val_split: Optional[str] = None
     device: str = "auto"
     amp: Optional[str] = None
     seed: int = 0
@@ -125,7 +135,7 @@ class TrainState:
     best_iteration: Optional[int] = None
     best_path: Optional[str] = None
 
-    def to_checkpoint(self, cfg: KNetConfig, rng_states: List[Dict[str, Any]], world_size: int) -> Dict[str, Any]:
+    def to_checkpoint(self, cfg: ModelConfig, rng_states: List[Dict[str, Any]], world_size: int) -> Dict[str, Any]:
         return {
             "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
@@ -207,41 +217,54 @@ class _LossForward(nn.Module):
     """The model and its task's losses as one module, so that DistributedDataParallel wraps the
     whole computation: ``forward(images, targets)`` -> the named losses."""
 
-    def __init__(self, model: nn.Module, task: Task) -> None:
+    def __init__(self, model: nn.Module, task: Task, reduce_mean: Any = None) -> None:
         super().__init__()
         self.model = model
         self.task = task
+        self.reduce_mean = reduce_mean
 
     def forward(self, images: torch.Tensor, targets: Any) -> Dict[str, torch.Tensor]:
-        return self.task.losses(self.model.outputs(images), targets, self.model.config)
+        return self.task.losses(self.model.outputs(images), targets, self.model.config, reduce_mean=self.reduce_mean)
+
+
+class _MeanOverRanks:
+    """``reduce_mean`` of the losses: a tensor averaged over the processes (the official code's
+    ``reduce_mean``: the class losses' normaliser is the mean number of positives per rank)."""
+
+    def __init__(self, info: Any) -> None:
+        self.info = info
+
+    def __call__(self, tensor: torch.Tensor) -> torch.Tensor:
+        if not self.info.distributed:
+            return tensor
+        tensor = tensor.detach().clone()
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor / self.info.world_size
 
 
 # --------------------------------------------------------------------------------------------
 # Setting up
 # --------------------------------------------------------------------------------------------
-def _default_datasets(options: TrainOptions, ignore_index: int) -> Tuple[Any, Any]:
-    from ..data.datasets import build_dataset
+def _default_datasets(options: TrainOptions, task: Task, cfg: Any) -> Tuple[Any, Any]:
+    """The training and validation sets of ``options.data_root``, built with the task's options
+    (semantic: the ignore value; COCO training sets: without images that hold no thing)."""
+    from ..data.datasets import build_dataset, detect_dataset_kind
 
     if options.data_root is None:
         raise TrainingError("no training data: give --data-root")
     root = Path(options.data_root)
-    return tuple(build_dataset(options.dataset, root, split, ignore_index=ignore_index) for split in ("train", "val"))
+    kind = options.dataset
+    if kind in (None, "", "auto"):
+        kind = detect_dataset_kind(root, preferred=task.dataset_kinds)
+    if kind not in task.dataset_kinds:
+        raise DataError(f"{task.name} models train on {' or '.join(task.dataset_kinds)} datasets, "
+                        f"not on {kind} ({root})")
+    train_split, val_split = task.default_splits(root)
+    return (build_dataset(kind, root, options.train_split or train_split, **task.dataset_options(cfg, training=True)),
+            build_dataset(kind, root, options.val_split or val_split, **task.dataset_options(cfg, training=False)))
 
 
-def _with_dataset_classes(cfg: KNetConfig, dataset: Any) -> KNetConfig:
-    """The config with the dataset's number of classes, class names and palette."""
-    names = getattr(dataset, "class_names", None)
-    palette = getattr(dataset, "palette", None)
-    num_classes = int(getattr(dataset, "num_classes", len(names) if names else cfg.num_classes))
-    overrides: Dict[str, Any] = {"num_classes": num_classes}
-    if names is not None:
-        overrides["class_names"] = [str(n) for n in names]
-    if palette is not None:
-        overrides["palette"] = [[int(c) for c in colour] for colour in palette]
-    return cfg.replace(overrides)
-
-
-def _check_recipe(cfg: KNetConfig, options: TrainOptions) -> None:
+def _check_recipe(cfg: ModelConfig, options: TrainOptions) -> None:
     if options.workers < 0:
         raise TrainingError(f"--workers must be >= 0, got {options.workers}")
     for name in ("iters", "batch_size", "val_interval", "checkpoint_interval", "log_interval"):
@@ -253,7 +276,7 @@ class _Trainer:
     """One run: :meth:`setup` builds everything (or restores it from a checkpoint), :meth:`run`
     loops over :meth:`step`, :meth:`log`, :meth:`validate` and :meth:`save`."""
 
-    def __init__(self, cfg: KNetConfig, options: TrainOptions, train_dataset: Any, val_dataset: Any,
+    def __init__(self, cfg: ModelConfig, options: TrainOptions, train_dataset: Any, val_dataset: Any,
                  transform: Optional[TrainTransform]) -> None:
         self.options = options
         self.info = dist_info_from_env()
@@ -264,18 +287,23 @@ class _Trainer:
         self.work_dir = Path(options.work_dir)
         self.checkpoints = CheckpointManager(self.work_dir, options.keep, self.task.best_metric)
         if train_dataset is None or val_dataset is None:
-            default_train, default_val = _default_datasets(options, cfg.data.ignore_index)
+            default_train, default_val = _default_datasets(options, self.task, cfg)
             train_dataset = default_train if train_dataset is None else train_dataset
             val_dataset = default_val if val_dataset is None else val_dataset
         if len(train_dataset) == 0:
             raise DataError(f"the training set of {options.data_root} is empty")
         if not getattr(train_dataset, "has_labels", True):
             raise DataError(f"the training set of {options.data_root} has no labels (masks) to learn from")
-        self.cfg = _with_dataset_classes(cfg, train_dataset)
+        self.notes: List[str] = []  # lines for the log, written once it exists
+        cfg = self.task.adopt_classes(cfg, train_dataset)
+        schedule, schedule_note = epochs_to_iterations(cfg.train, len(train_dataset), self.info.world_size)
+        if schedule_note is not None:
+            cfg = dataclasses.replace(cfg, train=schedule)
+            self.notes.append(schedule_note)
+        self.cfg = cfg
         self.train_dataset = train_dataset
         self.val_dataset = val_dataset
         self.transform = transform or self.task.train_transform(self.cfg)
-        self.notes: List[str] = []  # lines for the log, written once it exists
         self.reinitialized: List[str] = []
         self.resumed_from: Optional[Path] = None
 
@@ -303,7 +331,7 @@ class _Trainer:
         if self.info.distributed and self.device.type == "cuda":
             # convert_sync_batchnorm keeps the Parameter objects the optimizer holds
             self.state.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.state.model)
-        self.net: nn.Module = _LossForward(self.state.model, self.task)
+        self.net: nn.Module = _LossForward(self.state.model, self.task, _MeanOverRanks(self.info))
         if self.info.distributed:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = nn.parallel.DistributedDataParallel(self.net, device_ids=device_ids)
@@ -358,12 +386,12 @@ class _Trainer:
         t, state = self.cfg.train, self.state
         sampler = InfiniteSampler(len(self.train_dataset), seed=state.seed, rank=self.info.rank,
                                   world_size=self.info.world_size, start=state.consumed_per_rank)
-        samples = TrainSamples(self.train_dataset, self.transform, state.seed, self.cfg.data.mean, self.cfg.data.std)
+        samples = TrainSamples(self.train_dataset, self.transform, state.seed, self.task, self.cfg)
         generator = torch.Generator()
         generator.manual_seed(state.seed * 1000 + self.info.rank)
         workers = self.options.workers
         return DataLoader(samples, batch_size=t.batch_size, sampler=sampler, drop_last=True,
-                          num_workers=workers, pin_memory=self.device.type == "cuda",
+                          collate_fn=self.task.collate, num_workers=workers, pin_memory=self.device.type == "cuda",
                           worker_init_fn=worker_init if workers else None, generator=generator,
                           persistent_workers=workers > 0, prefetch_factor=2 if workers else None)
 
@@ -375,13 +403,14 @@ class _Trainer:
         self.log = RunLog(self.work_dir, info.is_main, state.iteration, t.iters, bool(progress) and info.is_main,
                           self.options.quiet)
         if info.is_main:
+            backbone_lr = f" (backbone x{t.backbone_lr_mult:g})" if t.backbone_lr_mult != 1 else ""
             atomic_write_text(self.work_dir / CONFIG_NAME, self.cfg.to_json() + "\n")
             for line in self.notes:
                 self.log.info(line)
             self.log.info(f"training {self.cfg.name} ({self.cfg.num_classes} classes, {self.task.name}) on "
                           f"{self.device}{f' x {info.world_size} processes' if info.distributed else ''}: "
                           f"iterations {state.iteration} -> {t.iters}, batch {t.batch_size} per process, "
-                          f"base lr {t.lr:g}, work dir {self.work_dir}")
+                          f"base lr {t.lr:g}{backbone_lr}, work dir {self.work_dir}")
         self.result = TrainResult(model=state.model, iteration=state.iteration, work_dir=self.work_dir,
                                   resumed_from=self.resumed_from, reinitialized=list(self.reinitialized),
                                   best_metric=state.best_metric, best_value=state.best_value,
@@ -406,9 +435,9 @@ class _Trainer:
         data = iter(self.loader)
         tic = time.perf_counter()
         for it in range(self.state.iteration, t.iters):
-            images, targets = next(data)
+            batch = next(data)
             data_time = time.perf_counter() - tic
-            values, lr = self.step(it, images, targets, autocast)
+            values, lr = self.step(it, batch, autocast)
             done = it + 1
             self.state.iteration = done
             self.state.consumed_per_rank += t.batch_size
@@ -424,12 +453,12 @@ class _Trainer:
             self.result.iteration = done
             tic = time.perf_counter()
 
-    def step(self, it: int, images: torch.Tensor, targets: Any, autocast: Any) -> Tuple[Dict[str, float], float]:
-        """One optimisation step: forward, losses, NaN check, clipped backward and update.
-        Returns the losses averaged over the ranks (``loss`` = their sum, ``grad_norm``) and the lr."""
+    def step(self, it: int, batch: Any, autocast: Any) -> Tuple[Dict[str, float], float]:
+        """One optimisation step on a collated batch: forward, losses, NaN check, clipped backward
+        and update. Returns the losses averaged over the ranks (``loss`` = their sum,
+        ``grad_norm``) and the lr."""
         t, info = self.cfg.train, self.info
-        images = images.to(self.device, non_blocking=True)
-        targets = targets.to(self.device, non_blocking=True)
+        images, targets = self.task.batch_inputs(batch, self.cfg, self.device)
         lr = self.state.schedule.apply(it)
         with autocast:
             losses = self.net(images, targets)
@@ -519,14 +548,17 @@ def _knet_version() -> str:
     return __version__
 
 
-def train(cfg: KNetConfig, options: TrainOptions, train_dataset: Any = None, val_dataset: Any = None,
+def train(cfg: ModelConfig, options: TrainOptions, train_dataset: Any = None, val_dataset: Any = None,
           transform: Optional[TrainTransform] = None) -> TrainResult:
     """Train ``cfg`` (a preset's config with overrides) as described by ``options``.
 
-    ``train_dataset`` / ``val_dataset`` default to ``build_dataset(options.dataset,
-    options.data_root, "train"/"val")``; ``transform`` (``(image, label, rng) -> (image,
-    label)``) defaults to the task's training augmentation for ``cfg.data``. The number of classes,
-    class names and palette come from the training set. Under torchrun, call it on every rank.
+    ``train_dataset`` / ``val_dataset`` default to the task's datasets of ``options.data_root``
+    (its training and validation splits); ``transform`` defaults to the task's training
+    augmentation for ``cfg.data`` (semantic: ``(image, label, rng) -> (image, label)``; panoptic
+    and instance: ``(image, item, rng) -> MaskSample``). The classes (their number, names,
+    palette; for mask models also thing flags and category ids) come from the training set
+    (:meth:`knet.tasks.Task.adopt_classes`); a schedule in epochs is converted to iterations for
+    it. Under torchrun, call it on every rank.
     """
     trainer = _Trainer(cfg, options, train_dataset, val_dataset, transform)
     finished = False

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..config import KNetConfig
+from ..errors import KnetError
 from ..models.outputs import KNetOutput
 
 # Averages a tensor over the processes of a distributed run (the identity in one process).
@@ -51,6 +52,8 @@ class Task:
         dataset_kinds: the dataset layouts (keys of ``knet.data.datasets.DATASETS``) this task
             reads, the preferred first: what ``knet test`` / ``knet train`` pick when a root holds
             several.
+        has_probabilities: whether its results carry per-class probabilities (``--save-probs``).
+        output_files: what a result writes per image, for ``knet predict``'s summary line.
     """
 
     name: str = ""
@@ -58,6 +61,8 @@ class Task:
     summary_metrics: Tuple[str, ...] = ()
     class_dependent_keys: Tuple[str, ...] = ()
     dataset_kinds: Tuple[str, ...] = ()
+    has_probabilities: bool = False
+    output_files: str = ""
 
     # ---- datasets ----------------------------------------------------------------------
     def dataset_options(self, config: Any, training: bool) -> Dict[str, Any]:
@@ -123,7 +128,8 @@ class Task:
         """An evaluator that writes the predictions on ``dataset`` into ``out_dir`` in the
         dataset's results format instead of scoring them (``knet test --format-only``); its
         ``evaluate`` returns ``{"files": [...], "num_images": N}``. Needs no labels."""
-        raise NotImplementedError(f"--format-only is not available for {self.name} models")
+        raise KnetError(f"writing predictions in a results format (--format-only) is not available for "
+                        f"{self.name} models")
 
     def ground_truth(self, item: Dict[str, Any]) -> Any:
         """The labels of a dataset item as a prediction of this task (what :meth:`visualize`
@@ -138,3 +144,33 @@ class Task:
     def format_metrics(self, metrics: Dict[str, Any]) -> str:
         """The metrics as the plain-text tables ``knet test`` prints."""
         raise NotImplementedError
+
+
+def text_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> List[str]:
+    """Lines of a plain-text table: the first column left-aligned, the others right-aligned::
+
+        +-------+-------+
+        | Class | PQ    |
+        +-------+-------+
+        | cat   | 41.20 |
+        +-------+-------+
+    """
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+
+    def line(cells: Sequence[str]) -> str:
+        first = f" {cells[0]:<{widths[0]}} "
+        rest = [f" {c:>{w}} " for c, w in zip(cells[1:], widths[1:])]
+        return "|" + "|".join([first] + rest) + "|"
+
+    return [rule, line(header), rule] + [line(r) for r in rows] + [rule]
+
+
+def percent_cell(value: Optional[float]) -> str:
+    """A table cell of a percentage: 2 decimals, ``nan`` where undefined."""
+    return "nan" if value is None else f"{value:.2f}"
+
+
+def round_percent(value: Optional[float]) -> Optional[float]:
+    """A percentage rounded to 2 decimals, as the metrics files hold them (None stays None)."""
+    return None if value is None else float(round(value, 2))

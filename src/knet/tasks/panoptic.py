@@ -1,59 +1,116 @@
-"""Panoptic segmentation (things and stuff, scored by PQ) and what it shares with instance
-segmentation (:mod:`.instance`): the losses, the test pipeline and the drawing of segments.
+"""Panoptic segmentation: things and stuff as non-overlapping segments, scored by panoptic quality
+(PQ, SQ, RQ) against COCO panoptic datasets.
 
-Not yet here: the COCO evaluators and the training augmentation (they need the COCO datasets);
-those methods are the base class's, which raise NotImplementedError.
+What it shares with instance segmentation (datasets, training data, losses, the test pipeline)
+is :class:`~knet.tasks.mask.MaskTask`.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 
 from ..config import KNetMaskConfig
-from ..losses import DetTargets, KNetDetCriterion
-from ..models.outputs import KNetOutput
-from .base import Task
+from ..metrics import PanopticQuality
+from ..metrics.panoptic_quality import STAT_NAMES
+from ..postprocess import PanopticResult, PanopticSegment
+from .base import Evaluator, percent_cell, round_percent, text_table
+from .mask import MaskTask, dataset_class_meta, distributed, gather_objects
 
-# The class-count dimension of the panoptic/instance models' weights: the kernel head's semantic
-# classifier (whose stuff rows are also the stuff kernels) and each stage's classifier. The
-# presets have three stages.
-MASK_CLASS_DEPENDENT_KEYS: Tuple[str, ...] = (
-    "kernel_head.conv_seg.weight",
-    "kernel_head.conv_seg.bias",
-    *(f"kernel_update_head.{stage}.fc_cls.{p}" for stage in range(3) for p in ("weight", "bias")),
-)
+SUMMARY_KEYS = ("PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st")
 
 
-class MaskTask(Task):
-    """What the panoptic and instance tasks share: the official ``knet/det`` losses and the
-    mmdetection test pipeline (:class:`~knet.inference.mask_pipeline.MaskTestPipeline`)."""
+class PanopticEvaluator(Evaluator):
+    """PQ / SQ / RQ (all, things, stuff, per class; percent, 2 decimals) of
+    :class:`~knet.postprocess.PanopticResult` predictions against the items' ``pan_map`` and
+    ``segments`` (a COCO panoptic dataset's items), panopticapi's definition
+    (:class:`knet.metrics.PanopticQuality`). A prediction's label ``l`` is category
+    ``categories[l]["id"]``. Ranks sum their statistics.
 
-    class_dependent_keys = MASK_CLASS_DEPENDENT_KEYS
+    Args:
+        categories: the dataset's categories in label order (``id, name, isthing``).
+        device: where the statistics are summed across ranks (the process group's device).
+    """
 
-    def losses(self, output: KNetOutput, targets: Sequence[DetTargets],
-               config: KNetMaskConfig) -> Dict[str, torch.Tensor]:
-        """The official losses (:class:`~knet.losses.KNetDetCriterion`), keyed ``s{k}_loss_*`` and
-        ``loss_rpn_*``; the stages' ``pos_acc`` accuracies are left out so that the values sum to
-        the objective.
+    def __init__(self, categories: Sequence[Dict[str, Any]], device: Any = "cpu") -> None:
+        self.metric = PanopticQuality(categories)
+        self.category_ids = [int(c["id"]) for c in categories]
+        self.device = torch.device(device)
 
-        ``output``: a forward pass with every stage (``KNetMaskSegmentor.outputs``);
-        ``targets``: one :class:`~knet.losses.DetTargets` per image at stride 4 of the padded
-        batch (:func:`knet.losses.prepare_targets`).
-        """
-        criterion = KNetDetCriterion(
-            num_thing_classes=config.num_thing_classes, num_stuff_classes=config.num_stuff_classes,
-            num_proposals=config.kernel_head.num_proposals, panoptic=config.task == "panoptic",
-            num_stages=config.kernel_update.num_stages, ignore_index=config.data.ignore_index)
-        values = criterion(output.mask_logits[0], output.semantic_logits, output.mask_logits[1:],
-                           output.cls_logits[1:], targets)
-        return {key: value for key, value in values.items() if "loss" in key}
+    def reset(self) -> None:
+        self.metric.reset()
 
-    def pipeline(self, model: Any, **options: Any) -> Any:
-        from ..inference.mask_pipeline import MaskTestPipeline
+    def process(self, items: Sequence[Dict[str, Any]], predictions: Sequence[PanopticResult]) -> None:
+        for item, prediction in zip(items, predictions):
+            segments = [{"id": int(s.id), "category_id": self.category_ids[int(s.label)]}
+                        for s in prediction.segments]
+            self.metric.update(prediction.segment_map, segments, item["pan_map"], item["segments"])
 
-        return MaskTestPipeline(model, **options)
+    def evaluate(self, dist_info: Any = None) -> Dict[str, Any]:
+        if distributed(dist_info):
+            import torch.distributed as dist
+
+            state = self.metric.state()
+            device = self.device if self.device.type == "cuda" else torch.device("cpu")  # NCCL: CUDA tensors
+            summed = {}
+            for name in (*STAT_NAMES, "num_images"):
+                tensor = torch.from_numpy(np.array(state[name])).to(device)
+                dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+                summed[name] = tensor.cpu()
+            self.metric.reset()
+            self.metric.merge(summed)
+        metrics: Dict[str, Any] = {key: round_percent(value) for key, value in self.metric.compute().items()}
+        metrics["per_class"] = {
+            row["name"]: {"PQ": round_percent(row["PQ"]), "SQ": round_percent(row["SQ"]),
+                          "RQ": round_percent(row["RQ"]), "isthing": row["isthing"],
+                          "TP": row["TP"], "FP": row["FP"], "FN": row["FN"]}
+            for row in self.metric.per_class()}
+        return metrics
+
+
+class PanopticFormatter(Evaluator):
+    """Writes the predictions in COCO's panoptic results format (``knet test --format-only``)::
+
+        OUT/panoptic.json      {"annotations": [{"image_id", "file_name", "segments_info": [{"id",
+                               "category_id", "isthing", "score", "area", "bbox", ...}]}],
+                               "categories": [...]}   (the dataset's category ids)
+        OUT/panoptic/<stem>.png  segment ids as R + 256 G + 256^2 B, 0 = void
+
+    Every rank writes its images' PNGs; rank 0 writes the json with every rank's annotations.
+    """
+
+    def __init__(self, dataset: Any, out_dir: Path) -> None:
+        self.out_dir = Path(out_dir)
+        self.meta = dataset_class_meta(dataset)
+        self.categories = list(dataset.categories)
+        self.annotations: List[Dict[str, Any]] = []
+
+    def reset(self) -> None:
+        self.annotations = []
+
+    def process(self, items: Sequence[Dict[str, Any]], predictions: Sequence[PanopticResult]) -> None:
+        from ..data.io import write_image
+        from ..inference.mask_results import PanopticSegmentationResult, encode_panoptic_png
+
+        for item, prediction in zip(items, predictions):
+            result = PanopticSegmentationResult.from_prediction(item["image"], prediction, self.meta)
+            name = Path(item["image_path"]).stem + ".png"
+            write_image(self.out_dir / "panoptic" / name, encode_panoptic_png(result.segment_map))
+            self.annotations.append({"image_id": item["image_id"], **result.to_coco(name)})
+
+    def evaluate(self, dist_info: Any = None) -> Dict[str, Any]:
+        from ..utils.atomic import atomic_write_text
+
+        annotations = sorted((a for rank in gather_objects(self.annotations, dist_info) for a in rank),
+                             key=lambda a: a["image_id"])
+        path = self.out_dir / "panoptic.json"
+        if dist_info is None or dist_info.is_main:
+            import json
+
+            atomic_write_text(path, json.dumps({"annotations": annotations, "categories": self.categories}))
+        return {"files": [str(path), str(self.out_dir / "panoptic")], "num_images": len(annotations)}
 
 
 class PanopticTask(MaskTask):
@@ -61,6 +118,7 @@ class PanopticTask(MaskTask):
     best_metric = "PQ"
     output_files = "COCO panoptic PNGs (<stem>.png), segments (<stem>.json) and overlays (<stem>_overlay.png)"
     summary_metrics = ("PQ", "SQ", "RQ", "PQ_th", "PQ_st")
+    dataset_kinds = ("coco_panoptic",)
 
     def results(self, pipeline: Any, images: List[np.ndarray], sources: List[Optional[str]],
                 config: KNetMaskConfig, score_thr: float = 0.3) -> List[Any]:
@@ -70,6 +128,23 @@ class PanopticTask(MaskTask):
         return [PanopticSegmentationResult.from_prediction(image, prediction, meta, source)
                 for image, prediction, source in zip(images, pipeline.predict(images), sources)]
 
+    def evaluator(self, config: KNetMaskConfig, dataset: Any, device: Any = "cpu") -> PanopticEvaluator:
+        return PanopticEvaluator(dataset.categories, device)
+
+    def formatter(self, config: KNetMaskConfig, dataset: Any, out_dir: Path) -> PanopticFormatter:
+        return PanopticFormatter(dataset, out_dir)
+
+    def ground_truth(self, item: Dict[str, Any]) -> Optional[PanopticResult]:
+        """The item's panoptic labels as a :class:`~knet.postprocess.PanopticResult` (its COCO
+        segment ids, score 1)."""
+        if item.get("pan_map") is None:
+            return None
+        pan_map = np.asarray(item["pan_map"])
+        segments = [PanopticSegment(id=int(s["id"]), label=int(s["label"]), score=1.0,
+                                    area=int((pan_map == s["id"]).sum()), proposal=-1, is_thing=bool(s["isthing"]))
+                    for s in item["segments"]]
+        return PanopticResult(torch.from_numpy(pan_map.astype(np.int32)), segments)
+
     def visualize(self, image: np.ndarray, prediction: Any, config: Any, opacity: float = 0.5) -> np.ndarray:
         """uint8 (H, W, 3): every segment of a :class:`~knet.postprocess.PanopticResult` over
         ``image`` in its own colour, outlined and labelled (see
@@ -77,3 +152,14 @@ class PanopticTask(MaskTask):
         from ..inference.mask_results import ClassMeta, PanopticSegmentationResult
 
         return PanopticSegmentationResult.from_prediction(image, prediction, ClassMeta.of(config)).overlay(opacity)
+
+    def format_metrics(self, metrics: Dict[str, Any]) -> str:
+        """Per class PQ / SQ / RQ (things, then stuff) and the All / Things / Stuff summary."""
+        rows = [[name, percent_cell(v.get("PQ")), percent_cell(v.get("SQ")), percent_cell(v.get("RQ")),
+                 "thing" if v.get("isthing") else "stuff"]
+                for name, v in metrics.get("per_class", {}).items()]
+        lines = (["per-class results:"] + text_table(["Class", "PQ", "SQ", "RQ", "kind"], rows)) if rows else []
+        summary = [[group] + [percent_cell(metrics.get(k + suffix)) for k in ("PQ", "SQ", "RQ")]
+                   for group, suffix in (("All", ""), ("Things", "_th"), ("Stuff", "_st"))]
+        lines += ["summary:"] + text_table(["", "PQ", "SQ", "RQ"], summary)
+        return "\n".join(lines)

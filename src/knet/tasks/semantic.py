@@ -73,6 +73,8 @@ class SemanticTask(Task):
         "auxiliary_head.conv_seg.bias",
     )
     dataset_kinds = ("folder", "ade20k")
+    has_probabilities = True
+    output_files = "label maps (<stem>.png) and overlays (<stem>_overlay.png)"
 
     # ---- datasets ----------------------------------------------------------------------
     def dataset_options(self, config: KNetConfig, training: bool) -> Dict[str, Any]:

@@ -25,8 +25,12 @@ HW = Tuple[int, int]
 
 
 def _pad_amount(size: int, multiple: int) -> int:
-    """Zeros to append so that ``size`` becomes a multiple of ``multiple``."""
-    return (multiple - size % multiple) % multiple
+    """Zeros to append so that ``size`` becomes a multiple of ``multiple``.
+
+    Written with a ceiling division rather than ``%``: for a symbolic size (ONNX export) the
+    exporter simplifies chains of these quickly, and chains of modulos very slowly.
+    """
+    return -(-size // multiple) * multiple - size
 
 
 class PatchEmbed(nn.Module):
@@ -43,10 +47,11 @@ class PatchEmbed(nn.Module):
         self.norm = nn.LayerNorm(embed_dims)
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, HW]:
+        # Padded even by zero amounts (a copy): no branch on the size, so that one exported graph
+        # serves every input size.
         pad_h = _pad_amount(x.shape[2], self.patch_size)
         pad_w = _pad_amount(x.shape[3], self.patch_size)
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h))
+        x = F.pad(x, (0, pad_w, 0, pad_h))
         x = self.projection(x)
         hw = (x.shape[2], x.shape[3])
         x = self.norm(x.flatten(2).transpose(1, 2))
@@ -74,10 +79,8 @@ class PatchMerging(nn.Module):
         if length != h * w:
             raise ValueError(f"PatchMerging got {length} tokens for a {h}x{w} map")
         x = x.view(n, h, w, c)
-        pad_h, pad_w = _pad_amount(h, 2), _pad_amount(w, 2)
-        if pad_h or pad_w:
-            x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
-        h2, w2 = (h + pad_h) // 2, (w + pad_w) // 2
+        h2, w2 = -(-h // 2), -(-w // 2)
+        x = F.pad(x, (0, 0, 0, 2 * w2 - w, 0, 2 * h2 - h))  # unconditional, as in PatchEmbed
         # (N, h2, kh, w2, kw, C) -> (N, h2, w2, C, kh, kw): channel-major, then the 2x2 offsets.
         x = x.view(n, h2, 2, w2, 2, c).permute(0, 1, 3, 5, 2, 4).reshape(n, h2 * w2, 4 * c)
         x = self.reduction(self.norm(x))
@@ -149,7 +152,10 @@ class WindowMSA(nn.Module):
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask.to(q.dtype),
             dropout_p=self.attn_drop_rate if self.training else 0.0, scale=self.scale)
-        out = out.transpose(1, 2).reshape(b, length, c)
+        # An explicit copy, never a view: the ONNX exporter traces the fused CPU kernel, whose
+        # output is (B, L, heads, d)-major, but runs another with contiguous (B, heads, L, d)
+        # output, where a view of the transpose traced for the first is impossible.
+        out = out.transpose(1, 2).clone(memory_format=torch.contiguous_format).view(b, length, c)
         return self.proj_drop(self.proj(out))
 
 
@@ -209,10 +215,9 @@ class ShiftWindowMSA(nn.Module):
         ws, shift = self.window_size, self.shift_size
         x = x.view(n, h, w, c)
         # Padding comes after norm1, so the zero tokens take part in attention exactly as in the
-        # reference (they are not masked out).
+        # reference (they are not masked out). Unconditional, as in PatchEmbed.
         pad_b, pad_r = _pad_amount(h, ws), _pad_amount(w, ws)
-        if pad_b or pad_r:
-            x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
+        x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
         hp, wp = h + pad_b, w + pad_r
         mask = None
         if shift > 0:
@@ -222,8 +227,7 @@ class ShiftWindowMSA(nn.Module):
         x = _window_reverse(windows, n, hp, wp)
         if shift > 0:
             x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
-        if pad_b or pad_r:
-            x = x[:, :h, :w, :]
+        x = x[:, :h, :w, :]
         return self.drop(x.contiguous().view(n, h * w, c))
 
 
