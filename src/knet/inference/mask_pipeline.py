@@ -28,7 +28,7 @@ from ..data.mask_transforms import TestInput, prepare_test_image, rescale_image
 from ..data.transforms import Size
 from ..errors import KnetError
 from ..postprocess import InstanceResult, PanopticResult, instance_inference, panoptic_inference
-from .pipeline import as_runner
+from .pipeline import as_runner, check_images
 
 MaskResult = Union[PanopticResult, InstanceResult]
 
@@ -92,7 +92,7 @@ class MaskTestPipeline:
     def logits(self, images: Sequence[np.ndarray]) -> List[Tuple[torch.Tensor, torch.Tensor, TestInput]]:
         """Per image: the class logits (K, C), the stride-4 mask logits (K, H/4, W/4) of its
         padded input, and its :class:`~knet.data.mask_transforms.TestInput`; in input order."""
-        _check_images(images)
+        check_images(images)
         prepared = [self.prepare(image) for image in images]
         outputs: List[Optional[Tuple[torch.Tensor, torch.Tensor, TestInput]]] = [None] * len(images)
         for indices in _group_by_pad_shape(prepared).values():
@@ -121,15 +121,6 @@ class MaskTestPipeline:
                 for cls_logits, mask_logits, prepared in self.logits(images)]
 
     __call__ = predict
-
-
-def _check_images(images: Sequence[np.ndarray]) -> None:
-    for i, image in enumerate(images):
-        if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3
-                and image.shape[2] == 3 and image.shape[0] > 0 and image.shape[1] > 0):
-            described = (f"{image.dtype} array of shape {image.shape}" if isinstance(image, np.ndarray)
-                         else type(image).__name__)
-            raise KnetError(f"image {i}: expected a uint8 (H, W, 3) RGB array, got a {described}")
 
 
 def _group_by_pad_shape(prepared: Sequence[TestInput]) -> Dict[Tuple[int, int], List[int]]:

@@ -120,7 +120,7 @@ class TestPipeline:
     def scores(self, images: Sequence[np.ndarray]) -> List[torch.Tensor]:
         """Per image float32 (C, H, W) at its original size, on the model's device: logits, or
         with ``tta`` the mean class probabilities of the 12 views."""
-        _check_images(images)
+        check_images(images)
         if self.tta:
             return self._tta_scores(images)
         return self._logits(images, self.test_scale, flip=False, softmax=False)
@@ -196,7 +196,8 @@ def _group_by_size(images: Sequence[np.ndarray]) -> Dict[Tuple[int, int], List[i
     return groups
 
 
-def _check_images(images: Sequence[np.ndarray]) -> None:
+def check_images(images: Sequence[np.ndarray]) -> None:
+    """A one-line KnetError for anything that is not a uint8 (H, W, 3) RGB array."""
     for i, image in enumerate(images):
         if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3
                 and image.shape[2] == 3 and image.shape[0] > 0 and image.shape[1] > 0):

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
 from ..config import IGNORE_INDEX
+from ..utils.tables import percent_cell, text_table
 
 
 # --------------------------------------------------------------------------------------------
@@ -158,10 +159,6 @@ def compute_metrics(area_intersect: Sequence[float], area_union: Sequence[float]
     }
 
 
-def _cell(value: Optional[float]) -> str:
-    return "nan" if value is None else f"{value:.2f}"
-
-
 def format_table(metrics: Dict[str, Any]) -> str:
     """The per-class table and the summary, as plain text::
 
@@ -170,18 +167,9 @@ def format_table(metrics: Dict[str, Any]) -> str:
         ...
         | aAcc  | mIoU  | mAcc  |
     """
-    def table(header: List[str], rows: List[List[str]]) -> List[str]:
-        widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-        rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
-        def line(cells: List[str]) -> str:
-            first = f" {cells[0]:<{widths[0]}} "
-            rest = [f" {c:>{w}} " for c, w in zip(cells[1:], widths[1:])]
-            return "|" + "|".join([first] + rest) + "|"
-        return [rule, line(header), rule] + [line(r) for r in rows] + [rule]
-
     per_class = metrics.get("per_class", {})
-    rows = [[name, _cell(v.get("IoU")), _cell(v.get("Acc"))] for name, v in per_class.items()]
-    lines = (["per-class results:"] + table(["Class", "IoU", "Acc"], rows)) if rows else []
-    summary = [_cell(metrics.get(k)) for k in ("aAcc", "mIoU", "mAcc")]
-    lines += ["summary:"] + table(["aAcc", "mIoU", "mAcc"], [summary])
+    rows = [[name, percent_cell(v.get("IoU")), percent_cell(v.get("Acc"))] for name, v in per_class.items()]
+    lines = (["per-class results:"] + text_table(["Class", "IoU", "Acc"], rows)) if rows else []
+    summary = [percent_cell(metrics.get(k)) for k in ("aAcc", "mIoU", "mAcc")]
+    lines += ["summary:"] + text_table(["aAcc", "mIoU", "mAcc"], [summary])
     return "\n".join(lines)

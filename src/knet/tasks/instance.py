@@ -15,7 +15,8 @@ import torch
 from ..metrics import MaskAP
 from ..metrics.mask_ap import METRIC_NAMES
 from ..postprocess import InstanceResult
-from .base import Evaluator, percent_cell, round_percent, text_table
+from ..utils.tables import percent_cell, round_percent, text_table
+from .base import Evaluator
 from .mask import MaskTask, dataset_class_meta, distributed, from_main, gather_objects
 
 

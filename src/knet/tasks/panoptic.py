@@ -16,7 +16,8 @@ from ..config import KNetMaskConfig
 from ..metrics import PanopticQuality
 from ..metrics.panoptic_quality import STAT_NAMES
 from ..postprocess import PanopticResult, PanopticSegment
-from .base import Evaluator, percent_cell, round_percent, text_table
+from ..utils.tables import percent_cell, round_percent, text_table
+from .base import Evaluator
 from .mask import MaskTask, dataset_class_meta, distributed, gather_objects
 
 SUMMARY_KEYS = ("PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st")
