@@ -19,7 +19,7 @@ LAYERS = [
     ("knet.losses", "knet.metrics", "knet.postprocess"),
     ("knet.models",),
     ("knet.checkpoint",),
-    ("knet.tasks", "knet.inference"),
+    ("knet.tasks", "knet.inference", "knet.export"),
     ("knet.engine",),
     ("knet.apps", "knet.cli", "knet.__main__"),
 ]

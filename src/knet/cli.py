@@ -22,6 +22,7 @@ VERBS = {
     "predict": ("predict", "segment images: label maps, colour overlays, probabilities"),
     "demo": ("demo", "train, evaluate and run a tiny K-Net on generated scenes (nothing to download)"),
     "benchmark": ("benchmark", "measure the inference speed and memory of a model"),
+    "export": ("export", "write a model as an ONNX file (run it with knet predict --onnx)"),
 }
 
 

@@ -20,8 +20,10 @@ GOLDENS = {
 
 
 def test_tasks_are_registered_with_their_metrics():
-    assert TASKS["panoptic"] is PanopticTask and TASKS["instance"] is InstanceTask
+    assert TASKS["panoptic"] == ("knet.tasks.panoptic", "PanopticTask")
+    assert TASKS["instance"] == ("knet.tasks.instance", "InstanceTask")
     panoptic, instance = get_task("panoptic"), get_task("instance")
+    assert type(panoptic) is PanopticTask and type(instance) is InstanceTask
     assert (panoptic.name, panoptic.best_metric, instance.name, instance.best_metric) == ("panoptic", "PQ",
                                                                                           "instance", "AP")
     assert panoptic.best_metric in panoptic.summary_metrics and instance.best_metric in instance.summary_metrics

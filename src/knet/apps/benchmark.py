@@ -6,6 +6,11 @@ and counts the multiply-accumulates of one forward with :class:`torch.utils.flop
 (MACs = FLOPs / 2; convolutions and matrix products, which are all but a sliver of the work).
 
     knet benchmark --model knet-r50-fcn --size 512 --iters 20 --json
+    knet benchmark --onnx knet-r50-fcn.onnx --size 512 --threads 2    # the exported file, ONNX Runtime
+
+With ``--onnx`` the timed call is the ONNX Runtime session of a file written by ``knet export``
+(through :class:`knet.inference.onnx_runner.OnnxRunner`, ``--threads`` its intra-op threads); its
+multiply-accumulates are not counted (``gmacs`` is null).
 
 ``--json`` prints one object on stdout::
 
@@ -40,7 +45,7 @@ class BenchmarkResult:
     images_per_s: float
     latency_ms: Dict[str, float]
     peak_memory_mb: float
-    gmacs: float
+    gmacs: Optional[float]  # None for an ONNX Runtime session (not counted)
 
     def to_dict(self) -> Dict[str, Any]:
         data = asdict(self)
@@ -57,13 +62,14 @@ class BenchmarkResult:
             f"throughput      {self.images_per_s:.2f} images/s over {self.iters} iterations",
             f"latency (batch) p50 {lat['p50']:.1f} ms   p90 {lat['p90']:.1f} ms   p99 {lat['p99']:.1f} ms",
             f"peak memory     {self.peak_memory_mb:.1f} MB",
-            f"compute         {self.gmacs:.2f} GMACs per forward of the batch",
+            (f"compute         {self.gmacs:.2f} GMACs per forward of the batch" if self.gmacs is not None
+             else "compute         not counted (ONNX Runtime)"),
         ])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     options.add_model(parser)
-    options.add_weights(parser, required=False)
+    options.add_weights(parser, required=False, onnx=True)
     parser.add_argument("--size", type=options.size_pair, default=None, metavar="N|W,H",
                         help="input size in pixels (default: the preset's training crop, 512 for ADE20K; "
                              "panoptic/instance: the test scale padded to 32, 1344,800)")
@@ -122,7 +128,9 @@ def benchmark(model: Any, size: Any = None, batch_size: int = 1, device: str = "
 
     Args:
         model: a :class:`knet.KNet` or a panoptic/instance model (anything with
-            ``inference(x, mode=...)``); moved to ``device`` and put in eval mode.
+            ``inference(x, mode=...)``), moved to ``device`` and put in eval mode; or a model runner
+            (an :class:`~knet.inference.onnx_runner.OnnxRunner`: called as it is, on its own device
+            and threads; its MACs are not counted).
         size: N (N x N), (width, height), or None for :func:`default_size` of the model's config.
         device: ``auto`` picks CUDA, then MPS, then the CPU.
         threads: ``torch.set_num_threads`` when given.
@@ -136,6 +144,8 @@ def benchmark(model: Any, size: Any = None, batch_size: int = 1, device: str = "
 
     from ..utils.device import resolve_device
 
+    from torch import nn
+
     if size is None:
         size = default_size(model.config)
     width, height = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
@@ -147,8 +157,12 @@ def benchmark(model: Any, size: Any = None, batch_size: int = 1, device: str = "
         if threads < 1:
             raise KnetError(f"threads must be at least 1, got {threads}")
         torch.set_num_threads(threads)
-    dev = resolve_device(device)
-    model = model.to(dev).eval()
+    is_torch = isinstance(model, nn.Module)
+    if is_torch:
+        dev = resolve_device(device)
+        model = model.to(dev).eval()
+    else:
+        dev = model.device
     x = torch.randn(batch_size, 3, height, width, device=dev)
 
     def sync() -> None:
@@ -158,10 +172,10 @@ def benchmark(model: Any, size: Any = None, batch_size: int = 1, device: str = "
             torch.mps.synchronize()
 
     def forward() -> Any:
-        return model.inference(x, mode=mode)
+        return model.inference(x, mode=mode) if is_torch else model(x, mode)
 
     with torch.inference_mode():
-        macs = count_macs(forward)
+        macs = count_macs(forward) if is_torch else None
         for _ in range(warmup):
             forward()
         sync()
@@ -185,8 +199,8 @@ def benchmark(model: Any, size: Any = None, batch_size: int = 1, device: str = "
     config = getattr(model, "config", None)
     return BenchmarkResult(
         model=name or getattr(config, "name", type(model).__name__),
-        device=str(dev),
-        threads=torch.get_num_threads(),
+        device=str(dev) if is_torch else f"{dev} ({', '.join(model.providers)})",
+        threads=torch.get_num_threads() if is_torch else model.threads,
         batch_size=batch_size,
         size=width if width == height else [width, height],
         mode=mode,
@@ -194,11 +208,13 @@ def benchmark(model: Any, size: Any = None, batch_size: int = 1, device: str = "
         images_per_s=round(batch_size * iters / total, 3),
         latency_ms={q: round(_percentile(latencies, float(q[1:])), 3) for q in ("p50", "p90", "p99")},
         peak_memory_mb=round(peak, 1),
-        gmacs=round(macs / 1e9, 3),
+        gmacs=round(macs / 1e9, 3) if macs is not None else None,
     )
 
 
 def _load(args: argparse.Namespace) -> Any:
+    if args.onnx:
+        return options.onnx_runner(args)
     if args.checkpoint:
         from ..checkpoint import load_model
 
@@ -215,7 +231,7 @@ def run(args: argparse.Namespace) -> int:
     size = args.size if args.size is None or args.size[0] != args.size[1] else args.size[0]
     result = benchmark(model, size=size, batch_size=args.batch_size, device=args.device,
                        threads=args.threads, iters=args.iters, warmup=args.warmup, mode=args.mode,
-                       name=args.model)
+                       name=args.model or model.config.name)
     if args.json:
         print(json.dumps(result.to_dict()))
     else:

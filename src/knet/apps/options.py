@@ -27,16 +27,23 @@ def add_model(parser: argparse.ArgumentParser, required: bool = False) -> None:
                              "a knet training checkpoint)"))
 
 
-def add_weights(parser: argparse.ArgumentParser, required: bool = True, pretrained: bool = False) -> None:
-    """``--checkpoint PATH`` (and ``--pretrained DIR``, one of the two)."""
+def add_weights(parser: argparse.ArgumentParser, required: bool = True, pretrained: bool = False,
+                onnx: bool = False) -> None:
+    """``--checkpoint PATH``, and with ``pretrained`` / ``onnx`` also ``--pretrained DIR`` /
+    ``--onnx FILE``: one of them (``required``: exactly one)."""
     help_text = "a reference .pth, a knet training checkpoint or a native directory"
-    if not pretrained:
+    if not (pretrained or onnx):
         parser.add_argument("--checkpoint", required=required, default=None, metavar="PATH",
                             help=help_text if required else help_text + " (default: random weights)")
         return
     source = parser.add_mutually_exclusive_group(required=required)
-    source.add_argument("--checkpoint", metavar="PATH", help=help_text)
-    source.add_argument("--pretrained", metavar="DIR", help="a native directory (model.safetensors + config.json)")
+    source.add_argument("--checkpoint", metavar="PATH", help=help_text if required else
+                        help_text + " (default: random weights)")
+    if pretrained:
+        source.add_argument("--pretrained", metavar="DIR", help="a native directory (model.safetensors + config.json)")
+    if onnx:
+        source.add_argument("--onnx", metavar="FILE", help="a file written by `knet export` (its config inside), "
+                            "run in ONNX Runtime instead of torch")
 
 
 def add_device(parser: argparse.ArgumentParser) -> None:
@@ -79,3 +86,16 @@ def check_positive(name: str, value, minimum: int = 1) -> None:
 
     if value is not None and value < minimum:
         raise KnetError(f"--{name} must be at least {minimum}, got {value}")
+
+
+def onnx_runner(args: argparse.Namespace):
+    """The ONNX Runtime runner of ``--onnx FILE`` (with ``--device`` and ``--threads`` when the verb
+    has them); a ``--model`` that names another preset than the file's is an error."""
+    from ..errors import KnetError
+    from ..inference.onnx_runner import OnnxRunner
+
+    runner = OnnxRunner(args.onnx, device=getattr(args, "device", "auto"), threads=getattr(args, "threads", None))
+    if args.model and args.model != runner.config.name:
+        raise KnetError(f"--onnx {args.onnx} holds {runner.config.name}, not --model {args.model} "
+                        "(leave --model out: the file carries its config)")
+    return runner

@@ -2,6 +2,7 @@
 instances, and colour overlays.
 
     knet predict --model knet-r50-fcn --checkpoint ref.pth photos/ extra/*.jpg --out-dir out
+    knet predict --onnx knet-r50-fcn.onnx photos/ --out-dir out      # a `knet export` file, ONNX Runtime
 
 For each image, under ``--out-dir``, semantic models write:
 
@@ -173,7 +174,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="image files, folders (searched recursively) or globs (quote them: 'photos/*.jpg')")
     parser.add_argument("--out-dir", required=True, metavar="DIR", help="folder for the outputs")
     options.add_model(parser)
-    options.add_weights(parser, required=True, pretrained=True)
+    options.add_weights(parser, required=True, pretrained=True, onnx=True)
     options.add_test_pipeline(parser)
     options.add_device(parser)
     options.add_threads(parser)
@@ -188,18 +189,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _build_segmenter(args: argparse.Namespace):
     from ..inference.segmenter import Segmenter
 
-    options = dict(device=args.device, mode=args.mode, tta=args.tta, test_scale=args.test_scale,
-                   crop_size=args.crop_size, stride=args.stride, batch_size=args.batch_size,
-                   score_thr=args.score_thr)
+    settings = dict(device=args.device, mode=args.mode, tta=args.tta, test_scale=args.test_scale,
+                    crop_size=args.crop_size, stride=args.stride, batch_size=args.batch_size,
+                    score_thr=args.score_thr)
+    if args.onnx:
+        return Segmenter(options.onnx_runner(args), **settings)
     if args.pretrained:
         path = Path(args.pretrained)
         if not path.is_dir():
             raise KnetError(f"--pretrained {path}: not a folder (expected model.safetensors + config.json); "
                             "use --checkpoint for a .pth file")
         if args.model:
-            return Segmenter(args.model, checkpoint=path, **options)
-        return Segmenter.from_pretrained(path, **options)
-    return Segmenter(args.model, checkpoint=args.checkpoint, **options)
+            return Segmenter(args.model, checkpoint=path, **settings)
+        return Segmenter.from_pretrained(path, **settings)
+    return Segmenter(args.model, checkpoint=args.checkpoint, **settings)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -211,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
     if out_dir.exists() and not out_dir.is_dir():
         raise KnetError(f"--out-dir {out_dir}: exists and is not a folder")
     items = expand_inputs(args.inputs, out_dir)  # every input error before the model is loaded
-    if args.threads is not None:
+    if args.threads is not None and not args.onnx:  # ONNX Runtime takes them itself (and needs no torch)
         import torch
 
         torch.set_num_threads(args.threads)

@@ -5,6 +5,7 @@ mask AP (instance).
     knet test --model knet-r50-fcn --checkpoint knet_s3_fcn_r50-d8_....pth \\
         --data-root data/ade/ADEChallengeData2016 [--tta] [--out metrics.json]
     knet test --checkpoint runs/mine/iter_8000.pth --dataset folder --data-root my_data --split val
+    knet test --onnx knet-r50-fcn.onnx --data-root data/ade/ADEChallengeData2016   # ONNX Runtime
     knet test --model knet-r50-fpn-panoptic --checkpoint knet_s3_r50_fpn_1x_coco-panoptic_....pth \\
         --data-root data/coco [--split val2017]
     knet test ... --data-root data/coco --split test-dev2017 --format-only results/   # COCO's formats
@@ -31,7 +32,7 @@ from . import options
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     options.add_model(parser)
-    options.add_weights(parser, required=True)
+    options.add_weights(parser, required=True, onnx=True)
     parser.add_argument("--data-root", required=True, metavar="ROOT",
                         help="ADE20K: the folder holding images/ and annotations/ (or its parent); "
                              "folder dataset: the folder holding classes.txt, images/ and masks/; "
@@ -48,6 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=2, metavar="W",
                         help="processes reading the files (0: read in the main process)")
     options.add_device(parser)
+    options.add_threads(parser)
     parser.add_argument("--out", default=None, metavar="metrics.json", help="write the metrics as JSON")
     parser.add_argument("--format-only", default=None, metavar="DIR",
                         help="panoptic / instance models: write the predictions into DIR in COCO's results "
@@ -67,6 +69,11 @@ def run(args: argparse.Namespace) -> int:
 
     options.check_positive("batch-size", args.batch_size)
     options.check_positive("workers", args.workers, minimum=0)
+    options.check_positive("threads", args.threads)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if not 0.0 <= args.opacity <= 1.0:
         raise KnetError(f"--opacity must be between 0 and 1, got {args.opacity}")
     if args.format_only and args.out:
@@ -94,7 +101,14 @@ def _evaluate(args: argparse.Namespace, info, device) -> None:
 
     if args.reduce_zero_label and args.dataset not in (None, "folder"):
         raise KnetError("--reduce-zero-label applies to folder datasets (ADE20K always reduces label 0)")
-    model = load_model(args.checkpoint, args.model, parse_set_options(args.overrides) or None)
+    if args.onnx:
+        if args.overrides:
+            raise KnetError("--set does not apply to --onnx: the file holds its config and weights")
+        if info.distributed:
+            raise KnetError("--onnx runs in one process: start knet test without torchrun")
+        model = options.onnx_runner(args)
+    else:
+        model = load_model(args.checkpoint, args.model, parse_set_options(args.overrides) or None)
     task = get_task(model.config.task)
     kind = args.dataset or detect_dataset_kind(args.data_root, preferred=task.dataset_kinds)
     if args.reduce_zero_label and kind != "folder":

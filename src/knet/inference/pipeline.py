@@ -16,23 +16,33 @@ back, and the 12 views averaged -> class probabilities (C, H, W).
 Batching never pads a model input: K-Net's kernel update assembles group features by summing over
 every pixel, so padding would change the result. Images whose resized sizes are equal are stacked
 into one batch instead, which gives exactly the batch-of-one result.
+
+A runner that ``takes_numpy`` (the ONNX Runtime one) runs the same steps on numpy arrays: step 4
+is OpenCV's bilinear resize (the same half-pixel sampling as torch's, align_corners=False), and
+the pipeline imports no torch.
 """
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from contextlib import nullcontext
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+import cv2
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
 
 from ..config import KNetConfig
 from ..data.transforms import Size, normalize, resize_keep_ratio, scaled
 from ..errors import KnetError
-from ..utils.device import module_device
 
 MODES = ("whole", "slide")
+
+
+def is_torch_module(model: Any) -> bool:
+    """Whether ``model`` is a ``torch.nn.Module`` (without importing torch: a module cannot exist
+    before torch is imported)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(model, torch.nn.Module)
 
 
 class TorchRunner:
@@ -48,29 +58,35 @@ class TorchRunner:
     ``knet predict`` and ``Segmenter``, by providing the same three things.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    takes_numpy = False
+
+    def __init__(self, model: Any) -> None:
         self.model = model
         self.config: KNetConfig = model.config
 
     @property
-    def device(self) -> torch.device:
+    def device(self) -> Any:
+        from ..utils.device import module_device
+
         return module_device(self.model)
 
-    @torch.no_grad()
-    def __call__(self, x: torch.Tensor, mode: str = "whole", crop_size: Optional[Tuple[int, int]] = None,
-                 stride: Optional[Tuple[int, int]] = None) -> Union[torch.Tensor, Tuple[torch.Tensor, ...]]:
+    def __call__(self, x: Any, mode: str = "whole", crop_size: Optional[Tuple[int, int]] = None,
+                 stride: Optional[Tuple[int, int]] = None) -> Any:
+        import torch
+
         was_training = self.model.training
         self.model.eval()
         try:
-            out = self.model.inference(x, mode=mode, crop_size=crop_size, stride=stride)
+            with torch.no_grad():
+                out = self.model.inference(x, mode=mode, crop_size=crop_size, stride=stride)
         finally:
             self.model.train(was_training)
         return tuple(t.float() for t in out) if isinstance(out, tuple) else out.float()
 
 
-def as_runner(model: Union[nn.Module, "TorchRunner"]):
+def as_runner(model: Any) -> Any:
     """A torch model wrapped as a :class:`TorchRunner`; a runner is returned as it is."""
-    return TorchRunner(model) if isinstance(model, nn.Module) else model
+    return TorchRunner(model) if is_torch_module(model) else model
 
 
 class TestPipeline:
@@ -88,13 +104,14 @@ class TestPipeline:
 
     __test__ = False  # not a pytest test class despite its name
 
-    def __init__(self, model: nn.Module, mode: str = "whole", crop_size: Optional[Size] = None,
+    def __init__(self, model: Any, mode: str = "whole", crop_size: Optional[Size] = None,
                  stride: Optional[Size] = None, test_scale: Optional[Size] = None, tta: bool = False,
                  tta_ratios: Optional[Sequence[float]] = None) -> None:
         if mode not in MODES:
             raise KnetError(f"inference mode {mode!r} is not one of: {', '.join(MODES)}")
         self.runner = as_runner(model)
         self.model = model
+        self.numpy = bool(getattr(self.runner, "takes_numpy", False))
         data = self.runner.config.data
         self.mode = mode
         self.crop_size: Size = tuple(crop_size) if crop_size is not None else tuple(data.crop_size)
@@ -112,70 +129,72 @@ class TestPipeline:
             raise KnetError("multi-scale + flip needs at least one ratio")
 
     @property
-    def device(self) -> torch.device:
+    def device(self) -> Any:
         return self.runner.device
 
     # ---- public ----------------------------------------------------------------------------
-    @torch.no_grad()
-    def scores(self, images: Sequence[np.ndarray]) -> List[torch.Tensor]:
-        """Per image float32 (C, H, W) at its original size, on the model's device: logits, or
-        with ``tta`` the mean class probabilities of the 12 views."""
+    def scores(self, images: Sequence[np.ndarray]) -> List[Any]:
+        """Per image float32 (C, H, W) at its original size: logits, or with ``tta`` the mean
+        class probabilities of the 12 views. Torch tensors on the model's device, or numpy
+        arrays for a runner that ``takes_numpy``."""
         check_images(images)
-        if self.tta:
-            return self._tta_scores(images)
-        return self._logits(images, self.test_scale, flip=False, softmax=False)
+        with self._no_grad():
+            if self.tta:
+                return self._tta_scores(images)
+            return self._logits(images, self.test_scale, flip=False, softmax=False)
 
-    def predict(self, images: Sequence[np.ndarray]) -> List[torch.Tensor]:
-        """Per image the int64 (H, W) label map (argmax of :meth:`scores`), on the model's device."""
-        return [s.argmax(dim=0) for s in self.scores(images)]
+    def predict(self, images: Sequence[np.ndarray]) -> List[Any]:
+        """Per image the int64 (H, W) label map (argmax of :meth:`scores`): a torch tensor on the
+        model's device, or a numpy array for a runner that ``takes_numpy``."""
+        return [s.argmax(axis=0) for s in self.scores(images)]
 
     __call__ = predict
 
     # ---- steps -----------------------------------------------------------------------------
-    def _run(self, batch: np.ndarray) -> torch.Tensor:
+    def _no_grad(self) -> Any:
+        if self.numpy:
+            return nullcontext()
+        import torch
+
+        return torch.no_grad()
+
+    def _run(self, batch: np.ndarray) -> Any:
         """uint8 (B, h, w, 3) RGB -> logits (B, C, h, w) at that size."""
-        x = torch.from_numpy(normalize(batch, self.mean, self.std)).to(self.device)
+        x = normalize(batch, self.mean, self.std)
+        if not self.numpy:
+            import torch
+
+            x = torch.from_numpy(x).to(self.device)
         crop = (self.crop_size[1], self.crop_size[0])  # the model takes (h, w)
         stride = (self.stride[1], self.stride[0])
         return self.runner(x, self.mode, crop, stride)
 
     def _logits(self, images: Sequence[np.ndarray], scale: Size, flip: bool,
-                softmax: bool) -> List[torch.Tensor]:
+                softmax: bool) -> List[Any]:
         """Each image keep-ratio resized to fit ``scale`` and run (see :meth:`_views`)."""
         resized = [resize_keep_ratio(image, scale) for image in images]
         return self._views(resized, [image.shape[:2] for image in images], flip, softmax)
 
     def _views(self, resized: Sequence[np.ndarray], sizes: Sequence[Tuple[int, int]], flip: bool,
-               softmax: bool) -> List[torch.Tensor]:
+               softmax: bool) -> List[Any]:
         """Resized uint8 images, optionally flipped, run in batches of equal size; the outputs
         resized back to the original ``sizes`` (H, W) (and softmaxed, flipped back).
         Returns one (C, H, W) tensor per image, in input order."""
-        outputs: List[Optional[torch.Tensor]] = [None] * len(resized)
+        outputs: List[Optional[Any]] = [None] * len(resized)
         for indices in _group_by_size(resized).values():
             batch = np.stack([resized[i] for i in indices])
             if flip:
                 batch = batch[:, :, ::-1]
             logits = self._run(np.ascontiguousarray(batch))
+            to_original = _to_original_numpy if self.numpy else _to_original_torch
             for row, i in enumerate(indices):
-                outputs[i] = self._to_original(logits[row:row + 1], sizes[i], flip, softmax)
+                outputs[i] = to_original(logits[row:row + 1], sizes[i], flip, softmax, self.align_corners)
         return outputs  # type: ignore[return-value]
 
-    def _to_original(self, logits: torch.Tensor, size: Tuple[int, int], flip: bool,
-                     softmax: bool) -> torch.Tensor:
-        """(1, C, h, w) -> (C, H, W): bilinear resize to ``size`` (H, W), softmax, flip back."""
-        if tuple(logits.shape[-2:]) != tuple(size):
-            logits = F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=self.align_corners)
-        out = logits[0]
-        if softmax:
-            out = out.softmax(dim=0)
-        if flip:
-            out = out.flip(-1)
-        return out
-
-    def _tta_scores(self, images: Sequence[np.ndarray]) -> List[torch.Tensor]:
+    def _tta_scores(self, images: Sequence[np.ndarray]) -> List[Any]:
         """Mean probabilities over every ratio, unflipped then flipped (the reference's order of
         summation)."""
-        totals: List[Optional[torch.Tensor]] = [None] * len(images)
+        totals: List[Optional[Any]] = [None] * len(images)
         sizes = [image.shape[:2] for image in images]
         views = 0
         for ratio in self.tta_ratios:
@@ -184,8 +203,54 @@ class TestPipeline:
             for flip in (False, True):
                 views += 1
                 for i, probs in enumerate(self._views(resized, sizes, flip=flip, softmax=True)):
-                    totals[i] = probs if totals[i] is None else totals[i].add_(probs)
+                    if totals[i] is None:
+                        totals[i] = probs
+                    else:
+                        totals[i] += probs  # in place (torch and numpy alike)
         return [t / views for t in totals]  # type: ignore[operator]
+
+
+def _to_original_torch(logits: Any, size: Tuple[int, int], flip: bool, softmax: bool,
+                       align_corners: bool) -> Any:
+    """(1, C, h, w) torch -> (C, H, W): bilinear resize to ``size`` (H, W), softmax, flip back."""
+    import torch.nn.functional as F
+
+    if tuple(logits.shape[-2:]) != tuple(size):
+        logits = F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=align_corners)
+    out = logits[0]
+    if softmax:
+        out = out.softmax(dim=0)
+    if flip:
+        out = out.flip(-1)
+    return out
+
+
+def _to_original_numpy(logits: np.ndarray, size: Tuple[int, int], flip: bool, softmax: bool,
+                       align_corners: bool) -> np.ndarray:
+    """(1, C, h, w) numpy -> (C, H, W), as :func:`_to_original_torch`: OpenCV's bilinear resize
+    samples at half-pixel centres, torch's with align_corners=False, which every K-Net config uses."""
+    if align_corners:
+        raise KnetError("the numpy pipeline resizes with align_corners=False; this config asks for True")
+    out = logits[0]
+    if tuple(out.shape[-2:]) != tuple(size):
+        # OpenCV resizes (h, w, channels) images of up to 4 channels.
+        hwc = np.ascontiguousarray(out.transpose(1, 2, 0))
+        parts = [cv2.resize(hwc[:, :, c:c + 4], (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+                 for c in range(0, hwc.shape[2], 4)]
+        parts = [p[:, :, None] if p.ndim == 2 else p for p in parts]
+        out = np.concatenate(parts, axis=2).transpose(2, 0, 1)
+    if softmax:
+        out = softmax_numpy(out)
+    if flip:
+        out = out[:, :, ::-1]
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def softmax_numpy(scores: np.ndarray) -> np.ndarray:
+    """The softmax over the first axis (classes) of float32 (C, ...) scores."""
+    out = np.exp(scores - scores.max(axis=0, keepdims=True))
+    out /= out.sum(axis=0, keepdims=True)
+    return out
 
 
 def _group_by_size(images: Sequence[np.ndarray]) -> Dict[Tuple[int, int], List[int]]:

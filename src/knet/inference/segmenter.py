@@ -21,6 +21,7 @@ import numpy as np
 
 from ..config import KNetConfig
 from ..errors import KnetError
+from .pipeline import is_torch_module, softmax_numpy
 
 PathLike = Union[str, "os.PathLike[str]"]
 ImageInput = Union[PathLike, np.ndarray, Any]  # Any: a PIL.Image.Image (Pillow is imported lazily)
@@ -84,9 +85,9 @@ class SegmentationResult:
         self.source = source
         self.class_names = list(class_names)
         self.palette = [list(c) for c in palette]
-        self._scores = scores  # torch (C, H, W) float32 on the CPU
+        self._scores = scores  # (C, H, W) float32: a torch CPU tensor, or numpy (ONNX Runtime)
         self._scores_are_probabilities = scores_are_probabilities
-        self.labels: np.ndarray = scores.argmax(dim=0).numpy().astype(label_dtype(scores.shape[0]))
+        self.labels: np.ndarray = np.asarray(scores.argmax(axis=0)).astype(label_dtype(scores.shape[0]))
         self._classes: Optional[List[ClassShare]] = None
 
     @property
@@ -103,6 +104,8 @@ class SegmentationResult:
     def probabilities(self) -> np.ndarray:
         """Class probabilities, float32 (C, H, W): the softmax of the logits, or with
         multi-scale + flip the mean of the views' probabilities. Their argmax is ``labels``."""
+        if isinstance(self._scores, np.ndarray):
+            return self._scores if self._scores_are_probabilities else softmax_numpy(self._scores)
         if self._scores_are_probabilities:
             return self._scores.numpy()
         return self._scores.softmax(dim=0).numpy()
@@ -243,8 +246,10 @@ class Segmenter:
 
     Args:
         model: a preset name (with ``checkpoint``), a ``KNet`` module (used as it is: its own
-            weights and device unless ``device`` is given), or None when ``checkpoint`` carries
-            its config (a native directory or a knet training checkpoint).
+            weights and device unless ``device`` is given), None when ``checkpoint`` carries
+            its config (a native directory or a knet training checkpoint), or a model runner
+            (``config``, ``device``, ``__call__``; e.g. the ONNX Runtime one of :meth:`from_onnx`),
+            used as it is.
         checkpoint: a reference ``.pth``, a knet training checkpoint or a native directory.
         device: ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         mode: ``whole`` (K-Net's setting) or ``slide``; ``crop_size``/``stride`` (width, height)
@@ -269,13 +274,38 @@ class Segmenter:
                  test_scale: Optional[Tuple[int, int]] = None, crop_size: Optional[Tuple[int, int]] = None,
                  stride: Optional[Tuple[int, int]] = None, batch_size: int = 1, score_thr: float = 0.3,
                  overrides: Optional[Dict[str, Any]] = None) -> None:
-        from torch import nn
-
-        from ..checkpoint import load_model, with_class_meta
         from ..tasks import get_task
+
+        if not 0.0 <= float(score_thr) <= 1.0:
+            raise KnetError(f"score threshold must be between 0 and 1, got {score_thr}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise KnetError(f"batch size must be a positive integer, got {batch_size!r}")
+        if _is_model_runner(model):
+            # A runner (ONNX Runtime's, say) is used as it is, and without torch: its config was
+            # completed when it was written.
+            if checkpoint is not None:
+                raise KnetError("a model runner holds its own weights: leave checkpoint out")
+            self.model = model
+            self.config: KNetConfig = model.config
+        else:
+            self.model = self._torch_model(model, checkpoint, device, overrides)
+            from ..checkpoint import with_class_meta
+
+            self.config = with_class_meta(self.model.config)
+        self.batch_size = batch_size
+        self.score_thr = float(score_thr)
+        self.task = get_task(self.config.task)
+        self.pipeline = self.task.pipeline(self.model, mode=mode, crop_size=crop_size, stride=stride,
+                                           test_scale=test_scale, tta=tta)
+
+    @staticmethod
+    def _torch_model(model: Any, checkpoint: Optional[PathLike], device: Optional[str],
+                     overrides: Optional[Dict[str, Any]]) -> Any:
+        """The torch model of the constructor's arguments, on its device, in eval mode."""
+        from ..checkpoint import load_model
         from ..utils.device import resolve_device
 
-        if isinstance(model, nn.Module):
+        if is_torch_module(model):
             if checkpoint is not None:
                 from ..checkpoint import load_checkpoint
 
@@ -292,20 +322,9 @@ class Segmenter:
         else:
             raise KnetError("Segmenter needs a model: a preset name with checkpoint=PATH, a checkpoint "
                             "that carries its config, or a KNet module")
-        if not 0.0 <= float(score_thr) <= 1.0:
-            raise KnetError(f"score threshold must be between 0 and 1, got {score_thr}")
-        if device is not None or not isinstance(model, nn.Module):
+        if device is not None or not is_torch_module(model):
             module = module.to(resolve_device(device or "auto"))
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise KnetError(f"batch size must be a positive integer, got {batch_size!r}")
-        module.eval()
-        self.model = module
-        self.config: KNetConfig = with_class_meta(module.config)
-        self.batch_size = batch_size
-        self.score_thr = float(score_thr)
-        self.task = get_task(self.config.task)
-        self.pipeline = self.task.pipeline(module, mode=mode, crop_size=crop_size, stride=stride,
-                                           test_scale=test_scale, tta=tta)
+        return module.eval()
 
     @classmethod
     def from_pretrained(cls, directory: PathLike, **kwargs: Any) -> "Segmenter":
@@ -317,6 +336,22 @@ class Segmenter:
         model = from_pretrained(directory, **overrides)
         kwargs.setdefault("device", "auto")
         return cls(model, **kwargs)
+
+    @classmethod
+    def from_onnx(cls, path: PathLike, *, device: Optional[str] = None, threads: Optional[int] = None,
+                  **kwargs: Any) -> "Segmenter":
+        """A segmenter of a file written by ``knet export --format onnx``, run by ONNX Runtime
+        (:class:`~knet.inference.onnx_runner.OnnxRunner`; the config comes from the file).
+
+        ``device``: ``auto`` (ONNX Runtime's CUDA provider when it has one, else the CPU), ``cpu``,
+        ``cuda`` or ``cuda:N``; ``threads``: its CPU threads (default torch's number). Other keyword
+        arguments as for the constructor (``mode``, ``tta``, ``test_scale``, ``batch_size`` ...).
+        """
+        from .onnx_runner import OnnxRunner
+
+        if "checkpoint" in kwargs or "overrides" in kwargs:
+            raise KnetError("an ONNX file holds its weights and config: checkpoint and overrides do not apply")
+        return cls(OnnxRunner(path, device=device or "auto", threads=threads), **kwargs)
 
     # ---- properties ----------------------------------------------------------------------
     @property
@@ -375,6 +410,12 @@ class Segmenter:
         return (f"Segmenter({self.config.name}, {self.config.task}, {self.num_classes} classes, {p.mode}{extra}, "
                 f"test scale {p.test_scale[0]}x{p.test_scale[1]}, device {self.device})")
 
+
+
+def _is_model_runner(model: Any) -> bool:
+    """A model runner (``config``, ``device``, callable) that is not a torch module."""
+    return (not isinstance(model, str) and not is_torch_module(model) and callable(model)
+            and hasattr(model, "config") and hasattr(model, "device"))
 
 
 __all__ = ["ClassShare", "SegmentationResult", "Segmenter", "add_legend", "class_shares", "label_dtype",

@@ -7,17 +7,20 @@ and call these methods; none of them tests a task's name.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
 
 from ..config import KNetConfig
 from ..errors import KnetError
-from ..models.outputs import KNetOutput
+
+if TYPE_CHECKING:  # no torch at import: the ONNX Runtime path of a semantic model runs without it
+    import torch
+
+    from ..models.outputs import KNetOutput
 
 # Averages a tensor over the processes of a distributed run (the identity in one process).
-ReduceMean = Callable[[torch.Tensor], torch.Tensor]
+ReduceMean = Callable[["torch.Tensor"], "torch.Tensor"]
 
 
 class Evaluator:

@@ -1,18 +1,18 @@
 """Semantic segmentation: one class per pixel, scored by mIoU."""
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
-from torch.utils.data import default_collate
 
 from ..config import KNetConfig
 from ..data.transforms import normalize
-from ..losses.semantic import semantic_losses
-from ..metrics.semantic import SegmentationMetric, format_table
-from ..models.outputs import KNetOutput
 from .base import Evaluator, ReduceMean, Task
+
+if TYPE_CHECKING:  # torch is imported where it is used: predicting with ONNX Runtime needs none
+    import torch
+
+    from ..models.outputs import KNetOutput
 
 
 class SemanticEvaluator(Evaluator):
@@ -21,6 +21,8 @@ class SemanticEvaluator(Evaluator):
 
     def __init__(self, num_classes: int, ignore_index: int, class_names: Optional[List[str]] = None,
                  device: Any = "cpu") -> None:
+        from ..metrics.semantic import SegmentationMetric
+
         self.metric = SegmentationMetric(num_classes, ignore_index, device=device)
         self.class_names = class_names
 
@@ -28,6 +30,8 @@ class SemanticEvaluator(Evaluator):
         self.metric.reset()
 
     def process(self, items: Sequence[Dict[str, Any]], predictions: Sequence[torch.Tensor]) -> None:
+        import torch
+
         for item, pred in zip(items, predictions):
             self.metric.update(pred, torch.as_tensor(np.asarray(item["label"]).astype(np.int64)))
 
@@ -50,6 +54,8 @@ class SemanticEvaluator(Evaluator):
 def to_tensors(image: Any, label: Any, mean: np.ndarray, std: np.ndarray) -> Tuple[torch.Tensor, torch.Tensor]:
     """uint8 HxWx3 (normalised here) or float (3,H,W) (already normalised) + label -> tensors
     ((3, H, W) float32, (H, W) int64)."""
+    import torch
+
     if isinstance(image, torch.Tensor):
         image_t = image.float()
     else:
@@ -108,6 +114,8 @@ class SemanticTask(Task):
                           np.asarray(config.data.std, dtype=np.float32))
 
     def collate(self, samples: Sequence[Tuple[torch.Tensor, torch.Tensor]]) -> Tuple[torch.Tensor, torch.Tensor]:
+        from torch.utils.data import default_collate
+
         return default_collate(list(samples))
 
     def batch_inputs(self, batch: Tuple[torch.Tensor, torch.Tensor], config: KNetConfig,
@@ -118,6 +126,8 @@ class SemanticTask(Task):
     def losses(self, output: KNetOutput, targets: torch.Tensor, config: KNetConfig,
                reduce_mean: Optional[ReduceMean] = None) -> Dict[str, torch.Tensor]:
         """Pixel cross-entropies, averaged per process (``reduce_mean`` is not needed)."""
+        from ..losses.semantic import semantic_losses
+
         return semantic_losses(output, targets, config.data.ignore_index, config.auxiliary_head.loss_weight,
                                config.align_corners)
 
@@ -131,9 +141,8 @@ class SemanticTask(Task):
                 config: KNetConfig, score_thr: float = 0.3) -> List[Any]:
         from ..inference.segmenter import SegmentationResult
 
-        scores = pipeline.scores(images)
-        return [SegmentationResult(image, s.detach().float().cpu(), pipeline.tta, config.class_names or [],
-                                   config.palette or [], source)
+        scores = [s if isinstance(s, np.ndarray) else s.detach().float().cpu() for s in pipeline.scores(images)]
+        return [SegmentationResult(image, s, pipeline.tta, config.class_names or [], config.palette or [], source)
                 for image, s, source in zip(images, scores, sources)]
 
     # ---- evaluation --------------------------------------------------------------------
@@ -149,4 +158,6 @@ class SemanticTask(Task):
         return overlay(image, np.asarray(prediction), config.palette or [], opacity)
 
     def format_metrics(self, metrics: Dict[str, Any]) -> str:
+        from ..metrics.semantic import format_table
+
         return format_table(metrics)

@@ -1,11 +1,12 @@
 """Which torch device a ``--device`` value means (every verb and the Python API use this)."""
 from __future__ import annotations
 
-from typing import Union
-
-import torch
+from typing import TYPE_CHECKING, Union
 
 from ..errors import KnetError
+
+if TYPE_CHECKING:  # imported where used: the command line's options need no torch (ONNX Runtime)
+    import torch
 
 DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps (default: auto: CUDA, then MPS, then the CPU)"
 
@@ -16,6 +17,8 @@ def resolve_device(name: Union[str, torch.device, None] = "auto") -> torch.devic
     ``auto`` picks CUDA when available, then Apple's MPS, then the CPU. ``cuda``, ``cuda:N`` and
     ``mps`` fail with a clear message when that device is not available.
     """
+    import torch
+
     if isinstance(name, torch.device):
         return name
     name = (name or "auto").strip().lower()
@@ -45,12 +48,16 @@ def resolve_device(name: Union[str, torch.device, None] = "auto") -> torch.devic
 
 
 def mps_available() -> bool:
+    import torch
+
     backend = getattr(torch.backends, "mps", None)
     return bool(backend is not None and backend.is_available())
 
 
 def module_device(module: torch.nn.Module) -> torch.device:
     """Where a module's parameters are (the CPU for a module without parameters)."""
+    import torch
+
     for tensor in module.parameters():
         return tensor.device
     return torch.device("cpu")

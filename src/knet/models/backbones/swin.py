@@ -27,10 +27,11 @@ HW = Tuple[int, int]
 def _pad_amount(size: int, multiple: int) -> int:
     """Zeros to append so that ``size`` becomes a multiple of ``multiple``.
 
-    Written with a ceiling division rather than ``%``: for a symbolic size (ONNX export) the
-    exporter simplifies chains of these quickly, and chains of modulos very slowly.
+    A ceiling division of non-negative numbers, not ``%`` nor ``-(-size // multiple)``: for a
+    symbolic size (ONNX export) chains of modulos take the exporter minutes to simplify, and ONNX
+    divides negative integers by truncation, not flooring.
     """
-    return -(-size // multiple) * multiple - size
+    return (size + multiple - 1) // multiple * multiple - size
 
 
 class PatchEmbed(nn.Module):
@@ -79,7 +80,7 @@ class PatchMerging(nn.Module):
         if length != h * w:
             raise ValueError(f"PatchMerging got {length} tokens for a {h}x{w} map")
         x = x.view(n, h, w, c)
-        h2, w2 = -(-h // 2), -(-w // 2)
+        h2, w2 = (h + 1) // 2, (w + 1) // 2
         x = F.pad(x, (0, 0, 0, 2 * w2 - w, 0, 2 * h2 - h))  # unconditional, as in PatchEmbed
         # (N, h2, kh, w2, kw, C) -> (N, h2, w2, C, kh, kw): channel-major, then the 2x2 offsets.
         x = x.view(n, h2, 2, w2, 2, c).permute(0, 1, 3, 5, 2, 4).reshape(n, h2 * w2, 4 * c)

@@ -26,8 +26,10 @@ def sine_positional_encoding(batch: int, height: int, width: int, num_feats: int
     ones = torch.ones(batch, height, width, device=device)
     y_embed = ones.cumsum(1, dtype=torch.float32)
     x_embed = ones.cumsum(2, dtype=torch.float32)
-    y_embed = y_embed / (y_embed[:, -1:, :] + eps) * scale
-    x_embed = x_embed / (x_embed[:, :, -1:] + eps) * scale
+    # The last row/column (the largest count) taken as a max, not a [-1:] slice: the same values,
+    # and a size-1 axis that the ONNX exporter knows broadcasts, for every input size.
+    y_embed = y_embed / (y_embed.amax(dim=1, keepdim=True) + eps) * scale
+    x_embed = x_embed / (x_embed.amax(dim=2, keepdim=True) + eps) * scale
     dim_t = torch.arange(num_feats, dtype=torch.float32, device=device)
     dim_t = temperature ** (2 * (dim_t // 2) / num_feats)
     pos_x = x_embed[..., None] / dim_t

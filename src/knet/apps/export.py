@@ -1,0 +1,122 @@
+"""``knet export``: write a model as an ONNX file that ONNX Runtime (``knet predict --onnx``) runs.
+
+    knet export --model knet-r50-fcn --checkpoint ref.pth --format onnx --out knet-r50-fcn.onnx
+    knet export --pretrained my_model --out my_model-int8.onnx --quantize int8 --calibration photos/
+
+The file takes normalised float32 images (N, 3, H, W) of any batch and size (multiples of 32 for
+panoptic/instance models) and gives what the test pipeline reads: semantic logits (N, C, H, W), or
+the last stage's class and stride-4 mask logits; knet's config travels in its metadata (see
+:mod:`knet.export.onnx`). A parity check (ONNX Runtime against torch on random inputs) runs right
+after the export and prints the largest differences; the file is written atomically.
+
+``--quantize int8`` writes a statically quantized file instead (:mod:`knet.export.quantize`),
+calibrated on up to ``--calibration-images`` images of the ``--calibration`` folder, and prints how
+far it is from the float model on them.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from ..errors import KnetError
+from . import options
+
+FORMATS = ("onnx",)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    options.add_model(parser)
+    options.add_weights(parser, required=True, pretrained=True)
+    parser.add_argument("--format", default="onnx", metavar="FORMAT", help="output format: onnx (default)")
+    parser.add_argument("--out", required=True, metavar="FILE", help="the file to write, e.g. model.onnx")
+    parser.add_argument("--opset", type=int, default=18, metavar="N", help="ONNX opset, 18 or newer (default 18)")
+    parser.add_argument("--no-check", dest="check", action="store_false",
+                        help="skip the parity check (ONNX Runtime against torch on random inputs)")
+    parser.add_argument("--tolerance", type=float, default=1e-2, metavar="T",
+                        help="largest parity difference accepted, relative to the largest output (default 1e-2: "
+                             "a wrong graph differs by the order of the outputs)")
+    parser.add_argument("--quantize", default=None, metavar="SCHEME",
+                        help="int8: static quantization (QDQ) calibrated on --calibration images")
+    parser.add_argument("--calibration", default=None, metavar="DIR",
+                        help="--quantize: a folder of images like those the model will see (searched recursively)")
+    parser.add_argument("--calibration-images", type=int, default=None, metavar="N",
+                        help="--quantize: how many of them to use (default 16, spread over the sorted file list)")
+    options.add_threads(parser)
+
+
+def _load(args: argparse.Namespace):
+    from ..checkpoint import load_model
+
+    if args.pretrained:
+        path = Path(args.pretrained)
+        if not path.is_dir():
+            raise KnetError(f"--pretrained {path}: not a folder (expected model.safetensors + config.json); "
+                            "use --checkpoint for a .pth file")
+        return load_model(path, args.model)
+    return load_model(args.checkpoint, args.model)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.format.lower() not in FORMATS:
+        raise KnetError(f"--format {args.format}: not a supported format; valid: {', '.join(FORMATS)}")
+    options.check_positive("threads", args.threads)
+    out = Path(args.out)
+    if out.is_dir():
+        raise KnetError(f"--out {out}: is a folder; give the file to write, e.g. {out / 'model.onnx'}")
+    if not args.tolerance > 0:
+        raise KnetError(f"--tolerance must be positive, got {args.tolerance}")
+    from ..export.onnx import MIN_OPSET
+
+    if args.opset < MIN_OPSET:
+        raise KnetError(f"--opset {args.opset}: the exporter writes opset {MIN_OPSET} or newer")
+
+    calibration = _calibration(args)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    model = _load(args)
+    print(f"knet export: {model.config.name} ({model.config.task}) -> {out}", file=sys.stderr)
+    if calibration is None:
+        _export(model, out, args)
+        return 0
+    from ..export.quantize import quantize_int8, read_calibration_images
+
+    images = read_calibration_images(calibration)
+    with tempfile.TemporaryDirectory(prefix="knet-export-") as folder:
+        fp32 = Path(folder) / "fp32.onnx"
+        _export(model, fp32, args)
+        print(f"quantizing to int8, calibrated on {len(images)} images ...", file=sys.stderr)
+        result = quantize_int8(fp32, out, images)
+    print(result.summary())
+    print(f"wrote {out} ({result.size_mb:.1f} MB, int8)")
+    return 0
+
+
+def _export(model, out: Path, args: argparse.Namespace) -> None:
+    from ..export.onnx import export_onnx
+
+    result = export_onnx(model, out, opset=args.opset, check=args.check, tolerance=args.tolerance)
+    for parity in result.parity:
+        print(f"parity check, {parity.summary()}")
+    print(f"wrote {out} ({result.size_mb:.1f} MB, opset {result.opset}, exported in {result.seconds:.1f} s)")
+
+
+def _calibration(args: argparse.Namespace):
+    """The calibration image files of ``--quantize``, or None without it (checked before the slow
+    export starts)."""
+    if args.quantize is None:
+        for name in ("calibration", "calibration_images"):
+            if getattr(args, name) is not None:
+                raise KnetError(f"--{name.replace('_', '-')} applies to --quantize only")
+        return None
+    from ..export.quantize import DEFAULT_CALIBRATION_IMAGES, SCHEMES, calibration_files
+
+    if args.quantize.lower() not in SCHEMES:
+        raise KnetError(f"--quantize {args.quantize}: not a supported scheme; valid: {', '.join(SCHEMES)}")
+    if args.calibration is None:
+        raise KnetError("--quantize int8 needs --calibration DIR, a folder of images to calibrate on")
+    options.check_positive("calibration-images", args.calibration_images)
+    return calibration_files(args.calibration, args.calibration_images or DEFAULT_CALIBRATION_IMAGES)

@@ -1,0 +1,286 @@
+"""ONNX export of the K-Net models (semantic, panoptic, instance), with knet's config inside.
+
+    knet export --model knet-r50-fcn --checkpoint ref.pth --format onnx --out knet-r50-fcn.onnx
+
+The file holds the model-runner interface (:class:`knet.inference.pipeline.TorchRunner`) of one
+whole-image forward:
+
+- input ``images``: float32 (N, 3, H, W), normalised as the config's ``data.mean``/``data.std``;
+  any H, W for semantic models, multiples of 32 for panoptic/instance models (their pipeline pads);
+- semantic models: ``logits`` (N, C, H, W) at the input size (``KNet.inference``);
+- panoptic/instance models: the last stage's ``cls_logits`` (N, K, C) and stride-4 ``mask_logits``
+  (N, K, H/4, W/4), what the post-processing reads (``KNetMaskSegmentor.inference``).
+
+Batch, height and width are dynamic: one file serves every size. ``metadata_props`` carry
+``knet.config`` (``config.to_json()``: task, class names, palette, normalisation, test scale) and
+``knet.version``; :class:`knet.inference.onnx_runner.OnnxRunner` reads them back.
+
+Exporter: ``torch.onnx.export(..., dynamo=True)`` (torch.export, then ONNX opset 18+). Adaptive
+average pooling (PSP/UPerNet pyramid pooling, the ASPP image pool) has no ONNX operator for sizes
+the bins do not divide, and torch's decomposition bakes the example's bins into the graph, so the
+export runs on a copy of the model whose pooling layers average with two bin-weight matrices built
+from the input's size (:class:`SizeGenericAdaptiveAvgPool2d`; the same bins, equal up to float
+rounding). A parity check (ONNX Runtime against the torch model on random inputs of two sizes)
+runs before the file is moved into place; a failed export or check leaves no file.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from .. import __version__
+from ..config import MASK_TASKS
+from ..errors import KnetError
+from ..inference.onnx_runner import (CONFIG_KEY, INPUT_NAME, INSTALL_HINT, VERSION_KEY, OnnxRunner,
+                                     import_onnxruntime, output_names)
+from ..utils.atomic import atomic_path
+from ..utils.device import module_device
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+MIN_OPSET = 18
+# The example traced. Every count derived from its size must be at least 2 (Swin's 7x7 windows
+# at stride 32 need sides above 224): a count of 1 is traced as a broadcast, and the file would
+# then serve only the sizes that give 1. It and a second size (for semantic models not a
+# multiple of 32) at batch 1 are the parity check's inputs.
+EXAMPLE_SHAPE = (2, 3, 256, 320)
+SEMANTIC_CHECK_SHAPE = (1, 3, 75, 110)
+MASK_CHECK_SHAPE = (1, 3, 96, 64)
+
+
+# --------------------------------------------------------------------------------------------
+# Export-friendly layers
+# --------------------------------------------------------------------------------------------
+def _bin_weights(size: Any, bins: int, like: torch.Tensor) -> torch.Tensor:
+    """(bins, size) weights of adaptive average pooling along one axis: row i averages the
+    positions [floor(i size / bins), ceil((i + 1) size / bins)), as torch's adaptive pooling."""
+    index = torch.arange(bins, device=like.device)
+    start = torch.div(index * size, bins, rounding_mode="floor")
+    end = torch.div((index + 1) * size + bins - 1, bins, rounding_mode="floor")
+    position = torch.arange(size, device=like.device)
+    inside = (position[None, :] >= start[:, None]) & (position[None, :] < end[:, None])
+    return inside.to(like.dtype) / (end - start).to(like.dtype)[:, None]
+
+
+class SizeGenericAdaptiveAvgPool2d(nn.Module):
+    """``nn.AdaptiveAvgPool2d`` as two matrix products whose bin weights come from the input's
+    size, so that an exported graph pools correctly at every size: (N, C, H, W) -> (N, C, oh, ow)."""
+
+    def __init__(self, output_size: Union[int, Tuple[int, int]]) -> None:
+        super().__init__()
+        size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+        if len(size) != 2 or any(s is None for s in size):
+            raise KnetError(f"cannot export adaptive pooling to {output_size}: both output sides must be given")
+        self.output_size = (int(size[0]), int(size[1]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = _bin_weights(x.shape[-2], self.output_size[0], x)  # (oh, H)
+        cols = _bin_weights(x.shape[-1], self.output_size[1], x)  # (ow, W)
+        return torch.matmul(torch.matmul(rows, x), cols.transpose(0, 1))
+
+
+def exportable_copy(model: nn.Module) -> nn.Module:
+    """A CPU float32 eval-mode copy of ``model`` with every ``nn.AdaptiveAvgPool2d`` replaced by
+    :class:`SizeGenericAdaptiveAvgPool2d` (``model`` itself is left as it is)."""
+    clone = copy.deepcopy(model).to("cpu", torch.float32).eval()
+    for module in list(clone.modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, nn.AdaptiveAvgPool2d):
+                setattr(module, child_name, SizeGenericAdaptiveAvgPool2d(child.output_size))
+    return clone
+
+
+class _Forward(nn.Module):
+    """The exported function: normalised images -> ``model.inference(images)`` (whole image)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> Any:
+        return self.model.inference(images)
+
+
+# --------------------------------------------------------------------------------------------
+# Export
+# --------------------------------------------------------------------------------------------
+@dataclass
+class ParityResult:
+    """ONNX Runtime against torch on one random input: per output its max |difference| and the
+    max |torch value| it is relative to."""
+
+    shape: Tuple[int, ...]
+    max_abs_diff: Dict[str, float]
+    max_abs_ref: Dict[str, float]
+
+    @property
+    def relative(self) -> float:
+        """The largest max |difference| / max |reference| over the outputs."""
+        return max(self.max_abs_diff[k] / max(self.max_abs_ref[k], 1e-12) for k in self.max_abs_diff)
+
+    def summary(self) -> str:
+        size = "x".join(str(s) for s in self.shape)
+        parts = ", ".join(f"{k} {self.max_abs_diff[k]:.2e} (of max |{k}| {self.max_abs_ref[k]:.3g})"
+                          for k in self.max_abs_diff)
+        return f"input {size}: max |onnxruntime - torch| {parts}"
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_onnx` wrote and measured."""
+
+    path: Path
+    opset: int
+    exporter: str
+    seconds: float
+    size_mb: float
+    parity: List[ParityResult] = field(default_factory=list)
+
+
+def _require_exporter() -> None:
+    """onnx, onnxscript (the dynamo exporter's) and onnxruntime (the parity check's), or a one-line
+    error naming the extra."""
+    missing = []
+    for name in ("onnx", "onnxscript"):
+        try:
+            __import__(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise KnetError(f"ONNX export needs {' and '.join(missing)}: {INSTALL_HINT}")
+    import_onnxruntime()
+
+
+def _dynamic_shapes() -> Dict[str, Dict[int, str]]:
+    """Dynamic batch, height and width, named so in the file. Names, not ``torch.export.Dim``
+    objects: the exporter makes them ``Dim.DYNAMIC``, which accepts the models' harmless guards
+    (a side of at least two pixels, ...) where a named ``Dim`` fails on them."""
+    return {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}}
+
+
+def _check_dynamic(program: Any) -> None:
+    """The exported input's batch, height and width are symbolic (a fallback of the exporter could
+    have fixed them to the example's)."""
+    dims = list(program.model.graph.inputs[0].shape)
+    fixed = [axis for axis, dim in zip(("batch", "height", "width"), (dims[0], dims[2], dims[3]))
+             if isinstance(dim, int)]
+    if fixed:
+        raise KnetError(f"the exporter fixed the {' and '.join(fixed)} of the input to the example's "
+                        f"{tuple(dims)}: the file would serve one size only; nothing written")
+
+
+@contextmanager
+def _quiet(verbose: bool) -> Iterator[None]:
+    """The exporter's log lines and warnings (missing torchvision ops, deprecations) only when
+    ``verbose``."""
+    if verbose:
+        yield
+        return
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def check_parity(model: nn.Module, runner: OnnxRunner, shape: Sequence[int], seed: int = 0) -> ParityResult:
+    """Run ``model`` (torch, in eval mode where its parameters are) and ``runner`` (ONNX Runtime)
+    on one random normal input of ``shape``."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(*shape, generator=generator)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            expected = model.inference(x.to(module_device(model)))
+    finally:
+        model.train(was_training)
+    expected = tuple(t.cpu() for t in expected) if isinstance(expected, tuple) else (expected.cpu(),)
+    got = runner.run(x)
+    diffs, refs = {}, {}
+    for name, e, g in zip(runner.output_names, expected, got):
+        if tuple(e.shape) != tuple(g.shape):
+            raise KnetError(f"parity check: {name} has shape {tuple(g.shape)} in ONNX Runtime, "
+                            f"{tuple(e.shape)} in torch, for an input of {tuple(shape)}")
+        diffs[name] = float((e.float() - g).abs().max())
+        refs[name] = float(e.abs().max())
+    return ParityResult(tuple(shape), diffs, refs)
+
+
+def export_onnx(model: nn.Module, path: PathLike, opset: int = MIN_OPSET, check: bool = True,
+                tolerance: float = 1e-2, verbose: bool = False) -> ExportResult:
+    """Export a knet model (``KNet`` or ``KNetMaskSegmentor`` with its ``config``) to ``path``.
+
+    Args:
+        model: the model, on any device (a CPU copy is exported; ``model`` is not changed).
+        path: the ``.onnx`` file, written atomically (nothing is left there when the export or the
+            check fails). Weights are stored inside the file (one file, below protobuf's 2 GB).
+        opset: ONNX opset, at least 18.
+        check: run :func:`check_parity` at the example's shape (batch 2) and at a second size
+            (batch 1); a difference above ``tolerance`` x max |torch output| is an error. The
+            default catches a wrong graph (a wrong pooling bin or padding differs by the order of
+            the logits), not rounding: random weights amplify float32 rounding through the
+            kernel-update stages (torch's own float32 result of a random full-size knet-r50-fcn
+            is 1.7e-3 x max away from its float64 one); trained weights give ~1e-5.
+        verbose: the exporter's progress lines.
+
+    Returns:
+        an :class:`ExportResult` (its ``parity`` empty without ``check``).
+    """
+    from ..checkpoint import with_class_meta
+
+    if opset < MIN_OPSET:
+        raise KnetError(f"opset {opset}: the exporter writes opset {MIN_OPSET} or newer")
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(model, "inference"):
+        raise KnetError(f"cannot export a {type(model).__name__}: expected a knet model built from a config")
+    _require_exporter()
+    config = with_class_meta(config)
+    task = config.task
+    exported = exportable_copy(model)
+    example = torch.randn(*EXAMPLE_SHAPE, generator=torch.Generator().manual_seed(0))
+    start = time.perf_counter()
+    with _quiet(verbose):
+        program = torch.onnx.export(
+            _Forward(exported), (example,), dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
+            output_names=list(output_names(task)), dynamic_shapes=_dynamic_shapes(), optimize=True,
+            verbose=verbose, external_data=False)
+    _check_dynamic(program)
+    program.model.metadata_props[CONFIG_KEY] = config.to_json()
+    program.model.metadata_props[VERSION_KEY] = __version__
+    program.model.doc_string = f"knet {__version__}: {config.name} ({task})"
+    path = Path(path)
+    result = ExportResult(path=path, opset=opset, exporter="torch.onnx.export(dynamo=True)", seconds=0.0,
+                          size_mb=0.0)
+    with atomic_path(path) as tmp:
+        program.save(tmp, external_data=False)
+        result.seconds = time.perf_counter() - start
+        result.size_mb = tmp.stat().st_size / 2**20
+        if check:
+            runner = OnnxRunner(tmp, device="cpu")
+            second = MASK_CHECK_SHAPE if task in MASK_TASKS else SEMANTIC_CHECK_SHAPE
+            for shape in (EXAMPLE_SHAPE, second):
+                parity = check_parity(model, runner, shape)
+                result.parity.append(parity)
+                if not parity.relative <= tolerance:
+                    raise KnetError(f"parity check failed ({parity.summary()}; tolerance {tolerance:g} x max): "
+                                    "no file written")
+    return result
+
+
+__all__ = ["ExportResult", "ParityResult", "SizeGenericAdaptiveAvgPool2d", "check_parity", "export_onnx",
+           "exportable_copy"]

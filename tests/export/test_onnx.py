@@ -1,0 +1,356 @@
+"""ONNX export (``knet export``, :mod:`knet.export.onnx`) and the ONNX Runtime backend
+(:class:`knet.inference.onnx_runner.OnnxRunner`): ONNX Runtime against torch at two sizes and batch
+2 for a ResNet, a pooling, a Swin and a panoptic preset (the reference's tiny weights), sliding
+windows through the file, ``knet predict --onnx``, ``knet benchmark --onnx``, and the one-line
+errors. An export takes 25 s (ResNet) to 3 min (Swin) on one core, so each file is exported once
+per module, and the pooling, Swin and panoptic rows are marked slow (the pooling layer itself is
+checked fast: test_pyramid_pooling_exports_for_every_size)."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("onnxscript", reason="the ONNX extra is not installed (pip install 'knet[onnx]')")
+pytest.importorskip("onnxruntime", reason="the ONNX extra is not installed (pip install 'knet[onnx]')")
+
+import onnx  # noqa: E402
+
+import knet  # noqa: E402
+from knet.checkpoint import load_model, with_class_meta  # noqa: E402
+from knet.cli import main  # noqa: E402
+from knet.errors import KnetError  # noqa: E402
+from knet.export.onnx import SizeGenericAdaptiveAvgPool2d, export_onnx  # noqa: E402
+from knet.inference.onnx_runner import CONFIG_KEY, OnnxRunner  # noqa: E402
+from tests.conftest import golden_path, logits_tolerance  # noqa: E402
+
+# preset -> the reference's tiny checkpoint of it (shared/goldens): trained-like statistics, so
+# float32 rounding stays far below the tolerance (random initial weights amplify it ~10x per stage).
+GOLDEN_WEIGHTS = {
+    "knet-r50-fcn-tiny": "knet-r50-fcn.tiny.pth",
+    "knet-r50-pspnet-tiny": "knet-r50-pspnet.tiny.pth",
+    "knet-swin-t-upernet-tiny": "knet-swin-t-upernet.tiny.pth",
+    "knet-r50-fpn-panoptic-tiny": "det/knet-det-panoptic.tiny.pth",
+}
+# Batch 2 at one size, batch 1 at another (not a multiple of 32 for semantic models; the
+# panoptic pipeline pads to 32), below the (2, 3, 256, 320) the export traced.
+SEMANTIC_SHAPES = [(2, 3, 96, 64), (1, 3, 75, 110)]
+MASK_SHAPES = [(2, 3, 96, 64), (1, 3, 64, 160)]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """``exported(preset) -> (torch model, path of its .onnx)``, each exported once per module; the
+    ResNet row through the command line (what it printed: ``exported.printed``)."""
+    cache = {}
+
+    def get(name: str):
+        if name not in cache:
+            checkpoint = golden_path(GOLDEN_WEIGHTS[name])
+            model = load_model(checkpoint, name).eval()
+            path = tmp_path_factory.mktemp("onnx") / f"{name}.onnx"
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                if name == "knet-r50-fcn-tiny":
+                    printed = io.StringIO()
+                    with contextlib.redirect_stdout(printed):
+                        assert main(["export", "--model", name, "--checkpoint", str(checkpoint), "--format",
+                                     "onnx", "--out", str(path)]) == 0
+                    get.printed = printed.getvalue()
+                else:
+                    export_onnx(model, path)
+            finally:
+                torch.set_num_threads(threads)
+            cache[name] = (model, path)
+        return cache[name]
+
+    return get
+
+
+def _parity(model, runner: OnnxRunner, shape, seed: int):
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        expected = model.inference(x)
+    got = runner(x)
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    got = got if isinstance(got, tuple) else (got,)
+    for e, g in zip(expected, got):
+        assert g.dtype == torch.float32 and g.device.type == "cpu" and g.shape == e.shape
+        diff = float((g - e).abs().max())
+        print(f"{runner.config.name} {tuple(shape)}: max |onnxruntime - torch| {diff:.2e}, max |torch| "
+              f"{float(e.abs().max()):.3g}")  # shown with -s
+        assert diff <= logits_tolerance(e), (shape, diff, float(e.abs().max()))
+
+
+@pytest.mark.parametrize("name", [
+    "knet-r50-fcn-tiny",
+    pytest.param("knet-r50-pspnet-tiny", marks=pytest.mark.slow),
+    pytest.param("knet-swin-t-upernet-tiny", marks=pytest.mark.slow),
+    pytest.param("knet-r50-fpn-panoptic-tiny", marks=pytest.mark.slow),
+])
+def test_onnx_runtime_matches_torch_at_two_sizes_and_batch_two(exported, one_thread, name):
+    model, path = exported(name)
+    runner = OnnxRunner(path, device="cpu", threads=1)
+    assert runner.config.name == name
+    shapes = MASK_SHAPES if runner.config.task == "panoptic" else SEMANTIC_SHAPES
+    for seed, shape in enumerate(shapes):
+        _parity(model, runner, shape, seed)
+
+
+def test_the_file_carries_the_config_and_dynamic_sizes(exported):
+    model, path = exported("knet-r50-fcn-tiny")
+    printed = exported.printed
+    assert "parity check, input 2x3x256x320: max |onnxruntime - torch| logits" in printed
+    assert "parity check, input 1x3x75x110" in printed and f"wrote {path}" in printed
+    proto = onnx.load(str(path))
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 18
+    metadata = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(metadata[CONFIG_KEY]) == json.loads(with_class_meta(model.config).to_json())
+    assert metadata["knet.version"] == knet.__version__
+    (image,) = proto.graph.input
+    assert image.name == "images"
+    assert [d.dim_param for d in image.type.tensor_type.shape.dim] == ["batch", "", "height", "width"]
+    assert [o.name for o in proto.graph.output] == ["logits"]
+    assert OnnxRunner(path).config == with_class_meta(model.config)
+
+
+def test_sliding_windows_run_through_the_file(exported, one_thread):
+    model, path = exported("knet-r50-fcn-tiny")
+    runner = OnnxRunner(path, threads=1)
+    x = torch.randn(2, 3, 70, 100, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = model.inference(x, mode="slide", crop_size=(48, 48), stride=(32, 40))
+    got = runner(x, "slide", (48, 48), (32, 40))
+    assert got.shape == expected.shape == (2, 150, 70, 100)
+    assert float((got - expected).abs().max()) <= logits_tolerance(expected)
+
+
+def _near_ties_only(labels: np.ndarray, expected: np.ndarray, probabilities: np.ndarray) -> None:
+    """Label maps equal except where the two best classes are within 1e-4 in probability."""
+    top2 = np.sort(probabilities, axis=0)[-2:]
+    differ = labels != expected
+    assert np.all(top2[1][differ] - top2[0][differ] < 1e-4), int(differ.sum())
+
+
+def test_predict_onnx_gives_the_torch_label_maps(exported, tmp_path, capsys):
+    model, path = exported("knet-r50-fcn-tiny")
+    image = np.random.default_rng(0).integers(0, 256, size=(60, 90, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "x.png")
+    common = [str(tmp_path / "x.png"), "--test-scale", "96,64", "--device", "cpu", "--threads", "1"]
+    assert main(["predict", "--onnx", str(path), "--out-dir", str(tmp_path / "ort")] + common) == 0
+    assert "with Segmenter(knet-r50-fcn-tiny, semantic, 150 classes" in capsys.readouterr().err
+    labels = np.asarray(Image.open(tmp_path / "ort" / "x.png"))
+    torch_result = knet.Segmenter(model, device="cpu", test_scale=(96, 64))(image)
+    _near_ties_only(labels, torch_result.labels, torch_result.probabilities())
+    onnx_result = knet.Segmenter.from_onnx(path, threads=1, test_scale=(96, 64))(image)
+    np.testing.assert_array_equal(onnx_result.labels, labels)
+    assert onnx_result.class_names == torch_result.class_names
+
+
+def test_benchmark_onnx(exported, capsys):
+    _, path = exported("knet-r50-fcn-tiny")
+    assert main(["benchmark", "--onnx", str(path), "--size", "64,48", "--batch-size", "2", "--iters", "2",
+                 "--warmup", "0", "--threads", "1", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["model"] == "knet-r50-fcn-tiny" and data["threads"] == 1 and data["gmacs"] is None
+    assert data["size"] == [64, 48] and "CPUExecutionProvider" in data["device"] and data["images_per_s"] > 0
+
+
+
+def test_knet_test_onnx_gives_the_torch_metrics(exported, tmp_path, capsys):
+    from tests.apps.test_test_cli import make_ade20k
+
+    _, path = exported("knet-r50-fcn-tiny")
+    root = make_ade20k(tmp_path / "ade", n=3)
+    common = ["--data-root", str(root), "--test-scale", "64,48", "--device", "cpu", "--threads", "1",
+              "--workers", "0", "--quiet"]
+    checkpoint = str(golden_path(GOLDEN_WEIGHTS["knet-r50-fcn-tiny"]))
+    assert main(["test", "--model", "knet-r50-fcn-tiny", "--checkpoint", checkpoint,
+                 "--out", str(tmp_path / "torch.json")] + common) == 0
+    assert main(["test", "--onnx", str(path), "--out", str(tmp_path / "ort.json")] + common) == 0
+    capsys.readouterr()
+    torch_metrics = json.loads((tmp_path / "torch.json").read_text())
+    ort_metrics = json.loads((tmp_path / "ort.json").read_text())
+    for key in ("aAcc", "mIoU", "mAcc"):  # percent with 2 decimals: near-ties cannot move them here
+        assert abs(ort_metrics[key] - torch_metrics[key]) <= 0.05, (key, ort_metrics[key], torch_metrics[key])
+    with pytest.raises(SystemExit):
+        main(["test", "--onnx", str(path), "--checkpoint", checkpoint] + common)
+    assert "not allowed with argument" in capsys.readouterr().err
+    assert main(["test", "--onnx", str(path), "--set", "data.test_scale=64,48"] + common) == 2
+    assert "--set does not apply to --onnx" in capsys.readouterr().err
+
+
+# Run as `python -c NO_TORCH ARGS...`: makes importing torch fail, then runs the knet command line.
+NO_TORCH = """
+import importlib.abc, sys
+class NoTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("this test forbids importing " + name)
+sys.meta_path.insert(0, NoTorch())
+from knet.cli import main
+code = main(sys.argv[1:])
+assert not [m for m in sys.modules if m == "torch" or m.startswith("torch.")]
+sys.exit(code)
+"""
+
+
+def test_a_semantic_onnx_model_deploys_without_torch(exported, tmp_path):
+    """knet predict --onnx (Segmenter.from_onnx, the test pipeline) in a process where importing
+    torch fails, plain and with multi-scale + flip and sliding windows: the label maps of the same
+    pipeline run with torch installed."""
+    import subprocess
+
+    _, path = exported("knet-r50-fcn-tiny")
+    image = np.random.default_rng(3).integers(0, 256, size=(60, 90, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "x.png")
+    for extra in ([], ["--tta", "--mode", "slide", "--crop-size", "48"]):
+        out = tmp_path / f"out{len(extra)}"
+        command = [sys.executable, "-c", NO_TORCH, "predict", "--onnx", str(path), str(tmp_path / "x.png"),
+                   "--out-dir", str(out), "--test-scale", "96,64", "--threads", "1"] + extra
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        labels = np.asarray(Image.open(out / "x.png"))
+        segmenter = knet.Segmenter.from_onnx(path, threads=1, test_scale=(96, 64), tta=bool(extra),
+                                             mode="slide" if extra else "whole", crop_size=(48, 48))
+        np.testing.assert_array_equal(labels, segmenter(image).labels)
+
+@pytest.mark.slow
+def test_panoptic_pipeline_on_the_onnx_runner(exported, one_thread):
+    from knet.inference.mask_pipeline import MaskTestPipeline
+
+    model, path = exported("knet-r50-fpn-panoptic-tiny")
+    image = np.random.default_rng(1).integers(0, 256, size=(70, 100, 3), dtype=np.uint8)
+    expected = MaskTestPipeline(model, test_scale=(128, 96)).logits([image])[0]
+    got = MaskTestPipeline(OnnxRunner(path, threads=1), test_scale=(128, 96)).logits([image])[0]
+    for e, g in zip(expected[:2], got[:2]):
+        assert float((g - e).abs().max()) <= logits_tolerance(e)
+
+
+# ---- the pooling layer (the one the export swaps in) ----------------------------------------
+@pytest.mark.parametrize("bins", [1, 2, 3, 6])
+def test_size_generic_pooling_equals_adaptive_pooling(bins):
+    x = torch.randn(2, 3, 13, 22)
+    expected = torch.nn.AdaptiveAvgPool2d(bins)(x)
+    assert torch.allclose(SizeGenericAdaptiveAvgPool2d(bins)(x), expected, atol=1e-6)
+
+
+def test_pyramid_pooling_exports_for_every_size(tmp_path, one_thread):
+    """PSP's pooling bins at sizes they do not divide, from one exported graph."""
+    from knet.export.onnx import exportable_copy
+    from knet.models.heads.psp import PyramidPooling
+    from knet.inference.onnx_runner import import_onnxruntime
+
+    ort = import_onnxruntime()
+    module = PyramidPooling((1, 2, 3, 6), 4, 2).eval()
+    exported_module = exportable_copy(torch.nn.Sequential(module))
+
+    class Cat(torch.nn.Module):
+        def forward(self, x):
+            return torch.cat(exported_module[0](x), dim=1)
+
+    program = torch.onnx.export(Cat().eval(), (torch.randn(1, 4, 8, 12),), dynamo=True, opset_version=18,
+                                input_names=["x"], dynamic_shapes={"x": {2: "h", 3: "w"}}, verbose=False)
+    program.save(str(tmp_path / "ppm.onnx"))
+    session = ort.InferenceSession(str(tmp_path / "ppm.onnx"), providers=["CPUExecutionProvider"])
+    for h, w in [(8, 12), (7, 11), (13, 5), (6, 6)]:
+        x = torch.randn(1, 4, h, w)
+        with torch.no_grad():
+            expected = torch.cat(module(x), dim=1)
+        (got,) = session.run(None, {"x": x.numpy()})
+        assert np.abs(got - expected.numpy()).max() <= 1e-5 * max(1.0, float(expected.abs().max()))
+
+
+# ---- errors ----------------------------------------------------------------------------------
+def _plain_onnx(path: Path, metadata=None) -> Path:
+    """A valid ONNX file without knet's metadata: images (N, 3, H, W) -> logits (Identity)."""
+    from onnx import TensorProto, helper
+
+    dims = ["batch", 3, "height", "width"]
+    graph = helper.make_graph([helper.make_node("Identity", ["images"], ["logits"])], "plain",
+                              [helper.make_tensor_value_info("images", TensorProto.FLOAT, dims)],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, dims)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    for key, value in (metadata or {}).items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(path))
+    return path
+
+
+def _one_line_error(capsys, code: int, *words: str) -> str:
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    for word in words:
+        assert word in err, err
+    return err
+
+
+@pytest.fixture()
+def picture(tmp_path) -> Path:
+    Image.fromarray(np.zeros((20, 30, 3), dtype=np.uint8)).save(tmp_path / "p.png")
+    return tmp_path / "p.png"
+
+
+def test_an_onnx_file_without_knet_metadata_is_a_one_line_error(tmp_path, picture, capsys):
+    plain = _plain_onnx(tmp_path / "plain.onnx")
+    code = main(["predict", "--onnx", str(plain), str(picture), "--out-dir", str(tmp_path / "o")])
+    _one_line_error(capsys, code, "plain.onnx", "no knet config in its metadata", "knet export")
+    (tmp_path / "junk.onnx").write_bytes(b"not a protobuf")
+    code = main(["benchmark", "--onnx", str(tmp_path / "junk.onnx")])
+    _one_line_error(capsys, code, "junk.onnx", "ONNX Runtime cannot load it")
+    code = main(["predict", "--onnx", str(tmp_path / "missing.onnx"), str(picture), "--out-dir", str(tmp_path / "o")])
+    _one_line_error(capsys, code, "missing.onnx: no such file")
+
+
+def test_export_errors_are_one_line_and_write_nothing(tmp_path, capsys):
+    torch.manual_seed(0)
+    knet.save_pretrained(knet.build_model("knet-r50-fcn-tiny"), tmp_path / "fcn")
+    out = tmp_path / "m.onnx"
+    base = ["export", "--pretrained", str(tmp_path / "fcn"), "--out", str(out)]
+    _one_line_error(capsys, main(base + ["--format", "tflite"]), "--format tflite", "valid: onnx")
+    _one_line_error(capsys, main(base + ["--model", "knet-r50-pspnet-tiny"]), "does not fit model knet-r50-pspnet-tiny")
+    _one_line_error(capsys, main(base + ["--opset", "17"]), "--opset 17", "18 or newer")
+    assert not out.exists() and list(tmp_path.glob(".m.onnx*")) == []
+
+
+def test_missing_onnx_packages_name_the_extra(tmp_path, picture, monkeypatch, capsys):
+    plain = _plain_onnx(tmp_path / "plain.onnx")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` raises ImportError
+    with pytest.raises(KnetError, match=r'ONNX Runtime is not installed: pip install "knet\[onnx\]"'):
+        OnnxRunner(plain)
+    code = main(["predict", "--onnx", str(plain), str(picture), "--out-dir", str(tmp_path / "o")])
+    _one_line_error(capsys, code, 'pip install "knet[onnx]"')
+    monkeypatch.setitem(sys.modules, "onnxscript", None)
+    with pytest.raises(KnetError, match=r'ONNX export needs onnxscript: pip install "knet\[onnx\]"'):
+        export_onnx(knet.build_model("knet-r50-fcn-tiny"), tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_a_failed_parity_check_leaves_no_file(tmp_path, monkeypatch):
+    """The exporter replaced by one that writes a wrong graph (images -> images): the check fails
+    and neither the file nor its temporary remains."""
+    import onnx_ir as ir
+
+    wrong = ir.serde.deserialize_model(onnx.load(str(_plain_onnx(tmp_path / "plain.onnx"))))
+
+    class Program:
+        model = wrong
+
+        def save(self, destination, external_data=False):
+            ir.save(self.model, str(destination))
+
+    monkeypatch.setattr(torch.onnx, "export", lambda *args, **kwargs: Program())
+    out = tmp_path / "out" / "m.onnx"
+    with pytest.raises(KnetError, match=r"parity check: logits has shape \(2, 3, 256, 320\) in ONNX Runtime"):
+        export_onnx(knet.build_model("knet-r50-fcn-tiny"), out)
+    assert list(out.parent.iterdir()) == []
