@@ -23,6 +23,7 @@ VERBS = {
     "demo": ("demo", "train, evaluate and run a tiny K-Net on generated scenes (nothing to download)"),
     "benchmark": ("benchmark", "measure the inference speed and memory of a model"),
     "export": ("export", "write a model as an ONNX file (run it with knet predict --onnx)"),
+    "serve": ("serve", "a web page and an HTTP API that segment images (needs: pip install \"knet[serve]\")"),
 }
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from knet.data.io import read_image, read_label, write_image
+from knet.data.io import decode_image, encode_image, read_image, read_label, write_image
 from knet.errors import DataError
 
 
@@ -90,6 +90,59 @@ def test_truncated_and_missing_image(tmp_path, rgb):
         read_image(tmp_path / "missing.png")
     with pytest.raises(DataError, match="folder"):
         read_image(tmp_path)
+
+
+def _smooth_jpeg(path, progressive=False):
+    """A 240x320 JPEG of smooth gradients (a photo's statistics rather than noise's); its bytes."""
+    y, x = np.mgrid[0:240, 0:320]
+    image = cv2.GaussianBlur(np.stack([x % 256, y % 256, (x + y) % 256], -1).astype(np.uint8), (0, 0), 3)
+    Image.fromarray(image).save(path, quality=90, progressive=progressive)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+@pytest.mark.parametrize("keep", [0.3, 0.9, 0.999])
+def test_truncated_jpeg_is_refused_naming_the_file(tmp_path, progressive, keep):
+    data = _smooth_jpeg(tmp_path / "whole.jpg", progressive)
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(DataError) as info:
+        read_image(cut)
+    message = str(info.value)
+    assert message == f"{cut}: truncated image file (the data ends before the image does)"
+
+
+def test_truncation_is_caught_where_opencv_returns_an_image(tmp_path, monkeypatch):
+    # Many OpenCV builds decode a cut-off JPEG with grey rows and a warning only: imitate one.
+    data = _smooth_jpeg(tmp_path / "whole.jpg")
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    lenient = lambda buffer, flags: np.zeros((240, 320, 3), np.uint8)  # noqa: E731
+    monkeypatch.setattr(cv2, "imdecode", lenient)
+    with pytest.raises(DataError, match=r"cut.jpg: truncated image file"):
+        read_image(tmp_path / "cut.jpg")
+    read_image(tmp_path / "whole.jpg")  # a whole file still reads
+
+
+def test_bytes_after_the_jpeg_end_are_not_truncation(tmp_path):
+    # Some cameras append data after the end-of-image marker; the image itself is whole.
+    data = _smooth_jpeg(tmp_path / "whole.jpg")
+    (tmp_path / "tail.jpg").write_bytes(data + b"trailing camera data")
+    np.testing.assert_array_equal(read_image(tmp_path / "tail.jpg"), read_image(tmp_path / "whole.jpg"))
+
+
+def test_decode_image_names_what_it_was_given(tmp_path):
+    data = _smooth_jpeg(tmp_path / "whole.jpg")
+    np.testing.assert_array_equal(decode_image(data, "upload"), read_image(tmp_path / "whole.jpg"))
+    for content, message in ((b"", "upload 'x': image file is empty"), (data[: len(data) // 2], "upload 'x': truncated"),
+                             (b"%PDF-1.4 not an image", "upload 'x': cannot decode image")):
+        with pytest.raises(DataError, match=message):
+            decode_image(content, "upload 'x'")
+
+
+def test_encode_image_gives_the_bytes_write_image_writes(tmp_path, rgb):
+    labels = (rgb[..., 0] % 7).astype(np.uint8)
+    write_image(tmp_path / "l.png", labels)
+    assert encode_image(labels, ".png") == (tmp_path / "l.png").read_bytes()
 
 
 def test_label_grayscale_and_palette(tmp_path):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 import cv2
 import numpy as np
@@ -61,16 +61,62 @@ def read_image(path: PathLike) -> np.ndarray:
         orientation is applied, all by OpenCV's ``IMREAD_COLOR`` decode, as in the reference.
 
     Raises:
-        DataError: the file is missing, empty, corrupt or not an image (the message names it).
+        DataError: the file is missing, empty, truncated, corrupt or not an image (the message
+            names it).
     """
-    data = _read_bytes(path, "image")
+    return decode_image(_read_bytes(path, "image"), path)
+
+
+def decode_image(data: Union[bytes, np.ndarray], name: Any) -> np.ndarray:
+    """Decode an encoded image (a file's bytes) as :func:`read_image` does.
+
+    Args:
+        data: the encoded bytes (or a uint8 array of them).
+        name: what the error messages call the image (a path, an upload's name).
+
+    Returns:
+        uint8 array (H, W, 3), RGB.
+
+    Raises:
+        DataError: empty, truncated, corrupt or not an image (the message names ``name``).
+    """
+    buffer = np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    if buffer.size == 0:
+        raise DataError(f"{name}: image file is empty")
     try:
-        bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
+        bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
     except cv2.error:
         bgr = None
+    if _truncated(buffer, decoded=bgr is not None):
+        raise DataError(f"{name}: truncated image file (the data ends before the image does)")
     if bgr is None:
-        raise DataError(f"{path}: cannot decode image (corrupt file or unsupported format)")
+        raise DataError(f"{name}: cannot decode image (corrupt file or unsupported format)")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+_JPEG_START, _JPEG_END = b"\xff\xd8", b"\xff\xd9"
+
+
+def _truncated(buffer: np.ndarray, decoded: bool) -> bool:
+    """Whether Pillow's full decode of the bytes stops at their end ("image file is truncated").
+
+    Depending on its version and the file, OpenCV's libjpeg returns a truncated JPEG with its
+    missing rows grey and only a warning on stderr, so that a cut-off download would be segmented
+    as if it were whole; ``knet predict``, ``knet test`` and ``knet serve`` refuse it instead. A
+    JPEG that ends with its end-of-image marker is whole, which spares the common case a second
+    decode; other images are asked only when OpenCV failed, to name the reason.
+    """
+    head, tail = buffer[:2].tobytes(), buffer[-2:].tobytes()
+    if decoded and (head != _JPEG_START or tail == _JPEG_END):
+        return False
+    try:
+        with Image.open(io.BytesIO(buffer.tobytes())) as img:
+            img.load()
+    except OSError as err:  # UnidentifiedImageError is an OSError too: not Pillow's format, not truncated
+        return "truncated" in str(err)
+    except (SyntaxError, ValueError, Image.DecompressionBombError):
+        return False
+    return False
 
 
 def read_label(path: PathLike) -> np.ndarray:
@@ -124,8 +170,15 @@ def write_image(path: PathLike, image: np.ndarray) -> None:
     """Write a uint8 RGB (H, W, 3) or grayscale (H, W) image atomically (temp file + rename),
     in the format given by the suffix of ``path``; numpy I/O so non-ASCII paths work."""
     path = Path(path)
+    atomic_write_bytes(path, encode_image(image, path.suffix or ".png", name=path))
+
+
+def encode_image(image: np.ndarray, suffix: str = ".png", name: Any = "image") -> bytes:
+    """A uint8 RGB (H, W, 3) or grayscale (H, W) image (uint16 too, for PNG) encoded in the
+    format of ``suffix``: exactly the bytes :func:`write_image` writes (``knet serve`` answers with
+    them)."""
     array = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
-    ok, encoded = cv2.imencode(path.suffix or ".png", array)
+    ok, encoded = cv2.imencode(suffix, array)
     if not ok:
-        raise DataError(f"{path}: cannot encode image as {path.suffix or '.png'}")
-    atomic_write_bytes(path, encoded.tobytes())
+        raise DataError(f"{name}: cannot encode image as {suffix}")
+    return encoded.tobytes()
