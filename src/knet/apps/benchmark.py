@@ -162,7 +162,7 @@ def benchmark(model: Any, size: Any = None, batch_size: int = 1, device: str = "
         dev = resolve_device(device)
         model = model.to(dev).eval()
     else:
-        dev = model.device
+        dev = resolve_device(model.device)  # a runner names its device ("cpu")
     x = torch.randn(batch_size, 3, height, width, device=dev)
 
     def sync() -> None:

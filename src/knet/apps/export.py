@@ -2,6 +2,7 @@
 
     knet export --model knet-r50-fcn --checkpoint ref.pth --format onnx --out knet-r50-fcn.onnx
     knet export --pretrained my_model --out my_model-int8.onnx --quantize int8 --calibration photos/
+    knet export --onnx my_model.onnx --out my_model-int8.onnx --quantize int8 --calibration photos/
 
 The file takes normalised float32 images (N, 3, H, W) of any batch and size (multiples of 32 for
 panoptic/instance models) and gives what the test pipeline reads: semantic logits (N, C, H, W), or
@@ -11,7 +12,8 @@ after the export and prints the largest differences; the file is written atomica
 
 ``--quantize int8`` writes a statically quantized file instead (:mod:`knet.export.quantize`),
 calibrated on up to ``--calibration-images`` images of the ``--calibration`` folder, and prints how
-far it is from the float model on them.
+far it is from the float model on them; its source may also be a float file that ``knet export``
+wrote (``--onnx``).
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ FORMATS = ("onnx",)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     options.add_model(parser)
-    options.add_weights(parser, required=True, pretrained=True)
+    options.add_weights(parser, required=True, pretrained=True, onnx=True)
     parser.add_argument("--format", default="onnx", metavar="FORMAT", help="output format: onnx (default)")
     parser.add_argument("--out", required=True, metavar="FILE", help="the file to write, e.g. model.onnx")
     parser.add_argument("--opset", type=int, default=18, metavar="N", help="ONNX opset, 18 or newer (default 18)")
@@ -73,6 +75,11 @@ def run(args: argparse.Namespace) -> int:
         raise KnetError(f"--opset {args.opset}: the exporter writes opset {MIN_OPSET} or newer")
 
     calibration = _calibration(args)
+    if args.onnx and calibration is None:
+        raise KnetError("--onnx FILE is the source of --quantize only (the file is already exported)")
+    if args.onnx:
+        _quantize(Path(args.onnx), out, calibration, args)
+        return 0
     if args.threads is not None:
         import torch
 
@@ -82,17 +89,21 @@ def run(args: argparse.Namespace) -> int:
     if calibration is None:
         _export(model, out, args)
         return 0
-    from ..export.quantize import quantize_int8, read_calibration_images
-
-    images = read_calibration_images(calibration)
     with tempfile.TemporaryDirectory(prefix="knet-export-") as folder:
         fp32 = Path(folder) / "fp32.onnx"
         _export(model, fp32, args)
-        print(f"quantizing to int8, calibrated on {len(images)} images ...", file=sys.stderr)
-        result = quantize_int8(fp32, out, images)
+        _quantize(fp32, out, calibration, args)
+    return 0
+
+
+def _quantize(fp32: Path, out: Path, calibration, args: argparse.Namespace) -> None:
+    from ..export.quantize import quantize_int8, read_calibration_images
+
+    images = read_calibration_images(calibration)
+    print(f"quantizing to int8, calibrated on {len(images)} images ...", file=sys.stderr)
+    result = quantize_int8(fp32, out, images, threads=args.threads)
     print(result.summary())
     print(f"wrote {out} ({result.size_mb:.1f} MB, int8)")
-    return 0
 
 
 def _export(model, out: Path, args: argparse.Namespace) -> None:

@@ -123,7 +123,8 @@ def _quantization_module() -> Any:
 
 def quantize_int8(fp32_path: PathLike, out_path: PathLike, images: Sequence[np.ndarray], *,
                   test_scale: Optional[Tuple[int, int]] = None, per_channel: bool = True,
-                  reduce_range: bool = False, scopes: Sequence[str] = QUANTIZED_SCOPES) -> QuantizationResult:
+                  reduce_range: bool = False, scopes: Sequence[str] = QUANTIZED_SCOPES,
+                  threads: Optional[int] = None) -> QuantizationResult:
     """Quantize a file written by :func:`knet.export.onnx.export_onnx` to int8 (QDQ).
 
     Args:
@@ -136,6 +137,8 @@ def quantize_int8(fp32_path: PathLike, out_path: PathLike, images: Sequence[np.n
         per_channel: one weight scale per output channel (more accurate than one per tensor).
         reduce_range: 7-bit weights, for CPUs without VNNI whose uint8 x int8 products can
             saturate (AVX2); off by default.
+        scopes: the modules whose convolutions and linear layers are quantized.
+        threads: ONNX Runtime's threads for the calibration and comparison runs.
     """
     import onnx
 
@@ -144,7 +147,7 @@ def quantize_int8(fp32_path: PathLike, out_path: PathLike, images: Sequence[np.n
     quantization = _quantization_module()
     if not images:
         raise KnetError("int8 quantization needs at least one calibration image")
-    recorder = _RecordingRunner(OnnxRunner(fp32_path, device="cpu"))
+    recorder = _RecordingRunner(OnnxRunner(fp32_path, device="cpu", threads=threads))
     config = recorder.config
     pipeline = get_task(config.task).pipeline(recorder, test_scale=test_scale)
     for image in images:  # one at a time: each input its own calibration sample
