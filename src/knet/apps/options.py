@@ -80,6 +80,12 @@ def add_test_pipeline(parser: argparse.ArgumentParser) -> None:
                         help="images per forward; same result as 1 (images of equal size are batched together)")
 
 
+def add_compile(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--compile", action="store_true",
+                        help="run the torch model through torch.compile: each new input size compiles once "
+                             "(tens of seconds), then runs faster; for long runs")
+
+
 def check_positive(name: str, value, minimum: int = 1) -> None:
     """A one-line error for ``--name`` values below ``minimum``."""
     from ..errors import KnetError

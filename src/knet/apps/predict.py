@@ -178,6 +178,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     options.add_test_pipeline(parser)
     options.add_device(parser)
     options.add_threads(parser)
+    options.add_compile(parser)
     parser.add_argument("--opacity", type=float, default=0.5, metavar="A",
                         help="weight of the class colours in the overlays, 0..1 (default 0.5)")
     parser.add_argument("--save-probs", action="store_true",
@@ -193,7 +194,10 @@ def _build_segmenter(args: argparse.Namespace):
                     crop_size=args.crop_size, stride=args.stride, batch_size=args.batch_size,
                     score_thr=args.score_thr)
     if args.onnx:
+        if args.compile:
+            raise KnetError("--compile applies to torch models, not to --onnx")
         return Segmenter(options.onnx_runner(args), **settings)
+    settings["compile"] = args.compile
     if args.pretrained:
         path = Path(args.pretrained)
         if not path.is_dir():

@@ -40,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(batch_size=DEFAULT_BATCH)
     options.add_device(parser)
     options.add_threads(parser)
+    options.add_compile(parser)
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens the "
                              "server to the network, with no authentication)")

@@ -50,6 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="processes reading the files (0: read in the main process)")
     options.add_device(parser)
     options.add_threads(parser)
+    options.add_compile(parser)
     parser.add_argument("--out", default=None, metavar="metrics.json", help="write the metrics as JSON")
     parser.add_argument("--format-only", default=None, metavar="DIR",
                         help="panoptic / instance models: write the predictions into DIR in COCO's results "
@@ -102,6 +103,8 @@ def _evaluate(args: argparse.Namespace, info, device) -> None:
     if args.reduce_zero_label and args.dataset not in (None, "folder"):
         raise KnetError("--reduce-zero-label applies to folder datasets (ADE20K always reduces label 0)")
     if args.onnx:
+        if args.compile:
+            raise KnetError("--compile applies to torch models, not to --onnx")
         if args.overrides:
             raise KnetError("--set does not apply to --onnx: the file holds its config and weights")
         if info.distributed:
@@ -124,7 +127,7 @@ def _evaluate(args: argparse.Namespace, info, device) -> None:
         model, dataset, task=task, mode=args.mode, tta=args.tta, batch_size=args.batch_size, device=device,
         workers=args.workers, crop_size=args.crop_size, stride=args.stride, test_scale=args.test_scale,
         skip_bad=args.skip_bad, show_dir=args.show_dir, opacity=args.opacity,
-        progress=not args.quiet, dist_info=info, format_dir=args.format_only,
+        progress=not args.quiet, dist_info=info, format_dir=args.format_only, compile=args.compile,
     )
     if not info.is_main:
         return

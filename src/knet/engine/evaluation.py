@@ -101,26 +101,28 @@ def run_evaluation(model: Any, dataset: Any, *, task: Optional[Task] = None, mod
                    test_scale: Optional[Size] = None, skip_bad: bool = False,
                    show_dir: Optional[Union[str, os.PathLike]] = None, opacity: float = 0.5,
                    progress: bool = False, dist_info: Optional[DistInfo] = None,
-                   format_dir: Optional[Union[str, os.PathLike]] = None) -> EvaluationResult:
+                   format_dir: Optional[Union[str, os.PathLike]] = None,
+                   compile: bool = False) -> EvaluationResult:
     """Evaluate ``model`` (a torch model or a model runner) on ``dataset``; see :func:`evaluate`.
 
     ``task`` defaults to the model config's. ``dist_info``: this process's place in a torchrun
     run (its process group initialised); None or one process evaluates everything. Call it on
     every rank: each returns the same metrics. ``format_dir``: write the predictions there in the
     dataset's results format (:meth:`knet.tasks.Task.formatter`; labels are not needed) instead of
-    scoring them; the metrics are then the formatter's ``{"files", "num_images"}``.
+    scoring them; the metrics are then the formatter's ``{"files", "num_images"}``. ``compile``:
+    run a torch model through ``torch.compile`` (:class:`~knet.inference.pipeline.TorchRunner`).
     """
     from ..utils.progress import ProgressBar
 
     if batch_size < 1:
         raise KnetError(f"batch size must be at least 1, got {batch_size}")
-    runner = as_runner(model)
+    if device is not None and isinstance(model, nn.Module):
+        model.to(resolve_device(device))
+    runner = as_runner(model, compile=compile)  # an inference copy of a torch model, where it now is
     config = runner.config
     task = task or get_task(config.task)
     info = dist_info or DistInfo()
     _check_dataset(config, dataset, task, need_labels=format_dir is None)
-    if device is not None and isinstance(model, nn.Module):
-        model.to(resolve_device(device))
     pipeline = task.pipeline(runner, mode=mode, crop_size=crop_size, stride=stride, test_scale=test_scale, tta=tta)
     evaluator = (task.formatter(config, dataset, Path(format_dir)) if format_dir is not None
                  else task.evaluator(config, dataset, device=pipeline.device))
@@ -178,7 +180,8 @@ def evaluate(model: nn.Module, dataset: Any, *, mode: str = "whole", tta: bool =
              device: Union[str, torch.device, None] = "auto", workers: int = 0,
              crop_size: Optional[Size] = None, stride: Optional[Size] = None,
              test_scale: Optional[Size] = None, skip_bad: bool = False,
-             show_dir: Optional[Union[str, os.PathLike]] = None, progress: bool = False) -> Dict[str, Any]:
+             show_dir: Optional[Union[str, os.PathLike]] = None, progress: bool = False,
+             compile: bool = False) -> Dict[str, Any]:
     """Evaluate a model on a dataset exactly as ``knet test`` does.
 
     Args:
@@ -200,6 +203,8 @@ def evaluate(model: nn.Module, dataset: Any, *, mode: str = "whole", tta: bool =
             :func:`run_evaluation` to get the list of skipped files).
         show_dir: write ground-truth | prediction overlays there, one PNG per image.
         progress: draw a progress bar on stderr.
+        compile: run the model through ``torch.compile`` (compiles on the first image of each
+            size: worth it for long runs).
 
     Returns:
         The task's metrics, percent rounded to 2 decimals, None where undefined; semantic:
@@ -209,7 +214,7 @@ def evaluate(model: nn.Module, dataset: Any, *, mode: str = "whole", tta: bool =
     """
     return run_evaluation(model, dataset, mode=mode, tta=tta, batch_size=batch_size, device=device,
                           workers=workers, crop_size=crop_size, stride=stride, test_scale=test_scale,
-                          skip_bad=skip_bad, show_dir=show_dir, progress=progress).metrics
+                          skip_bad=skip_bad, show_dir=show_dir, progress=progress, compile=compile).metrics
 
 
 def write_json(path: Union[str, os.PathLike], data: Dict[str, Any]) -> None:

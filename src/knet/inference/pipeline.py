@@ -56,13 +56,27 @@ class TorchRunner:
     compiled model or another runtime plugs into :class:`TestPipeline` and
     :class:`~knet.inference.mask_pipeline.MaskTestPipeline`, and so into ``knet test``,
     ``knet predict`` and ``Segmenter``, by providing the same three things.
+
+    The runner runs an inference copy of ``model`` made when it is built
+    (:func:`knet.models.fuse.inference_copy`: eval mode, BatchNorms folded into their
+    convolutions, no gradients), so the caller's model is never changed. ``compile=True`` runs
+    the copy's ``inference`` through ``torch.compile`` (Inductor, with frozen weights): the first
+    call of each input shape compiles (tens of seconds for a full-size model), later ones reuse it.
     """
 
     takes_numpy = False
 
-    def __init__(self, model: Any) -> None:
-        self.model = model
+    def __init__(self, model: Any, compile: bool = False) -> None:
+        import torch
+
+        from ..models.fuse import inference_copy
+
         self.config: KNetConfig = model.config
+        self.model = inference_copy(model)
+        self.compiled = bool(compile)
+        self._inference = self.model.inference
+        if self.compiled:
+            self._inference = torch.compile(self.model.inference, options={"freezing": True})
 
     @property
     def device(self) -> Any:
@@ -74,19 +88,14 @@ class TorchRunner:
                  stride: Optional[Tuple[int, int]] = None) -> Any:
         import torch
 
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.no_grad():
-                out = self.model.inference(x, mode=mode, crop_size=crop_size, stride=stride)
-        finally:
-            self.model.train(was_training)
+        with torch.inference_mode():
+            out = self._inference(x, mode=mode, crop_size=crop_size, stride=stride)
         return tuple(t.float() for t in out) if isinstance(out, tuple) else out.float()
 
 
-def as_runner(model: Any) -> Any:
+def as_runner(model: Any, compile: bool = False) -> Any:
     """A torch model wrapped as a :class:`TorchRunner`; a runner is returned as it is."""
-    return TorchRunner(model) if is_torch_module(model) else model
+    return TorchRunner(model, compile=compile) if is_torch_module(model) else model
 
 
 class TestPipeline:

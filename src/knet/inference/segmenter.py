@@ -21,7 +21,7 @@ import numpy as np
 
 from ..config import KNetConfig
 from ..errors import KnetError
-from .pipeline import is_torch_module, softmax_numpy
+from .pipeline import as_runner, is_torch_module, softmax_numpy
 
 PathLike = Union[str, "os.PathLike[str]"]
 ImageInput = Union[PathLike, np.ndarray, Any]  # Any: a PIL.Image.Image (Pillow is imported lazily)
@@ -261,6 +261,12 @@ class Segmenter:
         score_thr: instance models: the lowest score an instance needs to be shown and written
             (mmdetection's display default, 0.3).
         overrides: config overrides when building ``model`` from a name.
+        compile: run a torch model through ``torch.compile`` (Inductor, frozen weights): each new
+            input size compiles once (tens of seconds for a full-size model), later calls of that
+            size are faster; for long runs.
+
+    A torch model runs as an inference copy made here (BatchNorms folded into the convolutions):
+    the model you pass is not changed, and changing it later does not change this segmenter.
 
     Calling it on one input returns a result (semantic models: :class:`SegmentationResult`;
     panoptic and instance models: :class:`~knet.inference.mask_results.PanopticSegmentationResult`,
@@ -273,7 +279,7 @@ class Segmenter:
                  device: Optional[str] = None, mode: str = "whole", tta: bool = False,
                  test_scale: Optional[Tuple[int, int]] = None, crop_size: Optional[Tuple[int, int]] = None,
                  stride: Optional[Tuple[int, int]] = None, batch_size: int = 1, score_thr: float = 0.3,
-                 overrides: Optional[Dict[str, Any]] = None) -> None:
+                 overrides: Optional[Dict[str, Any]] = None, compile: bool = False) -> None:
         from ..tasks import get_task
 
         if not 0.0 <= float(score_thr) <= 1.0:
@@ -285,17 +291,21 @@ class Segmenter:
             # completed when it was written.
             if checkpoint is not None:
                 raise KnetError("a model runner holds its own weights: leave checkpoint out")
+            if compile:
+                raise KnetError("compile applies to torch models, not to a model runner")
             self.model = model
             self.config: KNetConfig = model.config
+            runner = model
         else:
             self.model = self._torch_model(model, checkpoint, device, overrides)
             from ..checkpoint import with_class_meta
 
             self.config = with_class_meta(self.model.config)
+            runner = as_runner(self.model, compile=compile)  # an inference copy: self.model stays as it is
         self.batch_size = batch_size
         self.score_thr = float(score_thr)
         self.task = get_task(self.config.task)
-        self.pipeline = self.task.pipeline(self.model, mode=mode, crop_size=crop_size, stride=stride,
+        self.pipeline = self.task.pipeline(runner, mode=mode, crop_size=crop_size, stride=stride,
                                            test_scale=test_scale, tta=tta)
 
     @staticmethod
