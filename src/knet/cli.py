@@ -21,7 +21,7 @@ VERBS = {
     "plot-log": ("plot_log", "draw loss and mIoU curves from a training log.jsonl"),
     "predict": ("predict", "segment images: label maps, colour overlays, probabilities"),
     "demo": ("demo", "train, evaluate and run a tiny K-Net on generated scenes (nothing to download)"),
-    "benchmark": ("benchmark", "measure the inference speed and memory of a model"),
+    "benchmark": ("benchmark", "measure the speed and memory of a model: inference, or training steps (--train)"),
     "export": ("export", "write a model as an ONNX file (run it with knet predict --onnx)"),
     "serve": ("serve", "a web page and an HTTP API that segment images (needs: pip install \"knet[serve]\")"),
 }

@@ -1,0 +1,287 @@
+"""knet against the reference implementation (mmsegmentation 1.2.2), side by side in one run.
+
+    python benchmarks/side_by_side.py                         # R50-FCN, R50-UPerNet, Swin-T UPerNet at 512
+    python benchmarks/side_by_side.py --models fcn --onnx --compile
+    python benchmarks/side_by_side.py --tiny                  # the -tiny presets, knet's columns only
+
+For each model the reference (``../shared/reference``, in the venv its ``setup.sh`` makes, default
+``../.refenv``) writes its randomly initialised weights and knet loads them, so both run the same
+network. Then, alternating in rounds on ``torch.manual_seed(0)`` random inputs of the same size and
+on the same threads:
+
+- inference, batch 1: the reference's eval forward (``ref_bench.py infer``, its own process) and
+  knet's default path (the test pipeline's runner: an inference copy with BatchNorms folded);
+  with ``--compile`` knet's ``torch.compile`` path, with ``--onnx`` the exported file in ONNX
+  Runtime, fp32 and int8. knet's logits are compared with the reference's on the same input.
+- training, batch 2: the reference's step (``ref_bench.py train``: forward, losses, backward,
+  AdamW with gradient clipping, dropout and drop-path off) and ``knet benchmark --train`` (the
+  same step, its own process), with their peak resident memory; knet's losses on the reference's
+  first batch are compared with the reference's.
+
+Where the reference is not installed (CI) or for ``--tiny`` (no reference config has those
+widths), it says so and prints knet's columns only. The CPU model and thread count are printed
+with the tables; times are medians.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE = REPO.parent / "shared" / "reference"
+PRESETS = {"fcn": "knet-r50-fcn", "pspnet": "knet-r50-pspnet", "deeplabv3": "knet-r50-deeplabv3",
+           "upernet": "knet-r50-upernet", "swin-t": "knet-swin-t-upernet"}
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def has_vnni() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
+def run_reference(python: Path, *args: str, save: Optional[Path] = None) -> Dict[str, float]:
+    """``ref_bench.py ARGS`` in the reference's venv: its ``best_s``, ``median_s``, ``peak_rss_mib``."""
+    env = dict(os.environ, **({"REF_BENCH_SAVE": str(save)} if save else {}))
+    done = subprocess.run([str(python), str(REFERENCE / "ref_bench.py"), *args], capture_output=True, text=True,
+                          env=env, check=False)
+    if done.returncode != 0:
+        sys.exit(f"reference {' '.join(args)} failed:\n{done.stderr[-2000:]}")
+    values = {}
+    for line in done.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] in ("best_s", "median_s", "peak_rss_mib"):
+            values[parts[0]] = float(parts[1])
+    return values
+
+
+def run_knet_train(preset: str, weights: Optional[Path], batch: int, size: int, steps: int,
+                   threads: int) -> Dict[str, float]:
+    """``knet benchmark --train --json`` in its own process (its peak memory is the step's)."""
+    command = [sys.executable, "-m", "knet", "benchmark", "--train", "--json", "--model", preset,
+               "--batch-size", str(batch), "--size", str(size), "--iters", str(steps), "--warmup", "1",
+               "--threads", str(threads), "--device", "cpu"]
+    if weights is not None:
+        command += ["--checkpoint", str(weights)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        sys.exit(f"knet benchmark --train failed:\n{done.stderr[-2000:]}")
+    data = json.loads(done.stdout.strip().splitlines()[-1])
+    return {"median_s": data["step_ms"]["p50"] / 1000, "peak_rss_mib": data["peak_memory_mb"]}
+
+
+def timed(call, repeats: int) -> float:
+    """The median seconds of ``repeats`` calls."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def knet_losses(model, saved: Dict[str, np.ndarray]) -> Dict[str, float]:
+    """knet's losses on the reference's first training batch, dropout and drop-path off."""
+    import torch
+
+    from knet.losses.semantic import semantic_losses
+
+    model.train()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout) or type(module).__name__ == "DropPath":
+            module.eval()
+    with torch.no_grad():
+        output = model.outputs(torch.from_numpy(saved["x"]), with_aux=True)
+        losses = semantic_losses(output, torch.from_numpy(saved["labels"]).long(), model.config.data.ignore_index,
+                                 model.config.auxiliary_head.loss_weight, model.config.align_corners)
+    model.eval()
+    values = {name: float(value) for name, value in losses.items()}
+    values["loss"] = sum(values.values())
+    return values
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="+", default=["fcn", "upernet", "swin-t"], choices=sorted(PRESETS))
+    parser.add_argument("--size", type=int, default=None, help="input side (default 512; --tiny: 64)")
+    parser.add_argument("--tiny", action="store_true", help="the -tiny presets (no reference): a quick check")
+    parser.add_argument("--no-train", dest="train", action="store_false", help="inference only")
+    parser.add_argument("--compile", action="store_true", help="add knet's torch.compile column")
+    parser.add_argument("--onnx", action="store_true", help="add ONNX Runtime fp32 and int8 columns (exports)")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="timed forwards per round and implementation")
+    parser.add_argument("--train-steps", type=int, default=2, help="timed training steps per round")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--reference-python", type=Path, default=REPO.parent / ".refenv" / "bin" / "python")
+    parser.add_argument("--work-dir", type=Path, default=None)
+    args = parser.parse_args()
+    size = args.size or (64 if args.tiny else 512)
+
+    import torch
+
+    from knet import build_model
+    from knet.checkpoint import load_model
+    from knet.inference.pipeline import TorchRunner
+
+    torch.set_num_threads(args.threads)
+    reference_python: Optional[Path] = args.reference_python
+    if args.tiny:
+        print("reference: not run (the -tiny presets have no reference config): knet's columns only")
+        reference_python = None
+    elif not args.reference_python.exists():
+        print(f"reference: not installed ({args.reference_python} is missing; run {REFERENCE / 'setup.sh'}): "
+              "knet's columns only")
+        reference_python = None
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="knet-side-by-side-"))
+    work.mkdir(parents=True, exist_ok=True)
+
+    infer_rows: List[Dict] = []
+    train_rows: List[Dict] = []
+    for short in args.models:
+        preset = PRESETS[short] + ("-tiny" if args.tiny else "")
+        weights: Optional[Path] = None
+        if reference_python is not None:
+            weights = work / f"{short}.ref.pth"
+            if not weights.exists():
+                run_reference(reference_python, "export", short, str(weights))
+            model = load_model(weights, preset).eval()
+        else:
+            torch.manual_seed(0)
+            model = build_model(preset).eval()
+        x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+        runners = {"knet": TorchRunner(model)}
+        if args.compile:
+            runners["compiled"] = TorchRunner(model, compile=True)
+        if args.onnx:
+            runners.update(onnx_runners(model, preset, work, size, args.threads))
+        for runner in runners.values():
+            runner(x)  # warm-up (and the compile)
+        times: Dict[str, List[float]] = {name: [] for name in (["reference"] if reference_python else []) + list(runners)}
+        saved = work / f"{short}.infer.npz"
+        for round_index in range(args.rounds):
+            if reference_python is not None:
+                times["reference"].append(run_reference(reference_python, "infer", short, str(size), str(args.repeats),
+                                                        save=saved if round_index == 0 else None)["median_s"])
+            for name, runner in runners.items():
+                times[name].append(timed(lambda: runner(x), args.repeats))
+        row = {"model": preset, **{name: statistics.median(v) for name, v in times.items()}}
+        if reference_python is not None:
+            ref = np.load(saved)
+            ref_x, ref_logits = torch.from_numpy(ref["x"]), ref["logits"]
+            row["diffs"] = {name: float(np.abs(runner(ref_x).numpy() - ref_logits).max() / np.abs(ref_logits).max())
+                            for name, runner in runners.items() if name in ("knet", "compiled", "onnx fp32")}
+        infer_rows.append(row)
+        print(f"inference {preset}: " + ", ".join(f"{k} {v:.3f} s" for k, v in row.items()
+                                                   if isinstance(v, float)), flush=True)
+        del runners
+
+        if args.train:
+            steps = {"reference": [], "knet": []} if reference_python else {"knet": []}
+            memory: Dict[str, float] = {}
+            saved_train = work / f"{short}.train.npz"
+            for round_index in range(args.rounds):
+                if reference_python is not None:
+                    ref = run_reference(reference_python, "train", short, "2", str(size), str(args.train_steps),
+                                        save=saved_train if round_index == 0 else None)
+                    steps["reference"].append(ref["median_s"])
+                    memory["reference"] = max(memory.get("reference", 0.0), ref["peak_rss_mib"])
+                mine = run_knet_train(preset, weights, 2, size, args.train_steps, args.threads)
+                steps["knet"].append(mine["median_s"])
+                memory["knet"] = max(memory.get("knet", 0.0), mine["peak_rss_mib"])
+            row = {"model": preset, **{k: statistics.median(v) for k, v in steps.items()}, "memory": memory}
+            if reference_python is not None:
+                ref = np.load(saved_train)
+                mine = knet_losses(model, {"x": ref["x"], "labels": ref["labels"]})
+                row["loss_diff"] = abs(mine["loss"] - float(ref["loss"])) / abs(float(ref["loss"]))
+            train_rows.append(row)
+            print(f"training {preset}: " + ", ".join(f"{k} {v:.3f} s" for k, v in row.items()
+                                                      if isinstance(v, float) and k != "loss_diff"), flush=True)
+        del model
+
+    print_tables(infer_rows, train_rows, args, size, reference_python is not None)
+
+
+def onnx_runners(model, preset: str, work: Path, size: int, threads: int) -> Dict:
+    """ONNX Runtime runners of ``model`` exported fp32 and quantized int8 (calibrated on four
+    generated scenes), cached in ``work``."""
+    from knet.data.synthetic import make_scene
+    from knet.export.onnx import export_onnx
+    from knet.export.quantize import quantize_int8
+    from knet.inference.onnx_runner import OnnxRunner
+
+    fp32, int8 = work / f"{preset}.onnx", work / f"{preset}-int8.onnx"
+    if not fp32.exists():
+        export_onnx(model, fp32)
+    if not int8.exists():
+        rng = np.random.default_rng(0)
+        print(quantize_int8(fp32, int8, [make_scene(rng, size=(size, size))[0] for _ in range(4)],
+                            threads=threads).summary(), flush=True)
+    return {"onnx fp32": OnnxRunner(fp32, device="cpu", threads=threads),
+            "onnx int8": OnnxRunner(int8, device="cpu", threads=threads)}
+
+
+def print_tables(infer_rows: List[Dict], train_rows: List[Dict], args: argparse.Namespace, size: int,
+                 with_reference: bool) -> None:
+    print(f"\nCPU: {cpu_model()} ({'with' if has_vnni() else 'without'} VNNI), {args.threads} threads, fp32, "
+          f"{size}x{size}; medians over {args.rounds} alternating rounds"
+          + ("" if with_reference else "; reference not run"))
+    if infer_rows:
+        columns = [k for k in infer_rows[0] if k not in ("model", "diffs")]
+        header = ["model"] + [f"{c} (s)" if c == "reference" or not with_reference else f"{c} (s, ratio)"
+                              for c in columns]
+        if with_reference:
+            header.append("knet logits vs reference (x max)")
+        print(f"\nInference, batch 1 ({args.repeats} forwards per round):\n")
+        print("| " + " | ".join(header) + " |")
+        print("|" + "---|" * len(header))
+        for row in infer_rows:
+            cells = [row["model"]]
+            for c in columns:
+                if c == "reference" or not with_reference:
+                    cells.append(f"{row[c]:.2f}")
+                else:
+                    cells.append(f"{row[c]:.2f} ({row['reference'] / row[c]:.2f}x)")
+            if with_reference:
+                cells.append(", ".join(f"{k} {v:.1e}" for k, v in row["diffs"].items()))
+            print("| " + " | ".join(cells) + " |")
+    if train_rows:
+        print(f"\nTraining step, batch 2 ({args.train_steps} steps per round after a warm-up):\n")
+        if with_reference:
+            print("| model | reference (s, peak RSS) | knet (s, peak RSS) | speed ratio | memory ratio | loss vs reference |")
+            print("|---|---|---|---|---|---|")
+            for row in train_rows:
+                m = row["memory"]
+                print(f"| {row['model']} | {row['reference']:.2f} s, {m['reference'] / 1024:.1f} GB | {row['knet']:.2f} s, "
+                      f"{m['knet'] / 1024:.1f} GB | {row['reference'] / row['knet']:.2f}x | "
+                      f"{m['knet'] / m['reference']:.2f}x | {row['loss_diff']:.1e} relative |")
+        else:
+            print("| model | knet (s, peak RSS) |")
+            print("|---|---|")
+            for row in train_rows:
+                print(f"| {row['model']} | {row['knet']:.2f} s, {row['memory']['knet']:.0f} MiB |")
+
+
+if __name__ == "__main__":
+    main()
