@@ -29,6 +29,7 @@ import numpy as np
 
 from ..config import MASK_TASKS, ModelConfig, config_from_dict
 from ..errors import KnetError
+from ..utils.windows import sliding_windows
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -169,15 +170,8 @@ class OnnxRunner:
         """Sliding-window logits (N, C, H, W) of a semantic model, as ``KNet.slide_inference``:
         windows (h, w) every stride (h, w), the last ones flush with the bottom/right border, run
         ``crops_per_batch`` windows (each over the whole batch) per session run, and averaged."""
-        (crop_h, crop_w), (stride_h, stride_w) = crop_size, stride
         batch, _, height, width = x.shape
-        rows = max(height - crop_h + stride_h - 1, 0) // stride_h + 1
-        cols = max(width - crop_w + stride_w - 1, 0) // stride_w + 1
-        boxes = []
-        for r in range(rows):
-            for c in range(cols):
-                y2, x2 = min(r * stride_h + crop_h, height), min(c * stride_w + crop_w, width)
-                boxes.append((max(y2 - crop_h, 0), y2, max(x2 - crop_w, 0), x2))
+        boxes = sliding_windows(height, width, crop_size, stride)
         num_classes = self.config.num_classes
         logits = np.zeros((batch, num_classes, height, width), np.float32)
         counts = np.zeros((1, 1, height, width), np.float32)

@@ -11,6 +11,7 @@ from ..config import KNetConfig, KNetMaskConfig, ModelConfig
 from ..errors import KnetError
 from ..losses.semantic import semantic_losses
 from ..presets import get_config
+from ..utils.windows import sliding_windows
 from .backbones import build_backbone
 from .heads import FCNHead
 from .knet.iterative_head import IterativeDecodeHead
@@ -72,15 +73,8 @@ class KNet(nn.Module):
 
         All windows of an image have the same size, so they run as batches of crops.
         """
-        (crop_h, crop_w), (stride_h, stride_w) = crop_size, stride
         batch, _, height, width = x.shape
-        rows = max(height - crop_h + stride_h - 1, 0) // stride_h + 1
-        cols = max(width - crop_w + stride_w - 1, 0) // stride_w + 1
-        boxes = []
-        for r in range(rows):
-            for c in range(cols):
-                y2, x2 = min(r * stride_h + crop_h, height), min(c * stride_w + crop_w, width)
-                boxes.append((max(y2 - crop_h, 0), y2, max(x2 - crop_w, 0), x2))
+        boxes = sliding_windows(height, width, crop_size, stride)
         logits = x.new_zeros((batch, self.num_classes, height, width))
         counts = x.new_zeros((1, 1, height, width))
         for start in range(0, len(boxes), crops_per_batch):
