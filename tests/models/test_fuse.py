@@ -11,7 +11,8 @@ from torch import nn
 import knet
 from knet.checkpoint import load_model
 from knet.inference.pipeline import TorchRunner
-from knet.models.fuse import fold_batch_norms, inference_copy
+from knet.models.fuse import fold_batch_norms, inference_copy, runs_channels_last
+from knet.models.winograd import WinogradConv2d, use_winograd
 from tests.conftest import golden_path, logits_tolerance
 
 
@@ -20,16 +21,20 @@ from tests.conftest import golden_path, logits_tolerance
 GOLDEN_WEIGHTS = {
     "knet-r50-fcn-tiny": "knet-r50-fcn.tiny.pth",
     "knet-r50-upernet-tiny": "knet-r50-upernet.tiny.pth",
+    "knet-r50-deeplabv3-tiny": "knet-r50-deeplabv3.tiny.pth",
+    "knet-swin-t-upernet-tiny": "knet-swin-t-upernet.tiny.pth",
     "knet-r50-fpn-panoptic-tiny": "det/knet-det-panoptic.tiny.pth",
 }
 
 
 @pytest.mark.parametrize("name", sorted(GOLDEN_WEIGHTS))
-def test_folding_keeps_the_outputs_within_the_golden_tolerance(name):
+def test_the_inference_copy_keeps_the_outputs_within_the_golden_tolerance(name):
     model = load_model(golden_path(GOLDEN_WEIGHTS[name]), name).eval()
-    folded = copy.deepcopy(model)
-    count = fold_batch_norms(folded)
-    assert count > 0 and not any(type(m) is nn.BatchNorm2d for m in folded.backbone.modules())
+    folded = inference_copy(model)
+    assert runs_channels_last(folded)
+    assert not any(type(m) is nn.BatchNorm2d for m in folded.backbone.modules())
+    # The tiny widths are under the default threshold (128): make every supported 3x3 Winograd.
+    assert use_winograd(folded, min_channels=1) > 0
     x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected, got = model.inference(x), folded.inference(x)
@@ -55,3 +60,13 @@ def test_the_runner_leaves_the_callers_model_alone():
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert not runner.model.training and not any(p.requires_grad for p in runner.model.parameters())
     assert inference_copy(model) is not model
+
+
+def test_the_inference_copy_uses_winograd_for_wide_convolutions_unless_asked_not_to():
+    model = nn.Sequential(nn.Conv2d(128, 128, 3, padding=1), nn.BatchNorm2d(128), nn.Conv2d(128, 8, 3, padding=1))
+    fast, plain = inference_copy(model), inference_copy(model, winograd=False)
+    assert [type(m).__name__ for m in fast] == ["WinogradConv2d", "Identity", "Conv2d"]
+    assert [type(m).__name__ for m in plain] == ["Conv2d", "Identity", "Conv2d"]
+    x = torch.randn(1, 128, 10, 14)
+    with torch.no_grad():
+        assert float((fast(x) - plain(x)).abs().max()) <= 1e-4 * float(plain(x).abs().max())

@@ -10,6 +10,9 @@ The pairs are found by the layout knet's modules use: ``(conv, bn)`` and ``(conv
 of one module (``ConvBNReLU``, ResNet's blocks and stem), and a ``Conv2d`` followed by a
 ``BatchNorm2d`` in an ``nn.Sequential`` (ResNet's deep stem and downsampling). A deformable
 convolution is never folded (its offsets come from its own input).
+
+On the CPU, :func:`inference_copy` also makes the copy channels-last and computes its wide 3x3
+convolutions with Winograd's algorithm (:mod:`knet.models.winograd`).
 """
 from __future__ import annotations
 
@@ -18,6 +21,8 @@ from typing import Iterator, Tuple
 
 import torch
 from torch import nn
+
+from .winograd import use_winograd
 
 
 def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
@@ -67,13 +72,29 @@ def fold_batch_norms(model: nn.Module) -> int:
     return folded
 
 
-def inference_copy(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` in eval mode with its BatchNorms folded (``model`` is left as it is)."""
+def runs_channels_last(model: nn.Module) -> bool:
+    """Whether :func:`inference_copy` made ``model`` channels-last (it then wants its input so)."""
+    return bool(getattr(model, "_knet_channels_last", False))
+
+
+def inference_copy(model: nn.Module, winograd: bool = True) -> nn.Module:
+    """A copy of ``model`` in eval mode with its BatchNorms folded (``model`` is left as it is).
+
+    A float32 model on the CPU is also made channels-last (oneDNN's convolutions then skip a
+    layout reorder on each side) and, with ``winograd``, its wide 3x3 convolutions become
+    :class:`~knet.models.winograd.WinogradConv2d` (half the time of the direct ones there).
+    Such a copy wants channels-last input (:func:`runs_channels_last`); any input works."""
     clone = copy.deepcopy(model).eval()
     fold_batch_norms(clone)
     for parameter in clone.parameters():
         parameter.requires_grad_(False)
+    parameters = list(clone.parameters())
+    if parameters and all(p.device.type == "cpu" and p.dtype == torch.float32 for p in parameters):
+        clone = clone.to(memory_format=torch.channels_last)
+        clone._knet_channels_last = True
+        if winograd:
+            use_winograd(clone)
     return clone
 
 
-__all__ = ["fold_batch_norms", "inference_copy"]
+__all__ = ["fold_batch_norms", "inference_copy", "runs_channels_last"]
