@@ -2,6 +2,7 @@
 result, for every dilation, odd sizes, batches and bands of tiles, and only where supported."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -29,33 +30,57 @@ def _relative_error(got, conv, x):
 def test_matches_the_direct_convolution(dilation, size):
     conv = _conv(24, 40, dilation)
     x = torch.randn(2, 24, *size)
-    got = WinogradConv2d(conv)(x)
+    got = WinogradConv2d.from_conv(conv)(x)
     assert got.shape == (2, 40, *size)
-    assert got.is_contiguous(memory_format=torch.channels_last) or min(size) == 1
+    assert got.is_contiguous()  # the input's layout
     assert _relative_error(got, conv, x) < 3e-5
 
 
 def test_channels_last_input_and_no_bias():
     conv = _conv(16, 8, bias=False)
     x = torch.randn(1, 16, 20, 12).contiguous(memory_format=torch.channels_last)
-    assert _relative_error(WinogradConv2d(conv)(x), conv, x) < 3e-5
+    got = WinogradConv2d.from_conv(conv)(x)
+    assert got.is_contiguous(memory_format=torch.channels_last) and not got.is_contiguous()
+    assert _relative_error(got, conv, x) < 3e-5
 
 
 def test_bands_of_tile_rows_give_the_same_result(monkeypatch):
     conv = _conv(8, 8, dilation=2)
     x = torch.randn(2, 8, 37, 29)
-    whole = WinogradConv2d(conv)(x)
+    whole = WinogradConv2d.from_conv(conv)(x)
     monkeypatch.setattr(winograd, "TRANSFORM_BUDGET_BYTES", 1)  # one tile row per band
-    assert torch.equal(WinogradConv2d(conv)(x), whole)
+    assert torch.equal(WinogradConv2d.from_conv(conv)(x), whole)
 
 
-def test_gradients_reach_the_input():
-    conv = _conv(8, 4)
-    x = torch.randn(1, 8, 9, 9, requires_grad=True)
-    WinogradConv2d(conv)(x).square().sum().backward()
-    y = x.detach().requires_grad_()
-    conv(y).square().sum().backward()
-    assert torch.allclose(x.grad, y.grad, rtol=1e-4, atol=1e-4 * float(y.grad.abs().max()))
+def _gradients(conv, x, grad_out):
+    x = x.detach().clone().requires_grad_()
+    conv.zero_grad()
+    conv(x).backward(grad_out)
+    return x.grad, conv.weight.grad, conv.bias.grad
+
+
+@pytest.mark.parametrize("dilation, size", [(1, (9, 9)), (2, (13, 21)), (4, (7, 18))])
+def test_the_backward_pass_gives_the_direct_convolutions_gradients(dilation, size, monkeypatch):
+    conv = _conv(12, 20, dilation).train()
+    x, grad_out = torch.randn(2, 12, *size), torch.randn(2, 20, *size)
+    expected = _gradients(conv.double(), x.double(), grad_out.double())
+    fast = WinogradConv2d.from_conv(conv.float())
+    assert fast.weight is conv.weight and fast.bias is conv.bias  # shared: an optimizer sees no change
+    for budget in (winograd.TRANSFORM_BUDGET_BYTES, 1):  # the whole image, then a tile row per band
+        monkeypatch.setattr(winograd, "TRANSFORM_BUDGET_BYTES", budget)
+        got = _gradients(fast, x, grad_out)
+        for name, g, e in zip(("input", "weight", "bias"), got, expected):
+            assert float((g.double() - e).abs().max()) <= 1e-5 * float(e.abs().max()), (name, budget)
+
+
+def test_the_cached_filters_follow_the_weight():
+    conv = WinogradConv2d.from_conv(_conv(8, 8))
+    x = torch.randn(1, 8, 10, 10)
+    with torch.no_grad():
+        before = conv(x)
+        conv.weight.mul_(2)
+        after = conv(x)
+    assert torch.allclose(after - conv.bias.view(1, -1, 1, 1), 2 * (before - conv.bias.view(1, -1, 1, 1)), atol=1e-5)
 
 
 @pytest.mark.parametrize("conv", [nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.Conv2d(8, 8, 1),
@@ -64,7 +89,7 @@ def test_gradients_reach_the_input():
 def test_unsupported_convolutions_are_refused(conv):
     assert not WinogradConv2d.supports(conv)
     with pytest.raises(ValueError, match="3x3, stride-1"):
-        WinogradConv2d(conv)
+        WinogradConv2d.from_conv(conv)
 
 
 def test_use_winograd_replaces_only_wide_supported_convolutions():
@@ -73,6 +98,7 @@ def test_use_winograd_replaces_only_wide_supported_convolutions():
                           nn.Conv2d(128, 128, 3, padding=2, dilation=2))
     assert use_winograd(model) == 2
     assert [type(m).__name__ for m in model] == ["Conv2d", "WinogradConv2d", "Conv2d", "Conv2d", "WinogradConv2d"]
+    assert list(model.state_dict()) == [f"{i}.{k}" for i in range(5) for k in ("weight", "bias")]
 
 
 def test_a_whole_model_keeps_its_logits():
@@ -85,3 +111,29 @@ def test_a_whole_model_keeps_its_logits():
     with torch.no_grad():
         expected, got = model(x), fast(x)
     assert float((got - expected).abs().max()) <= 1e-4 * float(expected.abs().max())
+
+
+def test_training_losses_and_gradients_are_the_direct_ones():
+    """The golden tiny UPerNet with every supported 3x3 as Winograd: the reference's training
+    losses, and the direct model's gradients. (Gradients are compared with BatchNorm on its
+    running statistics: with batch statistics at these tiny sizes, float32 rounding alone moves
+    the direct model's own gradients by as much as they are long, against float64.)"""
+    from knet.checkpoint import load_model
+    from tests.conftest import golden_path
+
+    ref = dict(np.load(golden_path("knet-r50-upernet.tiny.npz")))
+    x, labels = torch.from_numpy(ref["x_sq"]), torch.from_numpy(ref["label_sq"])
+    overrides = {"decode_head.dropout_ratio": 0.0, "auxiliary_head.dropout_ratio": 0.0}
+    models = [load_model(golden_path("knet-r50-upernet.tiny.pth"), "knet-r50-upernet-tiny", overrides)
+              for _ in range(2)]
+    assert use_winograd(models[1], min_channels=1) > 10
+    grads = []
+    for model in models:
+        model.eval().zero_grad()
+        sum(model.forward_train(x, labels).values()).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert grads[0].shape == grads[1].shape
+    assert float((grads[1] - grads[0]).norm()) <= 1e-4 * float(grads[0].norm())
+    for key, value in models[1].train()(x, labels).items():
+        expected = float(ref[f"loss_{key}"])
+        assert abs(float(value) - expected) <= 1e-4 * abs(expected), key

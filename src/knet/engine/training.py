@@ -213,6 +213,16 @@ class TrainResult:
         return self.best_value if self.best_metric == "mIoU" else None
 
 
+def use_cpu_kernels(model: nn.Module, device: torch.device) -> int:
+    """For training on the CPU: the model's wide 3x3 convolutions run as Winograd F(4x4, 3x3),
+    forward and backward (:mod:`knet.models.winograd`: the same parameters and state-dict keys,
+    gradients equal to float rounding, about half those convolutions' time). On other devices
+    the model is left as it is. Returns how many convolutions now run so."""
+    from ..models.winograd import use_winograd
+
+    return use_winograd(model) if device.type == "cpu" else 0
+
+
 class _LossForward(nn.Module):
     """The model and its task's losses as one module, so that DistributedDataParallel wraps the
     whole computation: ``forward(images, targets)`` -> the named losses."""
@@ -317,6 +327,9 @@ class _Trainer:
         seed_everything(self.options.seed)
         model = build_model(self.cfg).to(self.device)
         model.train()
+        winograd = use_cpu_kernels(model, self.device)
+        if winograd:
+            self.notes.append(f"{winograd} wide 3x3 convolutions run as Winograd F(4x4,3x3) on the CPU")
         if self.options.backbone_weights:
             from ..checkpoint.pretrained import load_backbone_weights
 

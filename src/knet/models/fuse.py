@@ -22,7 +22,7 @@ from typing import Iterator, Tuple
 import torch
 from torch import nn
 
-from .winograd import use_winograd
+from .winograd import WinogradConv2d, use_winograd
 
 
 def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
@@ -64,7 +64,7 @@ def fold_batch_norms(model: nn.Module) -> int:
     for module in list(model.modules()):
         for conv_name, bn_name in list(_pairs(module)):
             conv, bn = getattr(module, conv_name, None), getattr(module, bn_name, None)
-            if (type(conv) is nn.Conv2d and type(bn) is nn.BatchNorm2d and bn.track_running_stats
+            if (type(conv) in (nn.Conv2d, WinogradConv2d) and type(bn) is nn.BatchNorm2d and bn.track_running_stats
                     and conv.out_channels == bn.num_features):
                 _fold(conv, bn)
                 setattr(module, bn_name, nn.Identity())

@@ -1,4 +1,4 @@
-"""Winograd F(4x4, 3x3) convolution: an inference-only replacement for wide 3x3 convolutions on CPU.
+"""Winograd F(4x4, 3x3) convolution: a faster replacement for wide 3x3 convolutions on CPU.
 
 A 3x3 stride-1 convolution computes each 4x4 block of outputs from a 6x6 block of inputs. Winograd's
 minimal filtering algorithm (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks",
@@ -10,7 +10,10 @@ Summed over input channels, the elementwise product becomes 36 independent matri
 (tiles x C) @ (C x K), which is where the time goes; the transforms are small matrix products.
 On the CPUs knet runs on, oneDNN's direct convolution does not use Winograd, and the wide 3x3
 convolutions of K-Net's heads (UPerNet's 2048 -> 512 bottleneck at stride 4, FCN's 2048 -> 512)
-and of the dilated ResNet's last stages are most of a forward: this halves their time.
+and of the dilated ResNet's last stages are most of a forward: this halves their time. The
+backward pass is Winograd too (the transposed transforms, the same 36 matrix products), and
+recomputes the transformed input instead of keeping it, so training keeps only what the direct
+convolution keeps (its input).
 
 Dilation ``d`` is handled without any extra arithmetic: the outputs whose coordinates are equal
 modulo ``d`` form an undilated convolution over the inputs with the same residue, so tiles are
@@ -19,12 +22,14 @@ taken with a stride of ``d`` inside them.
 The result differs from the direct convolution by float rounding only (the transforms' constants
 are exact in binary except 1/6, 1/12 and 1/24, applied to the weights in float64): about 1e-5 of
 the output's magnitude in float32, against ~5e-6 for the direct convolution. Tensors are laid out
-channels-last (N, H, W, C) internally and the output is a channels-last (N, K, H, W) tensor.
+channels-last (N, H, W, C) internally; the output has the input's memory layout.
+Large inputs (big images, batches of sliding windows) go through in bands of tile rows, so the
+transformed data stays under ``TRANSFORM_BUDGET_BYTES``.
 """
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Tuple
 
 import torch
 import torch.nn.functional as F
@@ -51,92 +56,213 @@ _A_T = [[1, 1, 1, 1, 1, 0],
         [0, 1, 1, 4, 4, 0],
         [0, 1, -1, 8, -8, 1]]
 
-# Bytes of transformed input (36 x tiles x C floats) one matrix product may use; larger inputs
-# (big images, batches of sliding windows) go through in bands of tile rows.
-TRANSFORM_BUDGET_BYTES = 256 * 2 ** 20
+# Bytes of transformed input (36 x tiles x C floats) one band of tile rows may use: a few bands
+# per image keep the matrix products as fast as one, and training's peak memory low.
+TRANSFORM_BUDGET_BYTES = 64 * 2 ** 20
+
+
+def _matrix(rows, like: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(rows, dtype=like.dtype, device=like.device)
 
 
 def transform_weight(weight: torch.Tensor) -> torch.Tensor:
-    """(K, C, 3, 3) filters -> (36, C, K): ``G g G^T`` for each pair, computed in float64."""
-    g = torch.tensor(_G, dtype=torch.float64, device=weight.device)
-    u = torch.einsum("ij,kcjl,ml->imck", g, weight.detach().double(), g)
-    return u.reshape(INPUT_TILE * INPUT_TILE, weight.shape[1], weight.shape[0]).to(weight.dtype).contiguous()
+    """(K, C, 3, 3) filters -> (36, C, K): ``G g G^T`` for each (output, input) channel pair.
+
+    One (36, 9) @ (9, K C) product (``G g G^T`` flattened is ``kron(G, G) @ vec(g)``); the result
+    is a transposed view, which the matrix products read as it is."""
+    g = _matrix(_G, weight)
+    u = torch.kron(g, g) @ weight.reshape(-1, 9).t()  # (36, K C)
+    return u.view(-1, weight.shape[0], weight.shape[1]).transpose(1, 2)
 
 
-class WinogradConv2d(nn.Module):
-    """The 3x3, stride-1, 'same'-padded convolution ``conv`` computed with Winograd F(4x4, 3x3).
+def _weight_gradient(grad_u: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The adjoint of :func:`transform_weight`: (36, C, K) -> (K, C, 3, 3)."""
+    g = _matrix(_G, weight)
+    grad = torch.kron(g, g).t() @ grad_u.transpose(1, 2).reshape(INPUT_TILE * INPUT_TILE, -1)  # (9, K C)
+    return grad.t().reshape(weight.shape)
 
-    Input (N, C, H, W) float, any memory layout; output (N, K, H, W), channels-last. Holds the
-    transformed filters (36, C, K) and the bias (K,) as buffers: it is for inference (gradients
-    flow to the input but not to the filters)."""
 
-    def __init__(self, conv: nn.Conv2d) -> None:
-        super().__init__()
-        if not self.supports(conv):
-            raise ValueError(f"WinogradConv2d takes a 3x3, stride-1, ungrouped convolution with "
-                             f"padding equal to its dilation, not {conv}")
-        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
-        self.dilation = conv.dilation[0]
-        kind = dict(dtype=conv.weight.dtype, device=conv.weight.device)
-        self.register_buffer("transformed_weight", transform_weight(conv.weight))
-        self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().clone())
-        self.register_buffer("input_transform", torch.kron(*(2 * [torch.tensor(_B_T, **kind)])))
-        self.register_buffer("output_transform", torch.kron(*(2 * [torch.tensor(_A_T, **kind)])))
+class _Tiling:
+    """Where the tiles of an (N, C, H, W) input with dilation ``d`` lie in its padded copy.
+
+    The padded copy is channels-last (N, H', W', C): the convolution's zero padding ``d`` on each
+    side, plus zeros up to whole tiles at the bottom and right. Tile (ry, t, rx, u), element
+    (i, j), is padded pixel (ry + d (t m + i), rx + d (u m + j)); output pixel
+    (ry + d (t m + i), ...) for i < m is the tile's output (i, j), so output rows are ordered
+    (t, i, ry) and columns (u, j, rx)."""
+
+    def __init__(self, shape: torch.Size, dilation: int, element_size: int) -> None:
+        self.batch, self.channels, self.height, self.width = shape
+        self.d = dilation
+        step = dilation * OUTPUT_TILE
+        self.tiles_y, self.tiles_x = math.ceil(self.height / step), math.ceil(self.width / step)
+        self.out_h, self.out_w = self.tiles_y * step, self.tiles_x * step
+        per_row = INPUT_TILE * INPUT_TILE * dilation * dilation * self.tiles_x * self.channels * element_size
+        self.rows_per_band = max(1, TRANSFORM_BUDGET_BYTES // per_row)
+
+    def pad(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        """Image ``n`` of (N, C, H, W) ``x`` -> its padded channels-last copy (H', W', C)."""
+        d = self.d
+        return F.pad(x[n].permute(1, 2, 0), (0, 0, d, d + self.out_w - self.width, d, d + self.out_h - self.height))
+
+    def bands(self):
+        """(first tile row, tile rows) of each band of an image."""
+        for row in range(0, self.tiles_y, self.rows_per_band):
+            yield row, min(self.rows_per_band, self.tiles_y - row)
+
+    def tiles(self, padded: torch.Tensor, row: int, rows: int) -> torch.Tensor:
+        """A view (d, rows, 6, d, tiles_x, 6, C) of the band's tiles in a padded image."""
+        d, m, a = self.d, OUTPUT_TILE, INPUT_TILE
+        s_h, s_w, s_c = padded.stride()
+        return padded.as_strided((d, rows, a, d, self.tiles_x, a, padded.shape[2]),
+                                 (s_h, s_h * d * m, s_h * d, s_w, s_w * d * m, s_w * d, s_c),
+                                 padded.storage_offset() + row * d * m * s_h)
+
+    def gather(self, padded: torch.Tensor, row: int, rows: int) -> torch.Tensor:
+        """The band's tiles as a (36, tiles * C) matrix, element-major."""
+        a = INPUT_TILE
+        return self.tiles(padded, row, rows).permute(2, 5, 0, 1, 3, 4, 6).reshape(a * a, -1)
+
+    def scatter_add(self, padded: torch.Tensor, row: int, rows: int, values: torch.Tensor) -> None:
+        """The adjoint of :meth:`gather`: add (36, tiles * C) into ``padded`` (tiles overlap)."""
+        a = INPUT_TILE
+        tiles = self.tiles(padded, row, rows)
+        values = values.view(a, a, self.d, rows, self.d, self.tiles_x, -1)
+        for i in range(a):
+            for j in range(a):  # one element of every tile at a time: no two of them overlap
+                tiles[:, :, i, :, :, j].add_(values[i, j])
+
+    def band_rows(self, row: int, rows: int) -> slice:
+        step = self.d * OUTPUT_TILE
+        return slice(row * step, (row + rows) * step)
+
+    def to_band(self, blocks: torch.Tensor, rows: int) -> torch.Tensor:
+        """(16, tiles * K) output blocks -> the band's output rows (rows m d, W', K)."""
+        m, d = OUTPUT_TILE, self.d
+        blocks = blocks.view(m, m, d, rows, d, self.tiles_x, -1)
+        return blocks.permute(3, 0, 2, 5, 1, 4, 6).reshape(rows * m * d, self.out_w, -1)
+
+    def from_band(self, band: torch.Tensor, rows: int) -> torch.Tensor:
+        """The adjoint of :meth:`to_band`: (rows m d, W', K) -> (16, tiles * K)."""
+        m, d = OUTPUT_TILE, self.d
+        band = band.reshape(rows, m, d, self.tiles_x, m, d, -1)
+        return band.permute(1, 4, 2, 0, 5, 3, 6).reshape(m * m, -1)
+
+
+def _like_input(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(N, K, H, W) ``y`` in ``x``'s memory layout: channels-last stays so, anything else becomes
+    contiguous (a direct convolution after this one then runs in the layout it was given)."""
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return y.contiguous(memory_format=torch.channels_last)
+    return y.contiguous()
+
+
+def _transforms(like: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The input transform kron(B^T, B^T) (36, 36) and output transform kron(A^T, A^T) (16, 36)."""
+    b_t, a_t = _matrix(_B_T, like), _matrix(_A_T, like)
+    return torch.kron(b_t, b_t), torch.kron(a_t, a_t)
+
+
+def _convolve(x: torch.Tensor, u: torch.Tensor, dilation: int) -> torch.Tensor:
+    """(N, C, H, W) with transformed filters (36, C, K) -> (N, K, H, W) in ``x``'s layout, no bias."""
+    tiling = _Tiling(x.shape, dilation, x.element_size())
+    input_transform, output_transform = _transforms(u)
+    out = x.new_empty((tiling.batch, tiling.out_h, tiling.out_w, u.shape[2]))
+    for n in range(tiling.batch):
+        padded = tiling.pad(x, n)
+        for row, rows in tiling.bands():
+            transformed = (input_transform @ tiling.gather(padded, row, rows)).view(u.shape[0], -1, tiling.channels)
+            products = torch.bmm(transformed, u)  # (36, tiles, K): the convolution's multiplications
+            blocks = output_transform @ products.view(u.shape[0], -1)
+            out[n, tiling.band_rows(row, rows)] = tiling.to_band(blocks, rows)
+    return _like_input(out[:, :tiling.height, :tiling.width].permute(0, 3, 1, 2), x)
+
+
+class _WinogradFunction(torch.autograd.Function):
+    """Winograd convolution with a Winograd backward; keeps only the input and the filters. The
+    backward recomputes the transformed input and works one image at a time, so its own memory
+    is about one image's padded input and gradient plus a band's transformed data."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, dilation: int) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.dilation = dilation
+        return _convolve(x, transform_weight(weight), dilation)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        tiling = _Tiling(x.shape, ctx.dilation, x.element_size())
+        d, height, width = tiling.d, tiling.height, tiling.width
+        u = transform_weight(weight)
+        input_transform, output_transform = _transforms(u)
+        grad_x = torch.empty_like(x)  # x's memory layout
+        grad_u = u.new_zeros(u.shape)
+        for n in range(tiling.batch):
+            padded = tiling.pad(x, n)
+            grad_padded = torch.zeros_like(padded)
+            grad_full = grad_out.new_zeros((tiling.out_h, tiling.out_w, grad_out.shape[1]))
+            grad_full[:height, :width] = grad_out[n].permute(1, 2, 0)
+            for row, rows in tiling.bands():
+                grad_blocks = tiling.from_band(grad_full[tiling.band_rows(row, rows)], rows)
+                grad_products = (output_transform.t() @ grad_blocks).view(u.shape[0], -1, u.shape[2])
+                transformed = (input_transform @ tiling.gather(padded, row, rows)).view(u.shape[0], -1, tiling.channels)
+                grad_u.baddbmm_(transformed.transpose(1, 2), grad_products)
+                grad_transformed = torch.bmm(grad_products, u.transpose(1, 2))
+                tiling.scatter_add(grad_padded, row, rows, input_transform.t() @ grad_transformed.view(u.shape[0], -1))
+            grad_x[n] = grad_padded[d:d + height, d:d + width].permute(2, 0, 1)
+        return grad_x, _weight_gradient(grad_u, weight), None
+
+
+class WinogradConv2d(nn.Conv2d):
+    """An ``nn.Conv2d`` (3x3, stride 1, ungrouped, padding equal to its dilation) that computes
+    with Winograd F(4x4, 3x3), forward and backward. Same parameters and state-dict keys as the
+    convolution it replaces (:meth:`from_conv` shares them). Input (N, C, H, W); output
+    (N, K, H, W) in the input's memory layout (channels-last or contiguous). Without gradients, the transformed filters
+    (36, C, K) are computed once (in float64) and reused until the weight changes."""
+
+    _transformed = None  # ((weight's address, version, dtype), its transformed filters)
 
     @staticmethod
     def supports(conv: nn.Module) -> bool:
-        return (type(conv) is nn.Conv2d and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
+        return (isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
                 and conv.groups == 1 and conv.dilation[0] == conv.dilation[1]
                 and conv.padding == conv.dilation and conv.padding_mode == "zeros")
 
-    def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size=(3, 3), dilation={self.dilation}, "
-                f"bias={self.bias is not None}")
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d) -> "WinogradConv2d":
+        if not cls.supports(conv):
+            raise ValueError(f"WinogradConv2d takes a 3x3, stride-1, ungrouped convolution with "
+                             f"padding equal to its dilation, not {conv}")
+        new = cls(conv.in_channels, conv.out_channels, 3, padding=conv.padding, dilation=conv.dilation,
+                  bias=conv.bias is not None, device="meta")
+        new.weight, new.bias = conv.weight, conv.bias
+        new.train(conv.training)
+        return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, channels, height, width = x.shape
-        d, m, a = self.dilation, OUTPUT_TILE, INPUT_TILE
-        tiles_y, tiles_x = math.ceil(height / (d * m)), math.ceil(width / (d * m))
-        out_h, out_w = tiles_y * d * m, tiles_x * d * m
-        # Channels-last, zero-padded by the convolution's padding plus up to whole tiles.
-        padded = F.pad(x.permute(0, 2, 3, 1), (0, 0, d, d + out_w - width, d, d + out_h - height))
-        s_n, s_h, s_w, s_c = padded.stride()
-        out = padded.new_empty((batch, out_h, out_w, self.out_channels))
-        tiles_per_row = d * d * tiles_x
-        rows_per_band = max(1, TRANSFORM_BUDGET_BYTES // (a * a * tiles_per_row * channels * padded.element_size()))
-        for n in range(batch):
-            for row in range(0, tiles_y, rows_per_band):
-                rows = min(rows_per_band, tiles_y - row)
-                # Tile (residue ry, tile row t, residue rx, tile column u), element (i, j) is input
-                # pixel (ry + d * (t * m + i), rx + d * (u * m + j)) of the padded image.
-                tiles = padded[n].as_strided(
-                    (d, rows, a, d, tiles_x, a, channels),
-                    (s_h, s_h * d * m, s_h * d, s_w, s_w * d * m, s_w * d, s_c),
-                    padded.storage_offset() + n * s_n + row * d * m * s_h)
-                count = d * rows * d * tiles_x
-                data = tiles.permute(2, 5, 0, 1, 3, 4, 6).reshape(a * a, count * channels)
-                transformed = (self.input_transform @ data).view(a * a, count, channels)
-                products = torch.bmm(transformed, self.transformed_weight)  # (36, tiles, K)
-                blocks = (self.output_transform @ products.view(a * a, -1)).view(m, m, d, rows, d, tiles_x, -1)
-                # Output row ry + d * (t * m + i): ordered by (t, i, ry); columns likewise.
-                band = blocks.permute(3, 0, 2, 5, 1, 4, 6).reshape(rows * m * d, out_w, self.out_channels)
-                out[n, row * m * d:(row + rows) * m * d] = band
-        out = out[:, :height, :width]
-        if self.bias is not None:
-            out = out + self.bias
-        return out.permute(0, 3, 1, 2)
+        dilation = self.dilation[0]
+        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
+            out = _WinogradFunction.apply(x, self.weight, dilation)
+        else:
+            key = (self.weight.data_ptr(), self.weight._version, self.weight.dtype)
+            if self._transformed is None or self._transformed[0] != key:
+                self._transformed = (key, transform_weight(self.weight.detach().double()).to(self.weight.dtype).contiguous())
+            out = _convolve(x, self._transformed[1], dilation)
+        return out if self.bias is None else out + self.bias.view(1, -1, 1, 1)
 
 
 def use_winograd(model: nn.Module, min_channels: int = 128) -> int:
     """Replace, in place, every float32 ``nn.Conv2d`` that :class:`WinogradConv2d` supports and
     whose input and output widths are at least ``min_channels`` (narrower ones are faster
-    direct); returns how many. For an inference copy on CPU (see ``knet.models.fuse``)."""
+    direct), sharing its parameters; returns how many. For CPU models (``knet.models.fuse``'s
+    inference copy, and training on the CPU)."""
     replaced = 0
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
-            if (WinogradConv2d.supports(child) and child.weight.dtype == torch.float32
+            if (type(child) is nn.Conv2d and WinogradConv2d.supports(child) and child.weight.dtype == torch.float32
                     and min(child.in_channels, child.out_channels) >= min_channels):
-                setattr(module, name, WinogradConv2d(child))
+                setattr(module, name, WinogradConv2d.from_conv(child))
                 replaced += 1
     return replaced
 
