@@ -62,11 +62,41 @@ def has_vnni() -> bool:
     return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
+_LAUNCHER_CODE = """
+import json, subprocess, sys
+for line in sys.stdin:
+    job = json.loads(line)
+    done = subprocess.run(job["argv"], env=job["env"], capture_output=True, text=True, check=False)
+    print(json.dumps({"returncode": done.returncode, "stdout": done.stdout, "stderr": done.stderr}), flush=True)
+"""
+
+
+class Launcher:
+    """Runs the timed commands from a small process started before this one loads any model.
+
+    Linux carries a process's peak-RSS high-water mark into a forked child and across exec, so a
+    command started from this process (which by then holds models) would report at least this
+    process's size as its own peak (``ru_maxrss``, which ``ref_bench.py`` prints). Started from
+    this launcher, each reports its own."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen([sys.executable, "-c", _LAUNCHER_CODE], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True)
+
+    def run(self, argv: List[str], env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
+        self.process.stdin.write(json.dumps({"argv": argv, "env": dict(env or os.environ)}) + "\n")
+        self.process.stdin.flush()
+        done = json.loads(self.process.stdout.readline())
+        return subprocess.CompletedProcess(argv, done["returncode"], done["stdout"], done["stderr"])
+
+
+LAUNCHER: Optional[Launcher] = None  # started first thing in main()
+
+
 def run_reference(python: Path, *args: str, save: Optional[Path] = None) -> Dict[str, float]:
     """``ref_bench.py ARGS`` in the reference's venv: its ``best_s``, ``median_s``, ``peak_rss_mib``."""
     env = dict(os.environ, **({"REF_BENCH_SAVE": str(save)} if save else {}))
-    done = subprocess.run([str(python), str(REFERENCE / "ref_bench.py"), *args], capture_output=True, text=True,
-                          env=env, check=False)
+    done = LAUNCHER.run([str(python), str(REFERENCE / "ref_bench.py"), *args], env=env)
     if done.returncode != 0:
         sys.exit(f"reference {' '.join(args)} failed:\n{done.stderr[-2000:]}")
     values = {}
@@ -85,7 +115,7 @@ def run_knet_train(preset: str, weights: Optional[Path], batch: int, size: int, 
                "--threads", str(threads), "--device", "cpu"]
     if weights is not None:
         command += ["--checkpoint", str(weights)]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    done = LAUNCHER.run(command)
     if done.returncode != 0:
         sys.exit(f"knet benchmark --train failed:\n{done.stderr[-2000:]}")
     data = json.loads(done.stdout.strip().splitlines()[-1])
@@ -138,6 +168,8 @@ def main() -> None:
     parser.add_argument("--work-dir", type=Path, default=None)
     args = parser.parse_args()
     size = args.size or (64 if args.tiny else 512)
+    global LAUNCHER
+    LAUNCHER = Launcher()
 
     import torch
 

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
 import knet
 from knet.apps.benchmark import benchmark, count_macs
 from knet.cli import main
+from tests.conftest import subprocess_env
 
 JSON_KEYS = {"model", "device", "threads", "batch_size", "size", "mode", "iters", "images_per_s",
              "latency_ms", "peak_memory_mb", "gmacs"}
@@ -165,3 +168,15 @@ def test_train_benchmark_python_api_checks_its_values():
             benchmark_train(model, device="cpu", **kwargs)
     with pytest.raises(KnetError, match="ONNX Runtime"):
         benchmark_train(object())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM and the inherited ru_maxrss are Linux's")
+def test_peak_memory_is_the_programs_own_not_its_parents():
+    # Linux carries ru_maxrss's high-water mark from parent to child across fork and exec.
+    ballast = bytearray(400 * 2 ** 20)  # resident: bytearray zero-fills it
+    code = ("import resource; from knet.apps.benchmark import _peak_host_memory_mb as peak; "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, peak())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=subprocess_env())
+    inherited, own = map(float, done.stdout.split())
+    assert inherited > 400 and own < 300, (inherited, own)
+    del ballast

@@ -40,6 +40,7 @@ import resource
 import sys
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..errors import KnetError
@@ -147,7 +148,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _peak_host_memory_mb() -> float:
-    """Peak resident set size of this process in MB (Linux reports KiB, macOS bytes)."""
+    """Peak resident set size of this process in MB.
+
+    On Linux, the high-water mark of this program's own memory (``VmHWM``): ``ru_maxrss`` also
+    counts the process it was started from, whose high-water mark Linux carries across fork and
+    exec (a benchmark started by a process holding a model would report that process's size).
+    Elsewhere ``ru_maxrss`` (macOS reports bytes)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
