@@ -73,14 +73,20 @@ def test_the_backward_pass_gives_the_direct_convolutions_gradients(dilation, siz
             assert float((g.double() - e).abs().max()) <= 1e-5 * float(e.abs().max()), (name, budget)
 
 
-def test_the_cached_filters_follow_the_weight():
+def test_frozen_filters_are_used_without_gradients_and_the_weight_otherwise():
     conv = WinogradConv2d.from_conv(_conv(8, 8))
     x = torch.randn(1, 8, 10, 10)
     with torch.no_grad():
         before = conv(x)
+        conv.freeze()
         conv.weight.mul_(2)
-        after = conv(x)
-    assert torch.allclose(after - conv.bias.view(1, -1, 1, 1), 2 * (before - conv.bias.view(1, -1, 1, 1)), atol=1e-5)
+        frozen = conv(x)  # the stored filters: the weight before the change
+        assert torch.equal(frozen, before) or float((frozen - before).abs().max()) < 1e-5
+        conv.transformed_weight = None
+        doubled = conv(x)
+    bias = conv.bias.view(1, -1, 1, 1)
+    assert torch.allclose(doubled - bias, 2 * (before - bias), atol=1e-5)
+    assert list(conv.state_dict()) == ["weight", "bias"]  # the stored filters are not saved
 
 
 @pytest.mark.parametrize("conv", [nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.Conv2d(8, 8, 1),

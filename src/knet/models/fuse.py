@@ -93,7 +93,7 @@ def inference_copy(model: nn.Module, winograd: bool = True) -> nn.Module:
         clone = clone.to(memory_format=torch.channels_last)
         clone._knet_channels_last = True
         if winograd:
-            use_winograd(clone)
+            use_winograd(clone, freeze=True)
     return clone
 
 

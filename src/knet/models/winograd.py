@@ -29,7 +29,7 @@ transformed data stays under ``TRANSFORM_BUDGET_BYTES``.
 from __future__ import annotations
 
 import math
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -218,10 +218,11 @@ class WinogradConv2d(nn.Conv2d):
     """An ``nn.Conv2d`` (3x3, stride 1, ungrouped, padding equal to its dilation) that computes
     with Winograd F(4x4, 3x3), forward and backward. Same parameters and state-dict keys as the
     convolution it replaces (:meth:`from_conv` shares them). Input (N, C, H, W); output
-    (N, K, H, W) in the input's memory layout (channels-last or contiguous). Without gradients, the transformed filters
-    (36, C, K) are computed once (in float64) and reused until the weight changes."""
+    (N, K, H, W) in the input's memory layout (channels-last or contiguous). Without gradients it
+    uses the transformed filters (36, C, K) that :meth:`freeze` stored, if any (an inference
+    copy's, whose weight no longer changes), else transforms the weight on each call."""
 
-    _transformed = None  # ((weight's address, version, dtype), its transformed filters)
+    transformed_weight: Optional[torch.Tensor]
 
     @staticmethod
     def supports(conv: nn.Module) -> bool:
@@ -237,26 +238,31 @@ class WinogradConv2d(nn.Conv2d):
         new = cls(conv.in_channels, conv.out_channels, 3, padding=conv.padding, dilation=conv.dilation,
                   bias=conv.bias is not None, device="meta")
         new.weight, new.bias = conv.weight, conv.bias
+        new.register_buffer("transformed_weight", None, persistent=False)
         new.train(conv.training)
         return new
+
+    def freeze(self) -> None:
+        """Store the transformed filters (computed in float64) for the calls without gradients;
+        for a copy whose weight will not change again."""
+        self.transformed_weight = transform_weight(self.weight.detach().double()).to(self.weight.dtype).contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dilation = self.dilation[0]
         if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
             out = _WinogradFunction.apply(x, self.weight, dilation)
         else:
-            key = (self.weight.data_ptr(), self.weight._version, self.weight.dtype)
-            if self._transformed is None or self._transformed[0] != key:
-                self._transformed = (key, transform_weight(self.weight.detach().double()).to(self.weight.dtype).contiguous())
-            out = _convolve(x, self._transformed[1], dilation)
+            frozen = self.transformed_weight
+            out = _convolve(x, transform_weight(self.weight.detach()) if frozen is None else frozen, dilation)
         return out if self.bias is None else out + self.bias.view(1, -1, 1, 1)
 
 
-def use_winograd(model: nn.Module, min_channels: int = 128) -> int:
+def use_winograd(model: nn.Module, min_channels: int = 128, freeze: bool = False) -> int:
     """Replace, in place, every float32 ``nn.Conv2d`` that :class:`WinogradConv2d` supports and
     whose input and output widths are at least ``min_channels`` (narrower ones are faster
-    direct), sharing its parameters; returns how many. For CPU models (``knet.models.fuse``'s
-    inference copy, and training on the CPU)."""
+    direct), sharing its parameters; returns how many. ``freeze``: also store the transformed
+    filters of every Winograd convolution in the model (:meth:`WinogradConv2d.freeze`), for an
+    inference copy (``knet.models.fuse``); training on the CPU leaves it off."""
     replaced = 0
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
@@ -264,6 +270,10 @@ def use_winograd(model: nn.Module, min_channels: int = 128) -> int:
                     and min(child.in_channels, child.out_channels) >= min_channels):
                 setattr(module, name, WinogradConv2d.from_conv(child))
                 replaced += 1
+    if freeze:
+        for module in model.modules():
+            if isinstance(module, WinogradConv2d):
+                module.freeze()
     return replaced
 
 
