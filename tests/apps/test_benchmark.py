@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import knet
 from knet.apps.benchmark import benchmark, count_macs
@@ -180,3 +181,27 @@ def test_peak_memory_is_the_programs_own_not_its_parents():
     inherited, own = map(float, done.stdout.split())
     assert inherited > 400 and own < 300, (inherited, own)
     del ballast
+
+
+def test_macs_are_the_models_own_not_the_winograd_copys():
+    from torch import nn
+
+    from knet.apps.benchmark import _model_macs
+    from knet.models.fuse import inference_copy
+
+    class Wide(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(128, 128, 3, padding=1, bias=False)
+
+        def inference(self, x, mode="whole"):
+            return self.conv(x)
+
+    model = Wide()
+    x = torch.randn(1, 128, 16, 16)
+    direct = 128 * 128 * 9 * 16 * 16
+    with torch.inference_mode():
+        assert _model_macs(model, x, "whole") == pytest.approx(direct)
+        fast = inference_copy(model)  # what the benchmark times: Winograd does fewer
+        assert count_macs(lambda: fast.inference(x)) < 0.5 * direct
+    assert type(model.conv) is nn.Conv2d

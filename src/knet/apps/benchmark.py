@@ -164,6 +164,15 @@ def _peak_host_memory_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
+def _model_macs(model: Any, x: Any, mode: str) -> float:
+    """The model's own multiply-accumulates for ``x``: counted on an inference copy with direct
+    convolutions (the runner's Winograd ones do fewer), so the figure is the architecture's."""
+    from ..models.fuse import inference_copy
+
+    plain = inference_copy(model, winograd=False)
+    return count_macs(lambda: plain.inference(x, mode=mode))
+
+
 def count_macs(forward: Callable[[], Any]) -> float:
     """Multiply-accumulates of one call of ``forward`` (FLOPs / 2 as counted by
     :class:`torch.utils.flop_counter.FlopCounterMode`: convolutions, matrix products, attention)."""
@@ -304,7 +313,7 @@ def benchmark(model: Any, size: Any = None, batch_size: int = 1, device: str = "
         return runner(x, mode)
 
     with torch.inference_mode():
-        macs = count_macs(forward) if is_torch else None
+        macs = _model_macs(model, x, mode) if is_torch else None
         latencies, total = _timed(forward, dev, warmup, iters)
     peak = _peak_memory_mb(dev)
     config = getattr(model, "config", None)
