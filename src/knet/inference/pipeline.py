@@ -59,7 +59,7 @@ class TorchRunner:
 
     The runner runs an inference copy of ``model`` made when it is built
     (:func:`knet.models.fuse.inference_copy`: eval mode, BatchNorms folded into their
-    convolutions, no gradients; on the CPU channels-last, with Winograd 3x3 convolutions), so the
+    convolutions, no gradients; on the CPU with Winograd 3x3 convolutions), so the
     caller's model is never changed. ``compile=True`` runs
     the copy's ``inference`` through ``torch.compile`` (Inductor, with frozen weights): the first
     call of each input shape compiles (tens of seconds for a full-size model), later ones reuse it.
@@ -70,11 +70,10 @@ class TorchRunner:
     def __init__(self, model: Any, compile: bool = False) -> None:
         import torch
 
-        from ..models.fuse import inference_copy, runs_channels_last
+        from ..models.fuse import inference_copy
 
         self.config: KNetConfig = model.config
         self.model = inference_copy(model)
-        self.channels_last = runs_channels_last(self.model)
         self.compiled = bool(compile)
         self._inference = self.model.inference
         if self.compiled:
@@ -90,8 +89,6 @@ class TorchRunner:
                  stride: Optional[Tuple[int, int]] = None) -> Any:
         import torch
 
-        if self.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             out = self._inference(x, mode=mode, crop_size=crop_size, stride=stride)
         return tuple(t.float() for t in out) if isinstance(out, tuple) else out.float()

@@ -11,8 +11,8 @@ of one module (``ConvBNReLU``, ResNet's blocks and stem), and a ``Conv2d`` follo
 ``BatchNorm2d`` in an ``nn.Sequential`` (ResNet's deep stem and downsampling). A deformable
 convolution is never folded (its offsets come from its own input).
 
-On the CPU, :func:`inference_copy` also makes the copy channels-last and computes its wide 3x3
-convolutions with Winograd's algorithm (:mod:`knet.models.winograd`).
+On the CPU, :func:`inference_copy` also computes the copy's wide 3x3 convolutions with Winograd's
+algorithm (:mod:`knet.models.winograd`).
 """
 from __future__ import annotations
 
@@ -72,29 +72,23 @@ def fold_batch_norms(model: nn.Module) -> int:
     return folded
 
 
-def runs_channels_last(model: nn.Module) -> bool:
-    """Whether :func:`inference_copy` made ``model`` channels-last (it then wants its input so)."""
-    return bool(getattr(model, "_knet_channels_last", False))
-
-
 def inference_copy(model: nn.Module, winograd: bool = True) -> nn.Module:
     """A copy of ``model`` in eval mode with its BatchNorms folded (``model`` is left as it is).
 
-    A float32 model on the CPU is also made channels-last (oneDNN's convolutions then skip a
-    layout reorder on each side) and, with ``winograd``, its wide 3x3 convolutions become
-    :class:`~knet.models.winograd.WinogradConv2d` (half the time of the direct ones there).
-    Such a copy wants channels-last input (:func:`runs_channels_last`); any input works."""
+    With ``winograd``, a float32 model on the CPU also gets its wide 3x3 convolutions as
+    :class:`~knet.models.winograd.WinogradConv2d` (half the time of the direct ones there). The
+    copy stays in the contiguous layout: channels-last was no faster on average, and with it a
+    batch's label maps differed from each image's alone more often (a near-tie pixel flipped in
+    ``knet serve``'s batching test; oneDNN's results depend on the batch size in the last bits
+    in either layout)."""
     clone = copy.deepcopy(model).eval()
     fold_batch_norms(clone)
     for parameter in clone.parameters():
         parameter.requires_grad_(False)
     parameters = list(clone.parameters())
-    if parameters and all(p.device.type == "cpu" and p.dtype == torch.float32 for p in parameters):
-        clone = clone.to(memory_format=torch.channels_last)
-        clone._knet_channels_last = True
-        if winograd:
-            use_winograd(clone, freeze=True)
+    if winograd and parameters and all(p.device.type == "cpu" and p.dtype == torch.float32 for p in parameters):
+        use_winograd(clone, freeze=True)
     return clone
 
 
-__all__ = ["fold_batch_norms", "inference_copy", "runs_channels_last"]
+__all__ = ["fold_batch_norms", "inference_copy"]

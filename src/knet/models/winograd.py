@@ -20,7 +20,8 @@ modulo ``d`` form an undilated convolution over the inputs with the same residue
 taken with a stride of ``d`` inside them.
 
 The result differs from the direct convolution by float rounding only (the transforms' constants
-are exact in binary except 1/6, 1/12 and 1/24, applied to the weights in float64): about 1e-5 of
+are exact in binary except 1/6, 1/12 and 1/24, applied to the weights, in float64 for an
+inference copy): about 1e-5 of
 the output's magnitude in float32, against ~5e-6 for the direct convolution. Tensors are laid out
 channels-last (N, H, W, C) internally; the output has the input's memory layout.
 Large inputs (big images, batches of sliding windows) go through in bands of tile rows, so the
