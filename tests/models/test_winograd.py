@@ -89,6 +89,36 @@ def test_frozen_filters_are_used_without_gradients_and_the_weight_otherwise():
     assert list(conv.state_dict()) == ["weight", "bias"]  # the stored filters are not saved
 
 
+def test_the_operator_is_consistent_with_its_fake_implementation():
+    """torch.library's own checks: the shapes, strides and layouts that torch.compile is told
+    (the fake implementation) are those the operator gives, for both layouts."""
+    u = winograd.transform_weight(_conv(8, 12).weight.detach())
+    for x in (torch.randn(2, 8, 9, 7), torch.randn(1, 8, 6, 10).contiguous(memory_format=torch.channels_last)):
+        torch.library.opcheck(winograd.winograd_convolution, (x, u, 2), test_utils=("test_schema", "test_faketensor"))
+
+
+def test_torch_compile_calls_the_operator_whole():
+    """The compiled graph holds one winograd_convolution node per convolution and no graph
+    break: its loops over images and bands stay out of the graph (Inductor's copies of them were
+    slower than the eager path)."""
+    conv = WinogradConv2d.from_conv(_conv(8, 8))
+    conv.freeze()
+    graphs = []
+
+    def backend(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    model = nn.Sequential(conv, nn.ReLU(), WinogradConv2d.from_conv(_conv(8, 8, dilation=2, seed=1))).eval()
+    x = torch.randn(1, 8, 11, 13)
+    with torch.no_grad():
+        expected = model(x)
+        got = torch.compile(model, backend=backend, fullgraph=True, dynamic=False)(x)
+    assert torch.equal(got, expected)
+    calls = [node for node in graphs[0].graph.nodes if node.target is torch.ops.knet.winograd_convolution.default]
+    assert len(graphs) == 1 and len(calls) == 2
+
+
 @pytest.mark.parametrize("conv", [nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.Conv2d(8, 8, 1),
                                   nn.Conv2d(8, 8, 3, padding=0), nn.Conv2d(8, 8, 3, padding=1, groups=2),
                                   nn.Conv2d(8, 8, 3, padding=2, dilation=1)])
