@@ -417,7 +417,7 @@ def benchmark_train(model: Any, size: Any = None, batch_size: int = TRAIN_DEFAUL
     from torch import nn
 
     from ..engine.optim import backward_step, build_optimizer
-    from ..engine.training import _LossForward, use_cpu_kernels
+    from ..engine.training import _LossForward, prepare_cpu_training
     from ..tasks import get_task
     from ..utils.device import resolve_device
 
@@ -428,7 +428,7 @@ def benchmark_train(model: Any, size: Any = None, batch_size: int = TRAIN_DEFAUL
     config = model.config
     task = get_task(config.task)
     model = model.to(dev).train()
-    use_cpu_kernels(model, dev)  # what knet train runs on this device
+    prepare_cpu_training(model, dev)  # what knet train does on this device
     optimizer = build_optimizer(model, config.train)
     params = [p for p in model.parameters() if p.requires_grad]
     net = _LossForward(model, task)

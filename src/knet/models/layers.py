@@ -43,3 +43,39 @@ class DropPath(nn.Module):
         shape = (x.shape[0],) + (1,) * (x.ndim - 1)
         mask = x.new_empty(shape).bernoulli_(keep)
         return x * mask / keep
+
+
+class _RunningStatisticsKept:
+    """While a block's forward is recomputed for its backward pass: its BatchNorms normalise with
+    the batch's statistics as before but leave their running statistics (and batch counts) as
+    the first forward left them, so a recomputed block updates them once, like any other."""
+
+    def __init__(self, block: nn.Module) -> None:
+        self.norms = [m for m in block.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                      and m.training and m.track_running_stats]
+        self.saved: list = []
+
+    def __enter__(self) -> None:
+        self.saved = [(m.momentum, m.num_batches_tracked.clone()) for m in self.norms]
+        for m in self.norms:
+            m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch: unchanged
+
+    def __exit__(self, *exc) -> None:
+        for m, (momentum, count) in zip(self.norms, self.saved):
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(count)
+
+
+def run_block(block: nn.Module, recompute: bool, *inputs):
+    """``block(*inputs)``; with ``recompute``, when training with gradients, the block keeps
+    only its inputs for the backward pass and recomputes its activations there
+    (``torch.utils.checkpoint``, as mmsegmentation's ``with_cp``): less memory for one more
+    forward of the block. Values, gradients and BatchNorm statistics are those of a plain call."""
+    if not (recompute and block.training and torch.is_grad_enabled()):
+        return block(*inputs)
+    from contextlib import nullcontext
+
+    from torch.utils.checkpoint import checkpoint
+
+    return checkpoint(block, *inputs, use_reentrant=False,
+                      context_fn=lambda: (nullcontext(), _RunningStatisticsKept(block)))

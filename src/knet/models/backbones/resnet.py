@@ -13,11 +13,12 @@ Both return the four stage outputs; ``out_channels`` and ``strides`` describe th
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
+from ..layers import run_block
 from .deform_conv import DeformConv2dPack
 
 DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
@@ -114,6 +115,9 @@ class ResNet(nn.Module):
         self.deep_stem = deep_stem
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
+        # Stages (0-3) whose blocks recompute their activations in the backward pass instead of
+        # keeping them (:func:`~knet.models.layers.run_block`); a training-time choice, not saved.
+        self.recompute_stages: Tuple[int, ...] = ()
         if deep_stem:
             half = stem_channels // 2
             self.stem = nn.Sequential(
@@ -177,7 +181,8 @@ class ResNet(nn.Module):
         x = self.maxpool(x)
         outs = []
         for i in range(4):
-            x = getattr(self, f"layer{i + 1}")(x)
+            for block in getattr(self, f"layer{i + 1}"):
+                x = run_block(block, i in self.recompute_stages, x)
             outs.append(x)
         return outs
 

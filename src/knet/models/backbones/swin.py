@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import DropPath
+from ..layers import DropPath, run_block
 
 HW = Tuple[int, int]
 
@@ -287,10 +287,12 @@ class SwinBlockSequence(nn.Module):
             for j in range(depth))
         self.downsample = downsample
 
-    def forward(self, x: torch.Tensor, hw: HW) -> Tuple[torch.Tensor, HW, torch.Tensor, HW]:
-        """x: (N, H*W, C) -> (merged tokens, merged hw, stage tokens before merging, hw)."""
+    def forward(self, x: torch.Tensor, hw: HW, recompute: bool = False) -> Tuple[torch.Tensor, HW, torch.Tensor, HW]:
+        """x: (N, H*W, C) -> (merged tokens, merged hw, stage tokens before merging, hw).
+        ``recompute``: the blocks recompute their activations in the backward pass
+        (:func:`~knet.models.layers.run_block`)."""
         for block in self.blocks:
-            x = block(x, hw)
+            x = run_block(block, recompute, x, hw)
         if self.downsample is None:
             return x, hw, x, hw
         x_down, down_hw = self.downsample(x, hw)
@@ -331,6 +333,9 @@ class SwinTransformer(nn.Module):
             start += depth
         for i, channels in enumerate(self.out_channels):
             self.add_module(f"norm{i}", nn.LayerNorm(channels))
+        # Stages whose blocks recompute their activations in the backward pass instead of
+        # keeping them (:func:`~knet.models.layers.run_block`); a training-time choice, not saved.
+        self.recompute_stages: Tuple[int, ...] = ()
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -353,7 +358,7 @@ class SwinTransformer(nn.Module):
         x = self.drop_after_pos(x)
         outs = []
         for i, stage in enumerate(self.stages):
-            x, hw, out, out_hw = stage(x, hw)
+            x, hw, out, out_hw = stage(x, hw, i in self.recompute_stages)
             out = getattr(self, f"norm{i}")(out)
             outs.append(out.view(-1, out_hw[0], out_hw[1], self.out_channels[i]).permute(0, 3, 1, 2).contiguous())
         return outs
