@@ -15,8 +15,9 @@ on the same threads:
   Runtime, fp32 and int8. knet's logits are compared with the reference's on the same input.
 - training, batch 2: the reference's step (``ref_bench.py train``: forward, losses, backward,
   AdamW with gradient clipping, dropout and drop-path off) and ``knet benchmark --train`` (the
-  same step, its own process), with their peak resident memory; knet's losses on the reference's
-  first batch are compared with the reference's.
+  same step, its own process), with their peak resident memory; with ``--low-memory`` also
+  ``knet benchmark --train --low-memory``. knet's losses on the reference's first batch are
+  compared with the reference's.
 
 Where the reference is not installed (CI) or for ``--tiny`` (no reference config has those
 widths), it says so and prints knet's columns only. The CPU model and thread count are printed
@@ -108,11 +109,11 @@ def run_reference(python: Path, *args: str, save: Optional[Path] = None) -> Dict
 
 
 def run_knet_train(preset: str, weights: Optional[Path], batch: int, size: int, steps: int,
-                   threads: int) -> Dict[str, float]:
+                   threads: int, low_memory: bool = False) -> Dict[str, float]:
     """``knet benchmark --train --json`` in its own process (its peak memory is the step's)."""
     command = [sys.executable, "-m", "knet", "benchmark", "--train", "--json", "--model", preset,
                "--batch-size", str(batch), "--size", str(size), "--iters", str(steps), "--warmup", "1",
-               "--threads", str(threads), "--device", "cpu"]
+               "--threads", str(threads), "--device", "cpu"] + (["--low-memory"] if low_memory else [])
     if weights is not None:
         command += ["--checkpoint", str(weights)]
     done = LAUNCHER.run(command)
@@ -158,6 +159,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=None, help="input side (default 512; --tiny: 64)")
     parser.add_argument("--tiny", action="store_true", help="the -tiny presets (no reference): a quick check")
     parser.add_argument("--no-train", dest="train", action="store_false", help="inference only")
+    parser.add_argument("--no-inference", dest="inference", action="store_false", help="training only")
+    parser.add_argument("--low-memory", action="store_true", help="add a training column for knet's --low-memory")
     parser.add_argument("--compile", action="store_true", help="add knet's torch.compile column")
     parser.add_argument("--onnx", action="store_true", help="add ONNX Runtime fp32 and int8 columns (exports)")
     parser.add_argument("--rounds", type=int, default=2)
@@ -202,35 +205,38 @@ def main() -> None:
         else:
             torch.manual_seed(0)
             model = build_model(preset).eval()
-        x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
-        runners = {"knet": TorchRunner(model)}
-        if args.compile:
-            runners["compiled"] = TorchRunner(model, compile=True)
-        if args.onnx:
-            runners.update(onnx_runners(model, preset, work, size, args.threads))
-        for runner in runners.values():
-            runner(x)  # warm-up (and the compile)
-        times: Dict[str, List[float]] = {name: [] for name in (["reference"] if reference_python else []) + list(runners)}
-        saved = work / f"{short}.infer.npz"
-        for round_index in range(args.rounds):
+        if args.inference:
+            x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+            runners = {"knet": TorchRunner(model)}
+            if args.compile:
+                runners["compiled"] = TorchRunner(model, compile=True)
+            if args.onnx:
+                runners.update(onnx_runners(model, preset, work, size, args.threads))
+            for runner in runners.values():
+                runner(x)  # warm-up (and the compile)
+            times: Dict[str, List[float]] = {name: [] for name in (["reference"] if reference_python else []) + list(runners)}
+            saved = work / f"{short}.infer.npz"
+            for round_index in range(args.rounds):
+                if reference_python is not None:
+                    times["reference"].append(run_reference(reference_python, "infer", short, str(size), str(args.repeats),
+                                                            save=saved if round_index == 0 else None)["median_s"])
+                for name, runner in runners.items():
+                    times[name].append(timed(lambda: runner(x), args.repeats))
+            row = {"model": preset, **{name: statistics.median(v) for name, v in times.items()}}
             if reference_python is not None:
-                times["reference"].append(run_reference(reference_python, "infer", short, str(size), str(args.repeats),
-                                                        save=saved if round_index == 0 else None)["median_s"])
-            for name, runner in runners.items():
-                times[name].append(timed(lambda: runner(x), args.repeats))
-        row = {"model": preset, **{name: statistics.median(v) for name, v in times.items()}}
-        if reference_python is not None:
-            ref = np.load(saved)
-            ref_x, ref_logits = torch.from_numpy(ref["x"]), ref["logits"]
-            row["diffs"] = {name: float(np.abs(runner(ref_x).numpy() - ref_logits).max() / np.abs(ref_logits).max())
-                            for name, runner in runners.items() if name in ("knet", "compiled", "onnx fp32")}
-        infer_rows.append(row)
-        print(f"inference {preset}: " + ", ".join(f"{k} {v:.3f} s" for k, v in row.items()
-                                                   if isinstance(v, float)), flush=True)
-        del runners
+                ref = np.load(saved)
+                ref_x, ref_logits = torch.from_numpy(ref["x"]), ref["logits"]
+                row["diffs"] = {name: float(np.abs(runner(ref_x).numpy() - ref_logits).max() / np.abs(ref_logits).max())
+                                for name, runner in runners.items() if name in ("knet", "compiled", "onnx fp32")}
+            infer_rows.append(row)
+            print(f"inference {preset}: " + ", ".join(f"{k} {v:.3f} s" for k, v in row.items()
+                                                       if isinstance(v, float)), flush=True)
+            del runners
 
         if args.train:
-            steps = {"reference": [], "knet": []} if reference_python else {"knet": []}
+            kinds = ["knet"] + (["knet --low-memory"] if args.low_memory else [])
+            steps: Dict[str, List[float]] = {"reference": [], **{k: [] for k in kinds}} if reference_python else \
+                {k: [] for k in kinds}
             memory: Dict[str, float] = {}
             saved_train = work / f"{short}.train.npz"
             for round_index in range(args.rounds):
@@ -239,9 +245,11 @@ def main() -> None:
                                         save=saved_train if round_index == 0 else None)
                     steps["reference"].append(ref["median_s"])
                     memory["reference"] = max(memory.get("reference", 0.0), ref["peak_rss_mib"])
-                mine = run_knet_train(preset, weights, 2, size, args.train_steps, args.threads)
-                steps["knet"].append(mine["median_s"])
-                memory["knet"] = max(memory.get("knet", 0.0), mine["peak_rss_mib"])
+                for kind in kinds:
+                    mine = run_knet_train(preset, weights, 2, size, args.train_steps, args.threads,
+                                          low_memory=kind != "knet")
+                    steps[kind].append(mine["median_s"])
+                    memory[kind] = max(memory.get(kind, 0.0), mine["peak_rss_mib"])
             row = {"model": preset, **{k: statistics.median(v) for k, v in steps.items()}, "memory": memory}
             if reference_python is not None:
                 ref = np.load(saved_train)
@@ -301,18 +309,21 @@ def print_tables(infer_rows: List[Dict], train_rows: List[Dict], args: argparse.
     if train_rows:
         print(f"\nTraining step, batch 2 ({args.train_steps} steps per round after a warm-up):\n")
         if with_reference:
-            print("| model | reference (s, peak RSS) | knet (s, peak RSS) | speed ratio | memory ratio | loss vs reference |")
-            print("|---|---|---|---|---|---|")
+            print("| model | knet | reference (s, peak RSS) | knet (s, peak RSS) | speed ratio | memory ratio "
+                  "| loss vs reference |")
+            print("|---|---|---|---|---|---|---|")
             for row in train_rows:
                 m = row["memory"]
-                print(f"| {row['model']} | {row['reference']:.2f} s, {m['reference'] / 1024:.1f} GB | {row['knet']:.2f} s, "
-                      f"{m['knet'] / 1024:.1f} GB | {row['reference'] / row['knet']:.2f}x | "
-                      f"{m['knet'] / m['reference']:.2f}x | {row['loss_diff']:.1e} relative |")
+                for kind in (k for k in row["memory"] if k != "reference"):
+                    print(f"| {row['model']} | {kind} | {row['reference']:.2f} s, {m['reference'] / 1024:.1f} GB | "
+                          f"{row[kind]:.2f} s, {m[kind] / 1024:.1f} GB | {row['reference'] / row[kind]:.2f}x | "
+                          f"{m[kind] / m['reference']:.2f}x | {row['loss_diff']:.1e} relative |")
         else:
-            print("| model | knet (s, peak RSS) |")
-            print("|---|---|")
+            print("| model | knet | knet (s, peak RSS) |")
+            print("|---|---|---|")
             for row in train_rows:
-                print(f"| {row['model']} | {row['knet']:.2f} s, {row['memory']['knet']:.0f} MiB |")
+                for kind, peak in row["memory"].items():
+                    print(f"| {row['model']} | {kind} | {row[kind]:.2f} s, {peak:.0f} MiB |")
 
 
 if __name__ == "__main__":

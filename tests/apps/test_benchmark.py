@@ -151,6 +151,7 @@ def test_synthetic_mask_batch_has_things_and_stuff():
     (["benchmark", "--model", "knet-r50-fcn-tiny", "--train", "--mode", "slide"], "--mode"),
     (["benchmark", "--onnx", "model.onnx", "--train"], "--onnx"),
     (["benchmark", "--train", "--device", "cpu"], "--model"),
+    (["benchmark", "--model", "knet-r50-fcn-tiny", "--low-memory"], "--low-memory is a training option"),
 ])
 def test_train_benchmark_errors_are_one_line(capsys, argv, message):
     assert main(argv) == 2

@@ -13,7 +13,8 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "side_by_side.py"
 
 def test_side_by_side_runs_knets_columns_without_the_reference(tmp_path):
     done = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--models", "fcn", "--size", "48", "--rounds", "1",
-                           "--repeats", "1", "--train-steps", "1", "--threads", "1", "--work-dir", str(tmp_path)],
+                           "--repeats", "1", "--train-steps", "1", "--threads", "1", "--low-memory",
+                           "--work-dir", str(tmp_path)],
                           capture_output=True, text=True, env=subprocess_env(), timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
@@ -22,6 +23,8 @@ def test_side_by_side_runs_knets_columns_without_the_reference(tmp_path):
     inference = out[out.index("Inference, batch 1"):out.index("Training step")]
     assert "| model | knet (s) |" in inference and "| knet-r50-fcn-tiny |" in inference
     training = out[out.index("Training step"):]
-    row = next(line for line in training.splitlines() if line.startswith("| knet-r50-fcn-tiny |"))
-    seconds, memory = row.split("|")[2].split(",")
-    assert float(seconds.strip().rstrip("s")) > 0 and float(memory.strip().split()[0]) > 0
+    rows = [line.split("|") for line in training.splitlines() if line.startswith("| knet-r50-fcn-tiny |")]
+    assert [row[2].strip() for row in rows] == ["knet", "knet --low-memory"]
+    for row in rows:
+        seconds, memory = row[3].split(",")
+        assert float(seconds.strip().rstrip("s")) > 0 and float(memory.strip().split()[0]) > 0

@@ -214,3 +214,18 @@ def test_backbone_weights_are_loaded_before_training(toy, tmp_path, capsys):
     with pytest.raises(CheckpointError):
         T.train(cfg, T.TrainOptions(work_dir=tmp_path / "bad", workers=0, data_root=toy.root,
                                     backbone_weights=tmp_path / "missing.pth"), val_dataset=[])
+
+
+def test_low_memory_training_recomputes_backbone_stages(toy, tmp_path, capsys, monkeypatch):
+    """``low_memory``: the backbone stages of LOW_MEMORY_RECOMPUTED_STAGES recompute their
+    activations, the log says so, and the run trains as usual (the allocator setting, which is
+    process-wide, is left out of this process: tests/utils/test_memory.py checks it)."""
+    from knet.utils import memory
+
+    monkeypatch.setattr(memory, "release_large_buffers", lambda: False)
+    result = T.train(fast_config(**{"train.iters": 2}),
+                     T.TrainOptions(work_dir=tmp_path / "run", workers=0, data_root=toy.root, low_memory=True),
+                     val_dataset=[])
+    assert result.model.backbone.recompute_stages == T.LOW_MEMORY_RECOMPUTED_STAGES["resnet_v1c"]
+    assert "recompute their activations in the backward pass" in capsys.readouterr().out
+    assert knet.build_model("knet-r50-fcn-tiny").backbone.recompute_stages == ()

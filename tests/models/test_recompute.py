@@ -8,7 +8,7 @@ import copy
 import torch
 
 from knet import build_model
-from knet.engine.training import CPU_RECOMPUTED_STAGES, prepare_cpu_training
+from knet.engine.training import LOW_MEMORY_RECOMPUTED_STAGES, save_training_memory
 from knet.models.layers import run_block
 
 
@@ -74,10 +74,12 @@ def test_run_block_is_a_plain_call_in_eval_mode_and_without_gradients():
         assert torch.equal(run_block(block, True, x), block(x))
 
 
-def test_cpu_training_uses_winograd_and_recomputes_the_listed_stages():
-    model = build_model("knet-r50-fcn-tiny").train()
-    notes = prepare_cpu_training(model, torch.device("cpu"))
-    assert model.backbone.recompute_stages == CPU_RECOMPUTED_STAGES["resnet_v1c"] == (1, 3)
+def test_low_memory_training_recomputes_the_listed_stages(monkeypatch):
+    from knet.utils import memory
+
+    monkeypatch.setattr(memory, "release_large_buffers", lambda: False)  # process-wide: not in the tests' process
+    model = build_model("knet-swin-t-upernet-tiny").train()
+    assert model.backbone.recompute_stages == ()  # not by default
+    notes = save_training_memory(model)
+    assert model.backbone.recompute_stages == LOW_MEMORY_RECOMPUTED_STAGES["swin"] == (0, 1, 2)
     assert any("recompute" in note for note in notes)
-    other = build_model("knet-r50-fcn-tiny").train()
-    assert prepare_cpu_training(other, torch.device("meta")) == [] and other.backbone.recompute_stages == ()

@@ -135,6 +135,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train", action="store_true",
                         help="time training steps (forward, losses, backward, clipped AdamW step) on a "
                              "synthetic batch instead of inference")
+    options.add_low_memory(parser)
     options.add_device(parser)
     options.add_threads(parser)
     options.add_compile(parser)
@@ -391,7 +392,8 @@ def synthetic_train_batch(config: Any, task: Any, batch_size: int, height: int, 
 
 def benchmark_train(model: Any, size: Any = None, batch_size: int = TRAIN_DEFAULTS["batch_size"],
                     device: str = "auto", threads: Optional[int] = None, iters: int = TRAIN_DEFAULTS["iters"],
-                    warmup: int = TRAIN_DEFAULTS["warmup"], name: Optional[str] = None) -> TrainBenchmarkResult:
+                    warmup: int = TRAIN_DEFAULTS["warmup"], name: Optional[str] = None,
+                    low_memory: bool = False) -> TrainBenchmarkResult:
     """Time full training steps of ``model`` on a synthetic batch (:func:`synthetic_train_batch`).
 
     One step is what the trainer's ``step`` does (:mod:`knet.engine.training`) but for the lr
@@ -408,6 +410,7 @@ def benchmark_train(model: Any, size: Any = None, batch_size: int = TRAIN_DEFAUL
         device: ``auto`` picks CUDA, then MPS, then the CPU.
         threads: ``torch.set_num_threads`` when given.
         iters, warmup: timed and untimed steps (the warm-up also creates AdamW's state).
+        low_memory: as ``knet train --low-memory`` (:func:`knet.engine.training.save_training_memory`).
 
     Returns:
         a :class:`TrainBenchmarkResult`; peak memory as :func:`benchmark`'s (CUDA: the peak
@@ -417,7 +420,7 @@ def benchmark_train(model: Any, size: Any = None, batch_size: int = TRAIN_DEFAUL
     from torch import nn
 
     from ..engine.optim import backward_step, build_optimizer
-    from ..engine.training import _LossForward, prepare_cpu_training
+    from ..engine.training import _LossForward, prepare_cpu_training, save_training_memory
     from ..tasks import get_task
     from ..utils.device import resolve_device
 
@@ -429,6 +432,8 @@ def benchmark_train(model: Any, size: Any = None, batch_size: int = TRAIN_DEFAUL
     task = get_task(config.task)
     model = model.to(dev).train()
     prepare_cpu_training(model, dev)  # what knet train does on this device
+    if low_memory:
+        save_training_memory(model)
     optimizer = build_optimizer(model, config.train)
     params = [p for p in model.parameters() if p.requires_grad]
     net = _LossForward(model, task)
@@ -474,6 +479,8 @@ def run(args: argparse.Namespace) -> int:
         raise KnetError("--mode chooses the inference forward; --train times training steps on whole crops")
     if args.train and args.compile:
         raise KnetError("--compile applies to the inference forward, not to --train")
+    if args.low_memory and not args.train:
+        raise KnetError("--low-memory is a training option: add --train")
     defaults = TRAIN_DEFAULTS if args.train else INFERENCE_DEFAULTS
     counts = {key: defaults[key] if getattr(args, key) is None else getattr(args, key) for key in defaults}
     model = _load(args)
@@ -481,7 +488,7 @@ def run(args: argparse.Namespace) -> int:
     name = args.model or model.config.name
     if args.train:
         result: Any = benchmark_train(model, size=size, device=args.device, threads=args.threads, name=name,
-                                      **counts)
+                                      low_memory=args.low_memory, **counts)
     else:
         result = benchmark(model, size=size, device=args.device, threads=args.threads, mode=args.mode or "whole",
                            name=name, compile=args.compile, **counts)

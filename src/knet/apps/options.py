@@ -80,6 +80,13 @@ def add_test_pipeline(parser: argparse.ArgumentParser) -> None:
                         help="images per forward; same result as 1 (images of equal size are batched together)")
 
 
+def add_low_memory(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--low-memory", action="store_true",
+                        help="train with less memory for more time: some backbone stages (ResNet 2 and 4, Swin 1-3) "
+                             "recompute their activations in the backward pass, and freed buffers go back to the "
+                             "system (on the CPU at 512x512: ~0.55-0.75x the peak memory, 10-20%% more time)")
+
+
 def add_compile(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true",
                         help="run the torch model through torch.compile: each new input size compiles once "

@@ -90,7 +90,7 @@ class TrainOptions:
     continues from the newest checkpoint of ``work_dir`` (or starts afresh, saying so, when there
     is none); a path continues from that checkpoint. ``amp``: ``None``, ``"fp16"`` or ``"bf16"``
     (CUDA only). ``progress``: draw a progress bar on stderr; ``None`` draws one when stderr is a
-    terminal.
+    terminal. ``low_memory``: less memory for more time (:func:`save_training_memory`).
     """
 
     work_dir: PathLike
@@ -108,6 +108,7 @@ class TrainOptions:
     backbone_weights: Optional[PathLike] = None
     progress: Optional[bool] = None
     quiet: bool = False
+    low_memory: bool = False
 
 
 @dataclass
@@ -213,38 +214,42 @@ class TrainResult:
         return self.best_value if self.best_metric == "mIoU" else None
 
 
+def prepare_cpu_training(model: nn.Module, device: torch.device) -> List[str]:
+    """For training on the CPU: the model's wide 3x3 convolutions run as Winograd F(4x4, 3x3),
+    forward and backward (:mod:`knet.models.winograd`: the same parameters and state-dict keys,
+    gradients equal to float rounding, about half those convolutions' time). On other devices
+    the model is left as it is. Returns a line for the log, if anything changed."""
+    from ..models.winograd import use_winograd
+
+    winograd = use_winograd(model) if device.type == "cpu" else 0
+    return [f"{winograd} wide 3x3 convolutions run as Winograd F(4x4,3x3) on the CPU"] if winograd else []
+
+
 # Backbone stages (by backbone kind) whose blocks recompute their activations in the backward
-# pass when training on the CPU: those that keep the most activations for the least arithmetic.
+# pass with ``low_memory``: those that keep the most activations for the least arithmetic.
 # Measured on the CPU at batch 2, 512x512: recomputing the dilated ResNet's last stage took
 # R50-FCN's peak from 4.3 to 3.8 GB for ~7% more time (its first three stages: 3.5 GB, ~16%);
 # Swin's first three stages took Swin-T UPerNet's from 4.7 to 3.7 GB for ~2%.
-CPU_RECOMPUTED_STAGES: Dict[str, Tuple[int, ...]] = {"resnet_v1c": (1, 3), "swin": (0, 1, 2), "resnet": ()}
+LOW_MEMORY_RECOMPUTED_STAGES: Dict[str, Tuple[int, ...]] = {"resnet_v1c": (1, 3), "swin": (0, 1, 2), "resnet": ()}
 
 
-def prepare_cpu_training(model: nn.Module, device: torch.device) -> List[str]:
-    """What training on the CPU changes, for speed and memory; on other devices nothing.
-    Returns a line for the log per change.
+def save_training_memory(model: nn.Module) -> List[str]:
+    """Training with less memory (``low_memory``), for more time; returns a line for the log per
+    change.
 
-    - The model's wide 3x3 convolutions run as Winograd F(4x4, 3x3), forward and backward
-      (:mod:`knet.models.winograd`: the same parameters and state-dict keys, gradients equal to
-      float rounding, about half those convolutions' time).
-    - The backbone stages of :data:`CPU_RECOMPUTED_STAGES` recompute their activations in the
-      backward pass (:func:`knet.models.layers.run_block`: the same values and gradients).
-    - Large freed buffers go back to the system (:func:`knet.utils.memory.release_large_buffers`).
-    The last two take a training step's peak resident memory to ~0.75x (R50-FCN at batch 2,
-    512x512: 5.1 -> 3.8 GB) for 5-15% more time."""
-    from ..models.winograd import use_winograd
+    - The backbone stages of :data:`LOW_MEMORY_RECOMPUTED_STAGES` recompute their activations in
+      the backward pass (:func:`knet.models.layers.run_block`: the same values, gradients and
+      BatchNorm statistics), on any device.
+    - Freed buffers of 4 MiB or more go back to the system
+      (:func:`knet.utils.memory.release_large_buffers`; Linux with glibc).
+    Measured with Winograd on the CPU (batch 2, 512x512): R50-FCN's peak resident memory went
+    from 5.1 to 3.5-3.8 GB, Swin-T UPerNet's from 5.1 to 3.7 GB, for 10-20% more time."""
     from ..utils.memory import release_large_buffers
 
-    if device.type != "cpu":
-        return []
     notes = []
-    winograd = use_winograd(model)
-    if winograd:
-        notes.append(f"{winograd} wide 3x3 convolutions run as Winograd F(4x4,3x3) on the CPU")
     backbone = getattr(model, "backbone", None)
     backbone_config = getattr(getattr(model, "config", None), "backbone", None)
-    stages = CPU_RECOMPUTED_STAGES.get(getattr(backbone_config, "kind", ""), ())
+    stages = LOW_MEMORY_RECOMPUTED_STAGES.get(getattr(backbone_config, "kind", ""), ())
     if stages and hasattr(backbone, "recompute_stages") and not backbone.recompute_stages:
         backbone.recompute_stages = stages
         notes.append(f"backbone stages {', '.join(map(str, stages))} recompute their activations in the backward pass")
@@ -358,6 +363,8 @@ class _Trainer:
         model = build_model(self.cfg).to(self.device)
         model.train()
         self.notes.extend(prepare_cpu_training(model, self.device))
+        if self.options.low_memory:
+            self.notes.extend(save_training_memory(model))
         if self.options.backbone_weights:
             from ..checkpoint.pretrained import load_backbone_weights
 
