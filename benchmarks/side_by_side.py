@@ -17,7 +17,8 @@ on the same threads:
   AdamW with gradient clipping, dropout and drop-path off) and ``knet benchmark --train`` (the
   same step, its own process), with their peak resident memory; with ``--low-memory`` also
   ``knet benchmark --train --low-memory``. knet's losses on the reference's first batch are
-  compared with the reference's.
+  compared with the reference's on it (``reference_losses.py``), with every dropout off in both:
+  ``ref_bench.py``'s own saved losses leave the heads' ``nn.Dropout2d`` on, so they are random.
 
 Where the reference is not installed (CI) or for ``--tiny`` (no reference config has those
 widths), it says so and prints knet's columns only. The CPU model and thread count are printed
@@ -133,15 +134,25 @@ def timed(call, repeats: int) -> float:
     return statistics.median(times)
 
 
+def reference_losses(python: Path, short: str, batch: Path) -> Dict[str, float]:
+    """The reference's losses on a saved training batch, every dropout off
+    (``reference_losses.py``, in the reference's venv)."""
+    done = LAUNCHER.run([str(python), str(REPO / "benchmarks" / "reference_losses.py"), short, str(batch)])
+    if done.returncode != 0:
+        sys.exit(f"reference losses failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def knet_losses(model, saved: Dict[str, np.ndarray]) -> Dict[str, float]:
-    """knet's losses on the reference's first training batch, dropout and drop-path off."""
+    """knet's losses on the reference's first training batch, every dropout (``nn.Dropout2d`` of
+    the heads included) and drop-path off."""
     import torch
 
     from knet.losses.semantic import semantic_losses
 
     model.train()
     for module in model.modules():
-        if isinstance(module, torch.nn.Dropout) or type(module).__name__ == "DropPath":
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd) or type(module).__name__ == "DropPath":
             module.eval()
     with torch.no_grad():
         output = model.outputs(torch.from_numpy(saved["x"]), with_aux=True)
@@ -254,7 +265,8 @@ def main() -> None:
             if reference_python is not None:
                 ref = np.load(saved_train)
                 mine = knet_losses(model, {"x": ref["x"], "labels": ref["labels"]})
-                row["loss_diff"] = abs(mine["loss"] - float(ref["loss"])) / abs(float(ref["loss"]))
+                theirs = reference_losses(reference_python, short, saved_train)
+                row["loss_diff"] = abs(mine["loss"] - theirs["loss"]) / abs(theirs["loss"])
             train_rows.append(row)
             print(f"training {preset}: " + ", ".join(f"{k} {v:.3f} s" for k, v in row.items()
                                                       if isinstance(v, float) and k != "loss_diff"), flush=True)
