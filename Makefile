@@ -17,7 +17,7 @@ $(BIN)/knet: pyproject.toml
 venv: $(BIN)/knet
 
 test: venv
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 test-fast: venv
 	$(BIN)/python -m pytest -q -m "not slow"
