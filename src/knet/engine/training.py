@@ -227,9 +227,9 @@ def prepare_cpu_training(model: nn.Module, device: torch.device) -> List[str]:
 
 # Backbone stages (by backbone kind) whose blocks recompute their activations in the backward
 # pass with ``low_memory``: those that keep the most activations for the least arithmetic.
-# Measured on the CPU at batch 2, 512x512: recomputing the dilated ResNet's last stage took
-# R50-FCN's peak from 4.3 to 3.8 GB for ~7% more time (its first three stages: 3.5 GB, ~16%);
-# Swin's first three stages took Swin-T UPerNet's from 4.7 to 3.7 GB for ~2%.
+# Measured on the CPU at batch 2, 512x512, with the allocator setting below: R50-FCN's peak was
+# 3.6 GB recomputing stages 1 and 3, 3.8 GB with 0 and 1 (in the same time), 4.3 GB with none;
+# Swin-T UPerNet's 3.6 GB with stages 0-2, 4.7 GB with none.
 LOW_MEMORY_RECOMPUTED_STAGES: Dict[str, Tuple[int, ...]] = {"resnet_v1c": (1, 3), "swin": (0, 1, 2), "resnet": ()}
 
 
@@ -242,8 +242,9 @@ def save_training_memory(model: nn.Module) -> List[str]:
       BatchNorm statistics), on any device.
     - Freed buffers of 4 MiB or more go back to the system
       (:func:`knet.utils.memory.release_large_buffers`; Linux with glibc).
-    Measured with Winograd on the CPU (batch 2, 512x512): R50-FCN's peak resident memory went
-    from 5.1 to 3.5-3.8 GB, Swin-T UPerNet's from 5.1 to 3.7 GB, for 10-20% more time."""
+    Measured side by side on the CPU (batch 2, 512x512): R50-FCN's peak resident memory went
+    from 5.0 to 3.6 GB for 18% more time, Swin-T UPerNet's from 5.1 to 3.6 GB for 13% more;
+    most of the time goes to mapping pages afresh for the large buffers."""
     from ..utils.memory import release_large_buffers
 
     notes = []
