@@ -1,9 +1,12 @@
 """Small building blocks shared by the backbones and heads."""
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 class ConvBNReLU(nn.Module):
@@ -73,9 +76,5 @@ def run_block(block: nn.Module, recompute: bool, *inputs):
     forward of the block. Values, gradients and BatchNorm statistics are those of a plain call."""
     if not (recompute and block.training and torch.is_grad_enabled()):
         return block(*inputs)
-    from contextlib import nullcontext
-
-    from torch.utils.checkpoint import checkpoint
-
     return checkpoint(block, *inputs, use_reentrant=False,
                       context_fn=lambda: (nullcontext(), _RunningStatisticsKept(block)))
