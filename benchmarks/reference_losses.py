@@ -17,6 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared" / "reference"))
 import ref_bench  # noqa: E402  (the reference's builder, from ../shared/reference)
+from no_dropout import dropout_off  # noqa: E402  (beside this file)
 from mmengine.structures import PixelData  # noqa: E402
 from mmseg.structures import SegDataSample  # noqa: E402
 
@@ -25,9 +26,7 @@ def main() -> None:
     short, batch_file = sys.argv[1], sys.argv[2]
     batch = np.load(batch_file)
     model = ref_bench.build(short).train()
-    for module in model.modules():
-        if isinstance(module, torch.nn.modules.dropout._DropoutNd) or type(module).__name__ == "DropPath":
-            module.eval()
+    dropout_off(model)
     x, labels = torch.from_numpy(batch["x"]), torch.from_numpy(batch["labels"])
     height, width = x.shape[-2:]
     samples = []

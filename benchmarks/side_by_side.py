@@ -149,11 +149,10 @@ def knet_losses(model, saved: Dict[str, np.ndarray]) -> Dict[str, float]:
     import torch
 
     from knet.losses.semantic import semantic_losses
+    from no_dropout import dropout_off  # beside this file; reference_losses.py uses it too
 
     model.train()
-    for module in model.modules():
-        if isinstance(module, torch.nn.modules.dropout._DropoutNd) or type(module).__name__ == "DropPath":
-            module.eval()
+    dropout_off(model)
     with torch.no_grad():
         output = model.outputs(torch.from_numpy(saved["x"]), with_aux=True)
         losses = semantic_losses(output, torch.from_numpy(saved["labels"]).long(), model.config.data.ignore_index,
@@ -246,8 +245,7 @@ def main() -> None:
 
         if args.train:
             kinds = ["knet"] + (["knet --low-memory"] if args.low_memory else [])
-            steps: Dict[str, List[float]] = {"reference": [], **{k: [] for k in kinds}} if reference_python else \
-                {k: [] for k in kinds}
+            steps: Dict[str, List[float]] = {k: [] for k in (["reference"] if reference_python else []) + kinds}
             memory: Dict[str, float] = {}
             saved_train = work / f"{short}.train.npz"
             for round_index in range(args.rounds):
