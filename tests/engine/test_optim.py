@@ -2,6 +2,8 @@
 preset, the Swin no-decay set against the reference's rule, and gradient clipping."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -83,6 +85,32 @@ def test_swin_no_decay_set_matches_the_reference_rule():
     optimizer = build_optimizer(model, cfg)
     assert [g["weight_decay"] for g in optimizer.param_groups] == [5e-4, 0.0]
     assert optimizer.defaults["betas"] == (0.9, 0.999) and optimizer.defaults["lr"] == 6e-5
+
+
+def test_the_fused_adamw_makes_the_plain_update():
+    """On the CPU the optimiser is PyTorch's fused AdamW: three steps with the recipe's groups
+    land where the plain (for-loop) AdamW lands, to float rounding."""
+    torch.manual_seed(0)
+    model = knet.build_model("knet-swin-t-upernet-tiny", num_classes=4)
+    twin, initial = copy.deepcopy(model), copy.deepcopy(model)
+    fused = build_optimizer(model, model.config.train)
+    assert all(group["fused"] for group in fused.param_groups)
+    groups = build_param_groups(twin, twin.config.train)
+    for group in groups:
+        group.pop("names")
+    plain = torch.optim.AdamW(groups, lr=1e-3, betas=tuple(twin.config.train.betas), foreach=False)
+    for group in fused.param_groups:
+        group["lr"] = 1e-3  # large enough steps to tell the updates apart
+    for step in range(3):
+        for a, b in zip(model.parameters(), twin.parameters()):
+            a.grad = torch.randn_like(a)
+            b.grad = a.grad.clone()
+        fused.step()
+        plain.step()
+    for (name, a), b in zip(model.named_parameters(), twin.parameters()):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7), name
+    moved = [(a - b).abs().max().item() for a, b in zip(model.parameters(), initial.parameters())]
+    assert min(moved) > 1e-4  # every weight took steps well above the tolerance
 
 
 def test_resnet_presets_decay_everything():
