@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from knet.cli import main
+from knet.utils.memory import huge_pages_available
 from tests.conftest import run_torchrun, subprocess_env
 
 SMALL = ["data.crop_size=64,64", "data.train_scale=64,64", "data.test_scale=64,64", "train.log_interval=1",
@@ -50,6 +51,7 @@ def resume_after_sigkill_equals_an_uninterrupted_run(args_of, tmp_path, iters=30
     done = subprocess.run(python + args_of(whole, iters, *common), env=subprocess_env(),
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
+    assert ("transparent huge pages" in done.stdout) == huge_pages_available()  # before the first tensor
 
     cut = tmp_path / "cut"
     proc = subprocess.Popen(python + args_of(cut, iters, *common), env=subprocess_env(),

@@ -53,6 +53,7 @@ from ..config import ModelConfig
 from ..errors import CheckpointError, DataError, TrainingDivergedError, TrainingError
 from ..tasks import Task, get_task
 from ..utils.atomic import atomic_write_text
+from ..utils.memory import LARGE_BUFFER_BYTES, release_large_buffers, use_huge_pages
 from .checkpoints import CheckpointManager, load_for_finetuning, read_training_checkpoint
 from .distributed import (all_gather_objects, all_reduce_sum, check_amp, decide_on_main, dist_info_from_env,
                           init_distributed, leave_process_group, parameter_digest, process_device)
@@ -227,10 +228,11 @@ def prepare_cpu_training(model: nn.Module, device: torch.device) -> List[str]:
 
 # Backbone stages (by backbone kind) whose blocks recompute their activations in the backward
 # pass with ``low_memory``: those that keep the most activations for the least arithmetic.
-# Measured on the CPU at batch 2, 512x512, with the allocator setting below: R50-FCN's peak was
-# 3.6 GB recomputing stages 1 and 3, 3.8 GB with 0 and 1 (in the same time), 4.3 GB with none;
-# Swin-T UPerNet's 3.6 GB with stages 0-2, 4.7 GB with none.
-LOW_MEMORY_RECOMPUTED_STAGES: Dict[str, Tuple[int, ...]] = {"resnet_v1c": (1, 3), "swin": (0, 1, 2), "resnet": ()}
+# Measured on the CPU at batch 2, 512x512 (R50-FCN, with the allocator setting below, alternating,
+# two runs each): stages 0-2 peaked at 3.7 GB in 25.1 s a step, 1-3 at 3.5 GB in 26.5 s, 1-2 at
+# 4.0 GB in 26.2 s (the first stages keep the most activations for the least arithmetic);
+# Swin-T UPerNet: stages 0-2 at 3.8 GB, none at 4.7 GB.
+LOW_MEMORY_RECOMPUTED_STAGES: Dict[str, Tuple[int, ...]] = {"resnet_v1c": (0, 1, 2), "swin": (0, 1, 2), "resnet": ()}
 
 
 def save_training_memory(model: nn.Module) -> List[str]:
@@ -240,13 +242,11 @@ def save_training_memory(model: nn.Module) -> List[str]:
     - The backbone stages of :data:`LOW_MEMORY_RECOMPUTED_STAGES` recompute their activations in
       the backward pass (:func:`knet.models.layers.run_block`: the same values, gradients and
       BatchNorm statistics), on any device.
-    - Freed buffers of 4 MiB or more go back to the system
+    - Freed buffers of 16 MiB or more go back to the system
       (:func:`knet.utils.memory.release_large_buffers`; Linux with glibc).
     Measured side by side on the CPU (batch 2, 512x512): R50-FCN's peak resident memory went
     from 5.0 to 3.6 GB for 18% more time, Swin-T UPerNet's from 5.1 to 3.6 GB for 13% more;
     most of the time goes to mapping pages afresh for the large buffers."""
-    from ..utils.memory import release_large_buffers
-
     notes = []
     backbone = getattr(model, "backbone", None)
     backbone_config = getattr(getattr(model, "config", None), "backbone", None)
@@ -255,7 +255,7 @@ def save_training_memory(model: nn.Module) -> List[str]:
         backbone.recompute_stages = stages
         notes.append(f"backbone stages {', '.join(map(str, stages))} recompute their activations in the backward pass")
     if release_large_buffers():
-        notes.append("freed buffers of 4 MiB and more go back to the system")
+        notes.append(f"freed buffers of {LARGE_BUFFER_BYTES // 2 ** 20} MiB and more go back to the system")
     return notes
 
 
@@ -361,6 +361,9 @@ class _Trainer:
         if self.info.is_main:
             self.work_dir.mkdir(parents=True, exist_ok=True)
         seed_everything(self.options.seed)
+        # Before the model's first tensor: PyTorch decides this at its first allocation.
+        if self.device.type == "cpu" and use_huge_pages():
+            self.notes.append("CPU buffers of 2 MiB and more are on transparent huge pages")
         model = build_model(self.cfg).to(self.device)
         model.train()
         self.notes.extend(prepare_cpu_training(model, self.device))
