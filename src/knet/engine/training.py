@@ -245,8 +245,8 @@ def save_training_memory(model: nn.Module) -> List[str]:
     - Freed buffers of 16 MiB or more go back to the system
       (:func:`knet.utils.memory.release_large_buffers`; Linux with glibc).
     Measured side by side on the CPU (batch 2, 512x512): R50-FCN's peak resident memory went
-    from 5.0 to 3.6 GB for 18% more time, Swin-T UPerNet's from 5.1 to 3.6 GB for 13% more;
-    most of the time goes to mapping pages afresh for the large buffers."""
+    from 5.1 to 3.5 GB for 9% more time, Swin-T UPerNet's from 4.9 to 3.7 GB for 5-17% more
+    (two runs)."""
     notes = []
     backbone = getattr(model, "backbone", None)
     backbone_config = getattr(getattr(model, "config", None), "backbone", None)
