@@ -25,7 +25,7 @@ def use_huge_pages() -> bool:
 
     A 2 MiB page takes one fault and one TLB entry where 4 KiB pages take 512: measured on R50-FCN's
     training step (batch 2, 512x512, the CPU), 27.2 s -> 24.2 s, peak memory 5.1 -> 5.4 GB. The
-    inference forward gained nothing (Swin-T UPerNet lost ~10%), so only training turns it on.
+    inference forward gained nothing (Swin-T UPerNet lost ~15%), so only training turns it on.
 
     PyTorch fixes the choice at its first CPU allocation in the process, so this must run before
     any tensor exists; afterwards it changes nothing and returns False (unless the process already
