@@ -33,7 +33,7 @@ from knet.checkpoint import load_model, with_class_meta  # noqa: E402
 from knet.cli import main  # noqa: E402
 from knet.errors import KnetError  # noqa: E402
 from knet.export.onnx import SizeGenericAdaptiveAvgPool2d, export_onnx  # noqa: E402
-from knet.inference.onnx_runner import CONFIG_KEY, OnnxRunner  # noqa: E402
+from knet.inference.onnx_runner import CONFIG_KEY, WINOGRAD_KEY, OnnxRunner  # noqa: E402
 from tests.conftest import golden_path, logits_tolerance  # noqa: E402
 
 # preset -> the reference's tiny checkpoint of it (shared/goldens): trained-like statistics, so
@@ -127,6 +127,7 @@ def test_the_file_carries_the_config_and_dynamic_sizes(exported):
     metadata = {p.key: p.value for p in proto.metadata_props}
     assert json.loads(metadata[CONFIG_KEY]) == json.loads(with_class_meta(model.config).to_json())
     assert metadata["knet.version"] == knet.__version__
+    assert metadata[WINOGRAD_KEY] == "0"  # the tiny widths are below WINOGRAD_MIN_CHANNELS
     (image,) = proto.graph.input
     assert image.name == "images"
     assert [d.dim_param for d in image.type.tensor_type.shape.dim] == ["batch", "", "height", "width"]
@@ -280,6 +281,75 @@ def test_pyramid_pooling_exports_for_every_size(tmp_path, one_thread):
             expected = torch.cat(module(x), dim=1)
         (got,) = session.run(None, {"x": x.numpy()})
         assert np.abs(got - expected.numpy()).max() <= 1e-5 * max(1.0, float(expected.abs().max()))
+
+
+# ---- Winograd convolutions in the graph --------------------------------------------------------
+def test_winograd_convolutions_export_for_every_size(tmp_path, one_thread, monkeypatch):
+    """Conv + BatchNorm + ReLU + conv, then a dilated Winograd convolution (as an inference copy
+    has), with Winograd from 16 channels: the BatchNorm is folded, the two undilated convolutions
+    become knet's Winograd operator (two small transform convolutions and matrix products each in
+    the graph), the dilated one a plain convolution, and one graph serves every size and batch,
+    including sizes below one 4x4 tile."""
+    from knet.export import onnx as knet_onnx
+    from knet.inference.onnx_runner import import_onnxruntime
+    from knet.models.winograd import WinogradConv2d
+
+    monkeypatch.setattr(knet_onnx, "WINOGRAD_MIN_CHANNELS", 16)
+    torch.manual_seed(0)
+    dilated = WinogradConv2d.from_conv(torch.nn.Conv2d(16, 16, 3, padding=2, dilation=2))
+    module = torch.nn.Sequential(torch.nn.Conv2d(16, 24, 3, padding=1, bias=False), torch.nn.BatchNorm2d(24),
+                                 torch.nn.ReLU(), torch.nn.Conv2d(24, 16, 3, padding=1), dilated).eval()
+    module[1].running_mean.uniform_(-1, 1)
+    module[1].running_var.uniform_(0.5, 2)
+    copy = knet_onnx.exportable_copy(module)
+    assert knet_onnx.winograd_count(copy) == 2 and isinstance(copy[1], torch.nn.Identity)
+    assert type(copy[4]) is torch.nn.Conv2d and copy[4].dilation == (2, 2)
+    assert type(module[0]) is torch.nn.Conv2d and isinstance(module[1], torch.nn.BatchNorm2d)  # not changed
+    plain = knet_onnx.exportable_copy(module, winograd=False)
+    assert knet_onnx.winograd_count(plain) == 0 and isinstance(plain[1], torch.nn.BatchNorm2d)
+    program = torch.onnx.export(copy, (torch.randn(2, 16, 20, 24),), dynamo=True, opset_version=18,
+                                input_names=["x"], dynamic_shapes=({0: "n", 2: "h", 3: "w"},), verbose=False,
+                                custom_translation_table=knet_onnx.TRANSLATIONS)
+    program.save(str(tmp_path / "winograd.onnx"))
+    ops = [node.op_type for node in onnx.load(str(tmp_path / "winograd.onnx")).graph.node]
+    assert ops.count("Conv") == 2 * 2 + 1 and ops.count("MatMul") == 2 * 2
+    session = import_onnxruntime().InferenceSession(str(tmp_path / "winograd.onnx"),
+                                                    providers=["CPUExecutionProvider"])
+    for shape in [(1, 16, 20, 24), (2, 16, 7, 11), (1, 16, 33, 5), (1, 16, 1, 3)]:
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            expected = module(x)
+        (got,) = session.run(None, {"x": x.numpy()})
+        assert got.shape == tuple(expected.shape)
+        assert np.abs(got - expected.numpy()).max() <= 1e-5 * float(expected.abs().max()), shape
+
+
+def test_a_model_exported_with_winograd_matches_torch_and_is_not_quantized(tmp_path, one_thread, monkeypatch,
+                                                                            capsys):
+    """The tiny R50-FCN with Winograd from 16 channels (the full-size models' rule is 512): its
+    3x3 convolutions of 16 channels and more become matrix products, the file counts them, matches
+    torch at two sizes and batch 2, and int8 quantization of it is a one-line error."""
+    from knet.export import onnx as knet_onnx
+
+    monkeypatch.setattr(knet_onnx, "WINOGRAD_MIN_CHANNELS", 16)
+    checkpoint = golden_path(GOLDEN_WEIGHTS["knet-r50-fcn-tiny"])
+    path = tmp_path / "winograd.onnx"
+    assert main(["export", "--model", "knet-r50-fcn-tiny", "--checkpoint", str(checkpoint), "--out", str(path),
+                 "--threads", "1"]) == 0
+    count = int({p.key: p.value for p in onnx.load(str(path)).metadata_props}[WINOGRAD_KEY])
+    assert count >= 5 and f"{count} Winograd 3x3 convolutions" in capsys.readouterr().out
+    model = load_model(checkpoint, "knet-r50-fcn-tiny").eval()
+    runner = OnnxRunner(path, device="cpu", threads=1)
+    for seed, shape in enumerate(SEMANTIC_SHAPES):
+        _parity(model, runner, shape, seed)
+    calibration = tmp_path / "calibration"
+    calibration.mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(calibration / "0.png")
+    out = tmp_path / "int8.onnx"
+    code = main(["export", "--onnx", str(path), "--out", str(out), "--quantize", "int8", "--calibration",
+                 str(calibration)])
+    _one_line_error(capsys, code, "--no-winograd")
+    assert not out.exists()
 
 
 # ---- errors ----------------------------------------------------------------------------------

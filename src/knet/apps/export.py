@@ -39,6 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tolerance", type=float, default=1e-2, metavar="T",
                         help="largest parity difference accepted, relative to the largest output (default 1e-2: "
                              "a wrong graph differs by the order of the outputs)")
+    parser.add_argument("--no-winograd", dest="winograd", action="store_false",
+                        help="keep every convolution a Conv node (default: wide 3x3 ones as Winograd matrix products, "
+                             "about half their time in ONNX Runtime on a CPU; --quantize always keeps Conv nodes)")
     parser.add_argument("--quantize", default=None, metavar="SCHEME",
                         help="int8: static quantization (QDQ) calibrated on --calibration images")
     parser.add_argument("--calibration", default=None, metavar="DIR",
@@ -87,18 +90,19 @@ def run(args: argparse.Namespace) -> int:
     model = _load(args)
     print(f"knet export: {model.config.name} ({model.config.task}) -> {out}", file=sys.stderr)
     if calibration is None:
-        _export(model, out, args)
+        _export(model, out, args, winograd=args.winograd)
         return 0
     with tempfile.TemporaryDirectory(prefix="knet-export-") as folder:
         fp32 = Path(folder) / "fp32.onnx"
-        _export(model, fp32, args)
+        _export(model, fp32, args, winograd=False)
         _quantize(fp32, out, calibration, args)
     return 0
 
 
 def _quantize(fp32: Path, out: Path, calibration, args: argparse.Namespace) -> None:
-    from ..export.quantize import quantize_int8, read_calibration_images
+    from ..export.quantize import check_quantizable, quantize_int8, read_calibration_images
 
+    check_quantizable(fp32)
     images = read_calibration_images(calibration)
     print(f"quantizing to int8, calibrated on {len(images)} images ...", file=sys.stderr)
     result = quantize_int8(fp32, out, images, threads=args.threads)
@@ -106,13 +110,14 @@ def _quantize(fp32: Path, out: Path, calibration, args: argparse.Namespace) -> N
     print(f"wrote {out} ({result.size_mb:.1f} MB, int8)")
 
 
-def _export(model, out: Path, args: argparse.Namespace) -> None:
+def _export(model, out: Path, args: argparse.Namespace, winograd: bool) -> None:
     from ..export.onnx import export_onnx
 
-    result = export_onnx(model, out, opset=args.opset, check=args.check, tolerance=args.tolerance)
+    result = export_onnx(model, out, opset=args.opset, check=args.check, tolerance=args.tolerance, winograd=winograd)
     for parity in result.parity:
         print(f"parity check, {parity.summary()}")
-    print(f"wrote {out} ({result.size_mb:.1f} MB, opset {result.opset}, exported in {result.seconds:.1f} s)")
+    print(f"wrote {out} ({result.size_mb:.1f} MB, opset {result.opset}, {result.winograd} Winograd 3x3 convolutions, "
+          f"exported in {result.seconds:.1f} s)")
 
 
 def _calibration(args: argparse.Namespace):

@@ -27,7 +27,7 @@ import numpy as np
 from ..config import MASK_TASKS
 from ..data.io import IMAGE_SUFFIXES, read_image
 from ..errors import KnetError
-from ..inference.onnx_runner import CONFIG_KEY, INPUT_NAME, INSTALL_HINT, VERSION_KEY, OnnxRunner
+from ..inference.onnx_runner import CONFIG_KEY, INPUT_NAME, INSTALL_HINT, VERSION_KEY, WINOGRAD_KEY, OnnxRunner
 from ..utils.atomic import atomic_path
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -121,6 +121,20 @@ def _quantization_module() -> Any:
     return quantization
 
 
+def check_quantizable(fp32_path: PathLike) -> Any:
+    """The loaded ``onnx.ModelProto`` of ``fp32_path``, or a one-line error if its export wrote
+    Winograd convolutions (``knet.winograd`` above 0): their transformed products need a range
+    8 bits cannot hold."""
+    import onnx
+
+    source = onnx.load(str(fp32_path))
+    winograd = next((p.value for p in source.metadata_props if p.key == WINOGRAD_KEY), "0")
+    if winograd != "0":
+        raise KnetError(f"{fp32_path}: {winograd} of its convolutions are Winograd matrix products, which int8 "
+                        "cannot hold; export it with --no-winograd (or --quantize from the checkpoint)")
+    return source
+
+
 def quantize_int8(fp32_path: PathLike, out_path: PathLike, images: Sequence[np.ndarray], *,
                   test_scale: Optional[Tuple[int, int]] = None, per_channel: bool = True,
                   reduce_range: bool = False, scopes: Sequence[str] = QUANTIZED_SCOPES,
@@ -128,7 +142,8 @@ def quantize_int8(fp32_path: PathLike, out_path: PathLike, images: Sequence[np.n
     """Quantize a file written by :func:`knet.export.onnx.export_onnx` to int8 (QDQ).
 
     Args:
-        fp32_path: the float32 ``.onnx`` file (knet's metadata inside).
+        fp32_path: the float32 ``.onnx`` file (knet's metadata inside), exported without Winograd
+            convolutions (``export_onnx(..., winograd=False)``, ``knet export --no-winograd``).
         out_path: the int8 file, written atomically.
         images: calibration images, uint8 (H, W, 3) RGB; each is run through the task's test
             pipeline (keep-ratio resize to ``test_scale``, default the config's; normalisation;
@@ -147,6 +162,7 @@ def quantize_int8(fp32_path: PathLike, out_path: PathLike, images: Sequence[np.n
     quantization = _quantization_module()
     if not images:
         raise KnetError("int8 quantization needs at least one calibration image")
+    source = check_quantizable(fp32_path)
     recorder = _RecordingRunner(OnnxRunner(fp32_path, device="cpu", threads=threads))
     config = recorder.config
     pipeline = get_task(config.task).pipeline(recorder, test_scale=test_scale)
@@ -155,7 +171,6 @@ def quantize_int8(fp32_path: PathLike, out_path: PathLike, images: Sequence[np.n
 
     out_path = Path(out_path)
     with atomic_path(out_path) as tmp:
-        source = onnx.load(str(fp32_path))
         nodes = weight_nodes(source, scopes)
         quantization.quantize_static(
             str(fp32_path), str(tmp), _InputReader(recorder.inputs), quant_format=quantization.QuantFormat.QDQ,
@@ -242,5 +257,5 @@ def read_calibration_images(files: Sequence[Path]) -> List[np.ndarray]:
     return [read_image(path) for path in files]
 
 
-__all__ = ["DEFAULT_CALIBRATION_IMAGES", "QUANTIZATION_KEY", "QuantizationResult", "SCHEMES", "calibration_files",
+__all__ = ["DEFAULT_CALIBRATION_IMAGES", "QUANTIZATION_KEY", "QuantizationResult", "SCHEMES", "calibration_files", "check_quantizable",
            "quantize_int8", "read_calibration_images", "weight_nodes"]

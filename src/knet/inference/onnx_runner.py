@@ -36,6 +36,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 # metadata_props keys of an exported file.
 CONFIG_KEY = "knet.config"  # config.to_json(), task, class names, palette, normalisation included
 VERSION_KEY = "knet.version"  # the knet that wrote it
+WINOGRAD_KEY = "knet.winograd"  # how many 3x3 convolutions the export wrote as Winograd (matrix products)
 INPUT_NAME = "images"
 SEMANTIC_OUTPUTS = ("logits",)
 MASK_OUTPUTS = ("cls_logits", "mask_logits")
@@ -185,5 +186,5 @@ class OnnxRunner:
         return logits / counts
 
 
-__all__ = ["CONFIG_KEY", "VERSION_KEY", "INPUT_NAME", "OnnxRunner", "import_onnxruntime", "output_names",
+__all__ = ["CONFIG_KEY", "VERSION_KEY", "WINOGRAD_KEY", "INPUT_NAME", "OnnxRunner", "import_onnxruntime", "output_names",
            "read_config"]

@@ -158,9 +158,14 @@ def _like_input(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return y.contiguous()
 
 
+def transform_matrices(like: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Lavin & Gray's B^T (6, 6) and A^T (4, 6) in ``like``'s dtype and device."""
+    return _matrix(_B_T, like), _matrix(_A_T, like)
+
+
 def _transforms(like: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """The input transform kron(B^T, B^T) (36, 36) and output transform kron(A^T, A^T) (16, 36)."""
-    b_t, a_t = _matrix(_B_T, like), _matrix(_A_T, like)
+    b_t, a_t = transform_matrices(like)
     return torch.kron(b_t, b_t), torch.kron(a_t, a_t)
 
 
@@ -293,4 +298,4 @@ def use_winograd(model: nn.Module, min_channels: int = 128, freeze: bool = False
     return replaced
 
 
-__all__ = ["WinogradConv2d", "use_winograd", "transform_weight"]
+__all__ = ["INPUT_TILE", "OUTPUT_TILE", "WinogradConv2d", "transform_matrices", "transform_weight", "use_winograd"]
