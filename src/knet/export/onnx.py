@@ -24,10 +24,11 @@ rounding). With ``winograd`` (the default), the copy's BatchNorms are folded and
 convolutions become knet's Winograd F(4x4, 3x3) operator, which the exporter writes as plain ONNX
 operators (:func:`winograd_onnx`): ONNX Runtime's own convolutions are direct, and UPerNet's
 2048 -> 512 bottleneck at 128x128, most of an UPerNet forward, ran in 0.78 s instead of 1.93 s
-that way. The
-number of such convolutions is stored as ``knet.winograd``; int8 quantization takes files without
-them (8-bit Winograd-domain products lose too much). A parity check (ONNX Runtime against the torch model on random inputs of two sizes)
-runs before the file is moved into place; a failed export or check leaves no file.
+that way. The number of such convolutions is stored as ``knet.winograd``; int8 quantization takes
+files without them: it quantizes those convolutions as ``Conv`` nodes (Winograd's transformed
+values span a wider range than 8 bits keep well; int8 Winograd was not tried). A parity check
+(ONNX Runtime against the torch model on random inputs of two sizes) runs before the file is
+moved into place; a failed export or check leaves no file.
 """
 from __future__ import annotations
 
@@ -66,9 +67,10 @@ EXAMPLE_SHAPE = (2, 3, 256, 320)
 SEMANTIC_CHECK_SHAPE = (1, 3, 75, 110)
 MASK_CHECK_SHAPE = (1, 3, 96, 64)
 # The narrowest 3x3 convolution written as Winograd (input and output channels). In ONNX Runtime
-# (2 threads, AMD EPYC) Winograd took 0.50-0.55x the direct convolution's time at 512 channels
-# from 16x16 to 128x128 and 0.4x at 768 channels, but 1.5x at 256 channels on 32x32: the tile
-# copies cost as much as the saved multiplications there.
+# (2 threads, AMD EPYC; a first, slice-based layout of the same graph) Winograd took 0.47-0.58x
+# the direct convolution's time at 512 channels from 16x16 to 128x128 and 0.38x at 768 channels
+# on 16x16, but 1.5x at 256 channels on 32x32: the tile copies cost as much as the saved
+# multiplications there.
 WINOGRAD_MIN_CHANNELS = 512
 
 
@@ -375,5 +377,5 @@ def export_onnx(model: nn.Module, path: PathLike, opset: int = MIN_OPSET, check:
     return result
 
 
-__all__ = ["ExportResult", "ParityResult", "SizeGenericAdaptiveAvgPool2d", "TRANSLATIONS", "check_parity", "export_onnx",
-           "exportable_copy", "winograd_count", "winograd_onnx"]
+__all__ = ["ExportResult", "ParityResult", "SizeGenericAdaptiveAvgPool2d", "TRANSLATIONS", "check_parity",
+           "export_onnx", "exportable_copy", "winograd_count", "winograd_onnx"]

@@ -123,15 +123,15 @@ def _quantization_module() -> Any:
 
 def check_quantizable(fp32_path: PathLike) -> Any:
     """The loaded ``onnx.ModelProto`` of ``fp32_path``, or a one-line error if its export wrote
-    Winograd convolutions (``knet.winograd`` above 0): their transformed products need a range
-    8 bits cannot hold."""
+    Winograd convolutions (``knet.winograd`` above 0): the quantization takes convolutions as
+    ``Conv`` nodes, and Winograd's transformed values span a wider range than 8 bits keep well."""
     import onnx
 
     source = onnx.load(str(fp32_path))
     winograd = next((p.value for p in source.metadata_props if p.key == WINOGRAD_KEY), "0")
     if winograd != "0":
         raise KnetError(f"{fp32_path}: {winograd} of its convolutions are Winograd matrix products, which int8 "
-                        "cannot hold; export it with --no-winograd (or --quantize from the checkpoint)")
+                        "quantization does not take; export it with --no-winograd (or --quantize from the checkpoint)")
     return source
 
 
@@ -257,5 +257,5 @@ def read_calibration_images(files: Sequence[Path]) -> List[np.ndarray]:
     return [read_image(path) for path in files]
 
 
-__all__ = ["DEFAULT_CALIBRATION_IMAGES", "QUANTIZATION_KEY", "QuantizationResult", "SCHEMES", "calibration_files", "check_quantizable",
-           "quantize_int8", "read_calibration_images", "weight_nodes"]
+__all__ = ["DEFAULT_CALIBRATION_IMAGES", "QUANTIZATION_KEY", "QuantizationResult", "SCHEMES", "calibration_files",
+           "check_quantizable", "quantize_int8", "read_calibration_images", "weight_nodes"]

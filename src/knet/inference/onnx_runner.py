@@ -186,5 +186,5 @@ class OnnxRunner:
         return logits / counts
 
 
-__all__ = ["CONFIG_KEY", "VERSION_KEY", "WINOGRAD_KEY", "INPUT_NAME", "OnnxRunner", "import_onnxruntime", "output_names",
-           "read_config"]
+__all__ = ["CONFIG_KEY", "VERSION_KEY", "WINOGRAD_KEY", "INPUT_NAME", "OnnxRunner", "import_onnxruntime",
+           "output_names", "read_config"]
