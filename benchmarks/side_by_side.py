@@ -275,20 +275,19 @@ def main() -> None:
 
 def onnx_runners(model, preset: str, work: Path, size: int, threads: int) -> Dict:
     """ONNX Runtime runners of ``model`` exported fp32 (Winograd 3x3 convolutions, the default) and
-    quantized int8 (from an export without them, calibrated on four generated scenes), cached in
-    ``work``."""
+    quantized int8 (the Winograd convolutions float32; calibrated on four generated scenes), cached
+    in ``work``."""
     from knet.data.synthetic import make_scene
     from knet.export.onnx import export_onnx
     from knet.export.quantize import quantize_int8
     from knet.inference.onnx_runner import OnnxRunner
 
-    fp32, plain, int8 = work / f"{preset}.onnx", work / f"{preset}-conv.onnx", work / f"{preset}-int8.onnx"
+    fp32, int8 = work / f"{preset}.onnx", work / f"{preset}-int8.onnx"
     if not fp32.exists():
         export_onnx(model, fp32)
     if not int8.exists():
-        export_onnx(model, plain, winograd=False)
         rng = np.random.default_rng(0)
-        print(quantize_int8(plain, int8, [make_scene(rng, size=(size, size))[0] for _ in range(4)],
+        print(quantize_int8(fp32, int8, [make_scene(rng, size=(size, size))[0] for _ in range(4)],
                             threads=threads).summary(), flush=True)
     return {"onnx fp32": OnnxRunner(fp32, device="cpu", threads=threads),
             "onnx int8": OnnxRunner(int8, device="cpu", threads=threads)}

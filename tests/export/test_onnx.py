@@ -324,32 +324,42 @@ def test_winograd_convolutions_export_for_every_size(tmp_path, one_thread, monke
         assert np.abs(got - expected.numpy()).max() <= 1e-5 * float(expected.abs().max()), shape
 
 
-def test_a_model_exported_with_winograd_matches_torch_and_is_not_quantized(tmp_path, one_thread, monkeypatch,
-                                                                            capsys):
+def test_a_model_exported_with_winograd_matches_torch_and_quantizes_around_it(tmp_path, one_thread, monkeypatch,
+                                                                             capsys):
     """The tiny R50-FCN with Winograd from 16 channels (the full-size models' rule is 512): its
-    3x3 convolutions of 16 channels and more become matrix products, the file counts them, matches
-    torch at two sizes and batch 2, and int8 quantization of it is a one-line error."""
+    3x3 convolutions of 16 channels and more become Winograd, the file counts them and matches
+    torch at two sizes and batch 2; int8 quantization leaves the Winograd nodes float32, quantizes
+    the other convolutions and stays near the float file."""
+    from knet.data.synthetic import make_scene
     from knet.export import onnx as knet_onnx
+    from knet.export.quantize import QUANTIZATION_KEY, WINOGRAD_NAMESPACE, _namespace, quantize_int8, weight_nodes
+    from knet.models.winograd import WinogradConv2d
 
+    assert WINOGRAD_NAMESPACE == f"{WinogradConv2d.__module__}.{WinogradConv2d.__qualname__}"
     monkeypatch.setattr(knet_onnx, "WINOGRAD_MIN_CHANNELS", 16)
     checkpoint = golden_path(GOLDEN_WEIGHTS["knet-r50-fcn-tiny"])
     path = tmp_path / "winograd.onnx"
     assert main(["export", "--model", "knet-r50-fcn-tiny", "--checkpoint", str(checkpoint), "--out", str(path),
                  "--threads", "1"]) == 0
-    count = int({p.key: p.value for p in onnx.load(str(path)).metadata_props}[WINOGRAD_KEY])
+    source = onnx.load(str(path))
+    count = int({p.key: p.value for p in source.metadata_props}[WINOGRAD_KEY])
     assert count >= 5 and f"{count} Winograd 3x3 convolutions" in capsys.readouterr().out
     model = load_model(checkpoint, "knet-r50-fcn-tiny").eval()
     runner = OnnxRunner(path, device="cpu", threads=1)
     for seed, shape in enumerate(SEMANTIC_SHAPES):
         _parity(model, runner, shape, seed)
-    calibration = tmp_path / "calibration"
-    calibration.mkdir()
-    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(calibration / "0.png")
-    out = tmp_path / "int8.onnx"
-    code = main(["export", "--onnx", str(path), "--out", str(out), "--quantize", "int8", "--calibration",
-                 str(calibration)])
-    _one_line_error(capsys, code, "--no-winograd")
-    assert not out.exists()
+
+    winograd_convs = [n.name for n in source.graph.node
+                      if n.op_type == "Conv" and WINOGRAD_NAMESPACE in _namespace(n)]
+    quantized = weight_nodes(source)
+    # two transform convolutions per Winograd convolution in the graph (the auxiliary head's is not)
+    assert len(winograd_convs) == 2 * count and len(quantized) > 10 and not set(winograd_convs) & set(quantized)
+    rng = np.random.default_rng(0)
+    scenes = [make_scene(rng, size=(64, 96))[0] for _ in range(2)]
+    result = quantize_int8(path, tmp_path / "int8.onnx", scenes)
+    metadata = {p.key: p.value for p in onnx.load(str(tmp_path / "int8.onnx")).metadata_props}
+    assert f"{count} Winograd 3x3 convolutions float32" in metadata[QUANTIZATION_KEY]
+    assert result.pixel_agreement > 0.8 and result.mean_relative_error["logits"] < 0.05
 
 
 # ---- errors ----------------------------------------------------------------------------------

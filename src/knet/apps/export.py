@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "a wrong graph differs by the order of the outputs)")
     parser.add_argument("--no-winograd", dest="winograd", action="store_false",
                         help="keep every convolution a Conv node (default: wide 3x3 ones as Winograd matrix products, "
-                             "about half their time in ONNX Runtime on a CPU; --quantize always keeps Conv nodes)")
+                             "about half their time in ONNX Runtime on a CPU; --quantize keeps them float32)")
     parser.add_argument("--quantize", default=None, metavar="SCHEME",
                         help="int8: static quantization (QDQ) calibrated on --calibration images")
     parser.add_argument("--calibration", default=None, metavar="DIR",
@@ -90,19 +90,18 @@ def run(args: argparse.Namespace) -> int:
     model = _load(args)
     print(f"knet export: {model.config.name} ({model.config.task}) -> {out}", file=sys.stderr)
     if calibration is None:
-        _export(model, out, args, winograd=args.winograd)
+        _export(model, out, args)
         return 0
     with tempfile.TemporaryDirectory(prefix="knet-export-") as folder:
         fp32 = Path(folder) / "fp32.onnx"
-        _export(model, fp32, args, winograd=False)
+        _export(model, fp32, args)
         _quantize(fp32, out, calibration, args)
     return 0
 
 
 def _quantize(fp32: Path, out: Path, calibration, args: argparse.Namespace) -> None:
-    from ..export.quantize import check_quantizable, quantize_int8, read_calibration_images
+    from ..export.quantize import quantize_int8, read_calibration_images
 
-    check_quantizable(fp32)
     images = read_calibration_images(calibration)
     print(f"quantizing to int8, calibrated on {len(images)} images ...", file=sys.stderr)
     result = quantize_int8(fp32, out, images, threads=args.threads)
@@ -110,10 +109,11 @@ def _quantize(fp32: Path, out: Path, calibration, args: argparse.Namespace) -> N
     print(f"wrote {out} ({result.size_mb:.1f} MB, int8)")
 
 
-def _export(model, out: Path, args: argparse.Namespace, winograd: bool) -> None:
+def _export(model, out: Path, args: argparse.Namespace) -> None:
     from ..export.onnx import export_onnx
 
-    result = export_onnx(model, out, opset=args.opset, check=args.check, tolerance=args.tolerance, winograd=winograd)
+    result = export_onnx(model, out, opset=args.opset, check=args.check, tolerance=args.tolerance,
+                         winograd=args.winograd)
     for parity in result.parity:
         print(f"parity check, {parity.summary()}")
     print(f"wrote {out} ({result.size_mb:.1f} MB, opset {result.opset}, {result.winograd} Winograd 3x3 convolutions, "

@@ -24,9 +24,8 @@ rounding). With ``winograd`` (the default), the copy's BatchNorms are folded and
 convolutions become knet's Winograd F(4x4, 3x3) operator, which the exporter writes as plain ONNX
 operators (:func:`winograd_onnx`): ONNX Runtime's own convolutions are direct, and UPerNet's
 2048 -> 512 bottleneck at 128x128, most of an UPerNet forward, ran in 0.78 s instead of 1.93 s
-that way. The number of such convolutions is stored as ``knet.winograd``; int8 quantization takes
-files without them: it quantizes those convolutions as ``Conv`` nodes (Winograd's transformed
-values span a wider range than 8 bits keep well; int8 Winograd was not tried). A parity check
+that way. The number of such convolutions is stored as ``knet.winograd``; int8 quantization
+(:mod:`knet.export.quantize`) leaves them float32. A parity check
 (ONNX Runtime against the torch model on random inputs of two sizes) runs before the file is
 moved into place; a failed export or check leaves no file.
 """
@@ -186,8 +185,16 @@ def exportable_copy(model: nn.Module, winograd: bool = True) -> nn.Module:
 
 
 def winograd_count(model: nn.Module) -> int:
-    """How many :class:`~knet.models.winograd.WinogradConv2d` ``model`` has."""
+    """How many :class:`~knet.models.winograd.WinogradConv2d` ``model`` has (used or not)."""
     return sum(isinstance(module, WinogradConv2d) for module in model.modules())
+
+
+def _winograd_in_graph(graph: Any) -> int:
+    """How many Winograd convolutions an exported ``onnx_ir`` graph computes: the distinct module
+    paths its nodes of ``knet::winograd_convolution`` came from (a module the forward does not
+    use, such as an auxiliary head, is not in the graph)."""
+    spaces = {node.metadata_props.get("namespace", "") for node in graph}
+    return sum("knet.winograd_convolution" in space for space in spaces)
 
 
 class _Forward(nn.Module):
@@ -329,8 +336,8 @@ def export_onnx(model: nn.Module, path: PathLike, opset: int = MIN_OPSET, check:
             is 1.7e-3 x max away from its float64 one); trained weights give ~1e-5.
         verbose: the exporter's progress lines.
         winograd: wide 3x3 convolutions as Winograd (:func:`exportable_copy`): faster in ONNX
-            Runtime on the CPU; off for a file to quantize to int8, or for runtimes whose own
-            convolutions are fast (TensorRT, ONNX Runtime on CUDA).
+            Runtime on the CPU; off for runtimes whose own convolutions are fast (TensorRT, ONNX
+            Runtime on CUDA), or for an int8 file whose every convolution is 8-bit.
 
     Returns:
         an :class:`ExportResult` (its ``parity`` empty without ``check``).
@@ -356,11 +363,12 @@ def export_onnx(model: nn.Module, path: PathLike, opset: int = MIN_OPSET, check:
     _check_dynamic(program)
     program.model.metadata_props[CONFIG_KEY] = config.to_json()
     program.model.metadata_props[VERSION_KEY] = __version__
-    program.model.metadata_props[WINOGRAD_KEY] = str(winograd_count(exported))
+    winograd_convolutions = _winograd_in_graph(program.model.graph)
+    program.model.metadata_props[WINOGRAD_KEY] = str(winograd_convolutions)
     program.model.doc_string = f"knet {__version__}: {config.name} ({task})"
     path = Path(path)
     result = ExportResult(path=path, opset=opset, exporter="torch.onnx.export(dynamo=True)", seconds=0.0,
-                          size_mb=0.0, winograd=winograd_count(exported))
+                          size_mb=0.0, winograd=winograd_convolutions)
     with atomic_path(path) as tmp:
         program.save(tmp, external_data=False)
         result.seconds = time.perf_counter() - start
