@@ -184,11 +184,6 @@ def exportable_copy(model: nn.Module, winograd: bool = True) -> nn.Module:
     return clone
 
 
-def winograd_count(model: nn.Module) -> int:
-    """How many :class:`~knet.models.winograd.WinogradConv2d` ``model`` has (used or not)."""
-    return sum(isinstance(module, WinogradConv2d) for module in model.modules())
-
-
 def _winograd_in_graph(graph: Any) -> int:
     """How many Winograd convolutions an exported ``onnx_ir`` graph computes: the distinct module
     paths its nodes of ``knet::winograd_convolution`` came from (a module the forward does not
@@ -386,4 +381,4 @@ def export_onnx(model: nn.Module, path: PathLike, opset: int = MIN_OPSET, check:
 
 
 __all__ = ["ExportResult", "ParityResult", "SizeGenericAdaptiveAvgPool2d", "TRANSLATIONS", "check_parity",
-           "export_onnx", "exportable_copy", "winograd_count", "winograd_onnx"]
+           "export_onnx", "exportable_copy", "winograd_onnx"]
