@@ -7,7 +7,9 @@ minimal filtering algorithm (Lavin & Gray, "Fast Algorithms for Convolutional Ne
     Y = A^T [ (G g G^T) * (B^T d B) ] A          (per 6x6 input tile d, 3x3 filter g)
 
 Summed over input channels, the elementwise product becomes 36 independent matrix products
-(tiles x C) @ (C x K), which is where the time goes; the transforms are small matrix products.
+(tiles x C) @ (C x K), which is where the time goes; the input transform is a few
+elementwise passes over strided views of the padded input (B^T has 3-4 nonzeros a row), the
+output transform a small matrix product.
 On the CPUs knet runs on, oneDNN's direct convolution does not use Winograd, and the wide 3x3
 convolutions of K-Net's heads (UPerNet's 2048 -> 512 bottleneck at stride 4, FCN's 2048 -> 512)
 and of the dilated ResNet's last stages are most of a forward: this halves their time. The
@@ -30,7 +32,7 @@ transformed data stays under ``TRANSFORM_BUDGET_BYTES``.
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +62,21 @@ _A_T = [[1, 1, 1, 1, 1, 0],
 # Bytes of transformed input (36 x tiles x C floats) one band of tile rows may use: a few bands
 # per image keep the matrix products as fast as one, and training's peak memory low.
 TRANSFORM_BUDGET_BYTES = 64 * 2 ** 20
+
+
+def _apply_b_t(d, out) -> None:
+    """``out[i] = sum_k B^T[i, k] d[k]`` for six same-shape tensors (views) ``d`` into six
+    same-shape tensors ``out``, with the rows' shared terms computed once."""
+    torch.add(d[4], d[2], alpha=-4, out=out[1])  # d4 - 4 d2, the even part of rows 1 and 2
+    odd = torch.add(d[3], d[1], alpha=-4)
+    torch.sub(out[1], odd, out=out[2])
+    out[1].add_(odd)
+    even = torch.sub(d[4], d[2])  # rows 3 and 4: (d4 - d2) +- 2 (d3 - d1)
+    odd = torch.sub(d[3], d[1]).mul_(2)
+    torch.add(even, odd, out=out[3])
+    torch.sub(even, odd, out=out[4])
+    torch.add(d[4], d[2], alpha=-5, out=out[0]).add_(d[0], alpha=4)
+    torch.add(d[5], d[3], alpha=-5, out=out[5]).add_(d[1], alpha=4)
 
 
 def _matrix(rows, like: torch.Tensor) -> torch.Tensor:
@@ -100,11 +117,19 @@ class _Tiling:
         self.out_h, self.out_w = self.tiles_y * step, self.tiles_x * step
         per_row = INPUT_TILE * INPUT_TILE * dilation * dilation * self.tiles_x * self.channels * element_size
         self.rows_per_band = max(1, TRANSFORM_BUDGET_BYTES // per_row)
+        self._buffers: Dict[int, torch.Tensor] = {}
 
     def pad(self, x: torch.Tensor, n: int) -> torch.Tensor:
-        """Image ``n`` of (N, C, H, W) ``x`` -> its padded channels-last copy (H', W', C)."""
-        d = self.d
-        return F.pad(x[n].permute(1, 2, 0), (0, 0, d, d + self.out_w - self.width, d, d + self.out_h - self.height))
+        """Image ``n`` of (N, C, H, W) ``x`` -> its padded channels-last copy (H', W', C), contiguous.
+        Only the border is zeroed (filling the whole copy first cost as much as the copy)."""
+        d, height, width = self.d, self.height, self.width
+        padded = x.new_empty((self.out_h + 2 * d, self.out_w + 2 * d, self.channels))
+        padded[d:d + height, d:d + width] = x[n].permute(1, 2, 0)
+        padded[:d].zero_()
+        padded[d + height:].zero_()
+        padded[d:d + height, :d].zero_()
+        padded[d:d + height, d + width:].zero_()
+        return padded
 
     def bands(self):
         """(first tile row, tile rows) of each band of an image."""
@@ -119,13 +144,36 @@ class _Tiling:
                                  (s_h, s_h * d * m, s_h * d, s_w, s_w * d * m, s_w * d, s_c),
                                  padded.storage_offset() + row * d * m * s_h)
 
-    def gather(self, padded: torch.Tensor, row: int, rows: int) -> torch.Tensor:
-        """The band's tiles as a (36, tiles * C) matrix, element-major."""
-        a = INPUT_TILE
-        return self.tiles(padded, row, rows).permute(2, 5, 0, 1, 3, 4, 6).reshape(a * a, -1)
+    def _workspace(self, index: int, like: torch.Tensor, shape: Tuple[int, ...]) -> torch.Tensor:
+        """Scratch tensor ``index`` viewed as ``shape``, kept for the next band: fresh large
+        buffers cost page faults (glibc maps them anew each time), as much as the arithmetic."""
+        size = math.prod(shape)
+        buffer = self._buffers.get(index)
+        if buffer is None or buffer.numel() < size:
+            buffer = self._buffers[index] = like.new_empty(size)
+        return buffer[:size].view(shape)
+
+    def transform(self, padded: torch.Tensor, row: int, rows: int) -> torch.Tensor:
+        """The band's transformed tiles ``B^T d B`` as a (36, tiles, C) tensor, element-major.
+
+        Separable and elementwise: B^T along the tile rows of the band (six (rows, d, W', C)
+        views of it), then along the tile columns, writing each of the 36 elements' (tiles, C)
+        slice in place. A (36, 36) matrix product over gathered tiles did the same arithmetic
+        at a quarter of the speed: its operands are too thin for a matrix kernel."""
+        d, m, a = self.d, OUTPUT_TILE, INPUT_TILE
+        tiles_x, channels = self.tiles_x, self.channels
+        band = padded[row * d * m:(row + rows) * d * m + 2 * d].unflatten(0, (m * rows + 2, d))  # (q, ry, W', C)
+        by_rows = self._workspace(0, padded, (a, rows, d, padded.shape[1], channels))
+        _apply_b_t([band[k:k + m * rows:m] for k in range(a)], list(by_rows))
+        out = self._workspace(1, padded, (a, a, d, rows, d, tiles_x, channels))
+        for i in range(a):
+            columns = by_rows[i].unflatten(2, (m * tiles_x + 2, d))  # (rows, ry, p, rx, C)
+            _apply_b_t([columns[:, :, k:k + m * tiles_x:m] for k in range(a)],
+                       [out[i, j].permute(1, 0, 3, 2, 4) for j in range(a)])
+        return out.view(a * a, -1, channels)
 
     def scatter_add(self, padded: torch.Tensor, row: int, rows: int, values: torch.Tensor) -> None:
-        """The adjoint of :meth:`gather`: add (36, tiles * C) into ``padded`` (tiles overlap)."""
+        """The adjoint of :meth:`transform`: add ``B`` (36, tiles * C) ``B^T`` into ``padded`` (tiles overlap)."""
         a = INPUT_TILE
         tiles = self.tiles(padded, row, rows)
         values = values.view(a, a, self.d, rows, self.d, self.tiles_x, -1)
@@ -172,13 +220,12 @@ def _transforms(like: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
 def _convolve(x: torch.Tensor, u: torch.Tensor, dilation: int) -> torch.Tensor:
     """(N, C, H, W) with transformed filters (36, C, K) -> (N, K, H, W) in ``x``'s layout, no bias."""
     tiling = _Tiling(x.shape, dilation, x.element_size())
-    input_transform, output_transform = _transforms(u)
+    _, output_transform = _transforms(u)
     out = x.new_empty((tiling.batch, tiling.out_h, tiling.out_w, u.shape[2]))
     for n in range(tiling.batch):
         padded = tiling.pad(x, n)
         for row, rows in tiling.bands():
-            transformed = (input_transform @ tiling.gather(padded, row, rows)).view(u.shape[0], -1, tiling.channels)
-            products = torch.bmm(transformed, u)  # (36, tiles, K): the convolution's multiplications
+            products = torch.bmm(tiling.transform(padded, row, rows), u)  # (36, tiles, K): the convolution's multiplications
             blocks = output_transform @ products.view(u.shape[0], -1)
             out[n, tiling.band_rows(row, rows)] = tiling.to_band(blocks, rows)
     return _like_input(out[:, :tiling.height, :tiling.width].permute(0, 3, 1, 2), x)
@@ -226,7 +273,7 @@ class _WinogradFunction(torch.autograd.Function):
             for row, rows in tiling.bands():
                 grad_blocks = tiling.from_band(grad_full[tiling.band_rows(row, rows)], rows)
                 grad_products = (output_transform.t() @ grad_blocks).view(u.shape[0], -1, u.shape[2])
-                transformed = (input_transform @ tiling.gather(padded, row, rows)).view(u.shape[0], -1, tiling.channels)
+                transformed = tiling.transform(padded, row, rows)
                 grad_u.baddbmm_(transformed.transpose(1, 2), grad_products)
                 grad_transformed = torch.bmm(grad_products, u.transpose(1, 2))
                 tiling.scatter_add(grad_padded, row, rows, input_transform.t() @ grad_transformed.view(u.shape[0], -1))
