@@ -79,6 +79,19 @@ def _apply_b_t(d, out) -> None:
     torch.add(d[5], d[3], alpha=-5, out=out[5]).add_(d[1], alpha=4)
 
 
+def _add_b(g, out) -> None:
+    """``out[k] += sum_i B^T[i, k] g[i]``, the adjoint of :func:`_apply_b_t`, in place into six
+    same-shape views ``out`` (each without overlap within itself)."""
+    low_sum, low_diff = torch.add(g[1], g[2]), torch.sub(g[2], g[1])
+    high_sum, high_diff = torch.add(g[3], g[4]), torch.sub(g[4], g[3])
+    out[0].add_(g[0], alpha=4)
+    out[1].add_(low_diff, alpha=4).add_(high_diff, alpha=2).add_(g[5], alpha=4)
+    out[2].add_(g[0], alpha=-5).add_(low_sum, alpha=-4).sub_(high_sum)
+    out[3].sub_(low_diff).add_(high_diff, alpha=-2).add_(g[5], alpha=-5)
+    out[4].add_(g[0]).add_(low_sum).add_(high_sum)
+    out[5].add_(g[5])
+
+
 def _matrix(rows, like: torch.Tensor) -> torch.Tensor:
     return torch.tensor(rows, dtype=like.dtype, device=like.device)
 
@@ -136,14 +149,6 @@ class _Tiling:
         for row in range(0, self.tiles_y, self.rows_per_band):
             yield row, min(self.rows_per_band, self.tiles_y - row)
 
-    def tiles(self, padded: torch.Tensor, row: int, rows: int) -> torch.Tensor:
-        """A view (d, rows, 6, d, tiles_x, 6, C) of the band's tiles in a padded image."""
-        d, m, a = self.d, OUTPUT_TILE, INPUT_TILE
-        s_h, s_w, s_c = padded.stride()
-        return padded.as_strided((d, rows, a, d, self.tiles_x, a, padded.shape[2]),
-                                 (s_h, s_h * d * m, s_h * d, s_w, s_w * d * m, s_w * d, s_c),
-                                 padded.storage_offset() + row * d * m * s_h)
-
     def _workspace(self, index: int, like: torch.Tensor, shape: Tuple[int, ...]) -> torch.Tensor:
         """Scratch tensor ``index`` viewed as ``shape``, kept for the next band: fresh large
         buffers cost page faults (glibc maps them anew each time), as much as the arithmetic."""
@@ -172,14 +177,19 @@ class _Tiling:
                        [out[i, j].permute(1, 0, 3, 2, 4) for j in range(a)])
         return out.view(a * a, -1, channels)
 
-    def scatter_add(self, padded: torch.Tensor, row: int, rows: int, values: torch.Tensor) -> None:
-        """The adjoint of :meth:`transform`: add ``B`` (36, tiles * C) ``B^T`` into ``padded`` (tiles overlap)."""
-        a = INPUT_TILE
-        tiles = self.tiles(padded, row, rows)
-        values = values.view(a, a, self.d, rows, self.d, self.tiles_x, -1)
+    def add_transposed(self, padded: torch.Tensor, row: int, rows: int, values: torch.Tensor) -> None:
+        """The adjoint of :meth:`transform`: add ``B v B^T`` of each tile's (36, tiles, C) ``values``
+        into ``padded`` where the tile lies (neighbouring tiles overlap by two pixels)."""
+        d, m, a = self.d, OUTPUT_TILE, INPUT_TILE
+        tiles_x = self.tiles_x
+        values = values.view(a, a, d, rows, d, tiles_x, -1)
+        by_rows = self._workspace(0, padded, (a, rows, d, padded.shape[1], padded.shape[2])).zero_()
         for i in range(a):
-            for j in range(a):  # one element of every tile at a time: no two of them overlap
-                tiles[:, :, i, :, :, j].add_(values[i, j])
+            columns = by_rows[i].unflatten(2, (m * tiles_x + 2, d))  # (rows, ry, p, rx, C)
+            _add_b([values[i, j].permute(1, 0, 3, 2, 4) for j in range(a)],
+                   [columns[:, :, k:k + m * tiles_x:m] for k in range(a)])
+        band = padded[row * d * m:(row + rows) * d * m + 2 * d].unflatten(0, (m * rows + 2, d))  # (q, ry, W', C)
+        _add_b(list(by_rows), [band[k:k + m * rows:m] for k in range(a)])
 
     def band_rows(self, row: int, rows: int) -> slice:
         step = self.d * OUTPUT_TILE
@@ -211,16 +221,16 @@ def transform_matrices(like: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return _matrix(_B_T, like), _matrix(_A_T, like)
 
 
-def _transforms(like: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The input transform kron(B^T, B^T) (36, 36) and output transform kron(A^T, A^T) (16, 36)."""
-    b_t, a_t = transform_matrices(like)
-    return torch.kron(b_t, b_t), torch.kron(a_t, a_t)
+def _output_transform(like: torch.Tensor) -> torch.Tensor:
+    """kron(A^T, A^T) (16, 36): a tile's 36 products -> its 4x4 outputs."""
+    a_t = _matrix(_A_T, like)
+    return torch.kron(a_t, a_t)
 
 
 def _convolve(x: torch.Tensor, u: torch.Tensor, dilation: int) -> torch.Tensor:
     """(N, C, H, W) with transformed filters (36, C, K) -> (N, K, H, W) in ``x``'s layout, no bias."""
     tiling = _Tiling(x.shape, dilation, x.element_size())
-    _, output_transform = _transforms(u)
+    output_transform = _output_transform(u)
     out = x.new_empty((tiling.batch, tiling.out_h, tiling.out_w, u.shape[2]))
     for n in range(tiling.batch):
         padded = tiling.pad(x, n)
@@ -262,7 +272,7 @@ class _WinogradFunction(torch.autograd.Function):
         tiling = _Tiling(x.shape, ctx.dilation, x.element_size())
         d, height, width = tiling.d, tiling.height, tiling.width
         u = transform_weight(weight)
-        input_transform, output_transform = _transforms(u)
+        output_transform = _output_transform(u)
         grad_x = torch.empty_like(x)  # x's memory layout
         grad_u = u.new_zeros(u.shape)
         for n in range(tiling.batch):
@@ -276,7 +286,7 @@ class _WinogradFunction(torch.autograd.Function):
                 transformed = tiling.transform(padded, row, rows)
                 grad_u.baddbmm_(transformed.transpose(1, 2), grad_products)
                 grad_transformed = torch.bmm(grad_products, u.transpose(1, 2))
-                tiling.scatter_add(grad_padded, row, rows, input_transform.t() @ grad_transformed.view(u.shape[0], -1))
+                tiling.add_transposed(grad_padded, row, rows, grad_transformed)
             grad_x[n] = grad_padded[d:d + height, d:d + width].permute(2, 0, 1)
         return grad_x, _weight_gradient(grad_u, weight), None
 
