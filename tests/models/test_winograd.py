@@ -44,11 +44,15 @@ def test_channels_last_input_and_no_bias():
     assert _relative_error(got, conv, x) < 3e-5
 
 
-def test_bands_of_tile_rows_give_the_same_result(monkeypatch):
+@pytest.mark.parametrize("rows_per_band", [1, 2])
+def test_bands_of_tile_rows_give_the_same_result(rows_per_band, monkeypatch):
     conv = _conv(8, 8, dilation=2)
-    x = torch.randn(2, 8, 37, 29)
+    x = torch.randn(2, 8, 37, 29)  # 5 x 4 tiles of 8 x 8 outputs: with 2 rows a band, the last has 1
     whole = WinogradConv2d.from_conv(conv)(x)
-    monkeypatch.setattr(winograd, "TRANSFORM_BUDGET_BYTES", 1)  # one tile row per band
+    bytes_per_tile_row = 36 * 2 * 2 * 4 * 8 * x.element_size()  # 36 elements, d^2 residues, 4 tiles, 8 channels
+    monkeypatch.setattr(winograd, "TRANSFORM_BUDGET_BYTES", rows_per_band * bytes_per_tile_row)
+    tiling = winograd._Tiling(x.shape, 2, x.element_size())
+    assert tiling.rows_per_band == rows_per_band and list(tiling.bands())[-1][1] == 1
     assert torch.equal(WinogradConv2d.from_conv(conv)(x), whole)
 
 
