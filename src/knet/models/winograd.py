@@ -35,7 +35,6 @@ import math
 from typing import Dict, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 OUTPUT_TILE = 4  # m in F(m x m, 3 x 3)
@@ -235,7 +234,8 @@ def _convolve(x: torch.Tensor, u: torch.Tensor, dilation: int) -> torch.Tensor:
     for n in range(tiling.batch):
         padded = tiling.pad(x, n)
         for row, rows in tiling.bands():
-            products = torch.bmm(tiling.transform(padded, row, rows), u)  # (36, tiles, K): the convolution's multiplications
+            # (36, tiles, K): the convolution's multiplications
+            products = torch.bmm(tiling.transform(padded, row, rows), u)
             blocks = output_transform @ products.view(u.shape[0], -1)
             out[n, tiling.band_rows(row, rows)] = tiling.to_band(blocks, rows)
     return _like_input(out[:, :tiling.height, :tiling.width].permute(0, 3, 1, 2), x)
