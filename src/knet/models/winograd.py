@@ -158,38 +158,47 @@ class _Tiling:
             buffer = self._buffers[index] = like.new_empty(size)
         return buffer[:size].view(shape)
 
+    def _tile_rows(self, padded: torch.Tensor, row: int, rows: int):
+        """Six (rows, d, W', C) views of a band of ``padded``: row ``k`` of every tile in it."""
+        d, m = self.d, OUTPUT_TILE
+        band = padded[row * d * m:(row + rows) * d * m + 2 * d].unflatten(0, (m * rows + 2, d))  # (q, ry, W', C)
+        return [band[k:k + m * rows:m] for k in range(INPUT_TILE)]
+
+    def _tile_columns(self, by_rows: torch.Tensor):
+        """Six (rows, d, tiles_x, d, C) views of one (rows, d, W', C) slice: column ``k`` of every tile."""
+        m = OUTPUT_TILE
+        columns = by_rows.unflatten(2, (m * self.tiles_x + 2, self.d))  # (rows, ry, p, rx, C)
+        return [columns[:, :, k:k + m * self.tiles_x:m] for k in range(INPUT_TILE)]
+
+    @staticmethod
+    def _elements(grid: torch.Tensor, i: int):
+        """Elements (i, 0..5) of a (6, 6, d, rows, d, tiles_x, C) grid, each as (rows, d, tiles_x, d, C)."""
+        return [grid[i, j].permute(1, 0, 3, 2, 4) for j in range(INPUT_TILE)]
+
     def transform(self, padded: torch.Tensor, row: int, rows: int) -> torch.Tensor:
         """The band's transformed tiles ``B^T d B`` as a (36, tiles, C) tensor, element-major.
 
-        Separable and elementwise: B^T along the tile rows of the band (six (rows, d, W', C)
-        views of it), then along the tile columns, writing each of the 36 elements' (tiles, C)
-        slice in place. A (36, 36) matrix product over gathered tiles did the same arithmetic
-        at a quarter of the speed: its operands are too thin for a matrix kernel."""
-        d, m, a = self.d, OUTPUT_TILE, INPUT_TILE
-        tiles_x, channels = self.tiles_x, self.channels
-        band = padded[row * d * m:(row + rows) * d * m + 2 * d].unflatten(0, (m * rows + 2, d))  # (q, ry, W', C)
+        Separable and elementwise: B^T along the tile rows of the band, then along the tile
+        columns, writing each of the 36 elements' (tiles, C) slice in place. A (36, 36) matrix
+        product over gathered tiles did the same arithmetic at a quarter of the speed: its
+        operands are too thin for a matrix kernel."""
+        d, a, channels = self.d, INPUT_TILE, self.channels
         by_rows = self._workspace(0, padded, (a, rows, d, padded.shape[1], channels))
-        _apply_b_t([band[k:k + m * rows:m] for k in range(a)], list(by_rows))
-        out = self._workspace(1, padded, (a, a, d, rows, d, tiles_x, channels))
+        _apply_b_t(self._tile_rows(padded, row, rows), list(by_rows))
+        out = self._workspace(1, padded, (a, a, d, rows, d, self.tiles_x, channels))
         for i in range(a):
-            columns = by_rows[i].unflatten(2, (m * tiles_x + 2, d))  # (rows, ry, p, rx, C)
-            _apply_b_t([columns[:, :, k:k + m * tiles_x:m] for k in range(a)],
-                       [out[i, j].permute(1, 0, 3, 2, 4) for j in range(a)])
+            _apply_b_t(self._tile_columns(by_rows[i]), self._elements(out, i))
         return out.view(a * a, -1, channels)
 
     def add_transposed(self, padded: torch.Tensor, row: int, rows: int, values: torch.Tensor) -> None:
         """The adjoint of :meth:`transform`: add ``B v B^T`` of each tile's (36, tiles, C) ``values``
         into ``padded`` where the tile lies (neighbouring tiles overlap by two pixels)."""
-        d, m, a = self.d, OUTPUT_TILE, INPUT_TILE
-        tiles_x = self.tiles_x
-        values = values.view(a, a, d, rows, d, tiles_x, -1)
+        d, a = self.d, INPUT_TILE
+        values = values.view(a, a, d, rows, d, self.tiles_x, -1)
         by_rows = self._workspace(0, padded, (a, rows, d, padded.shape[1], padded.shape[2])).zero_()
         for i in range(a):
-            columns = by_rows[i].unflatten(2, (m * tiles_x + 2, d))  # (rows, ry, p, rx, C)
-            _add_b([values[i, j].permute(1, 0, 3, 2, 4) for j in range(a)],
-                   [columns[:, :, k:k + m * tiles_x:m] for k in range(a)])
-        band = padded[row * d * m:(row + rows) * d * m + 2 * d].unflatten(0, (m * rows + 2, d))  # (q, ry, W', C)
-        _add_b(list(by_rows), [band[k:k + m * rows:m] for k in range(a)])
+            _add_b(self._elements(values, i), self._tile_columns(by_rows[i]))
+        _add_b(list(by_rows), self._tile_rows(padded, row, rows))
 
     def band_rows(self, row: int, rows: int) -> slice:
         step = self.d * OUTPUT_TILE
