@@ -89,6 +89,24 @@ def test_perfect_prediction_is_100(gt_dataset):
     assert len(ap) == 6 and ap.image_ids == [1, 2, 5]
 
 
+@pytest.mark.parametrize("as_coco", [False, True])
+def test_a_ground_truth_without_info_scores_under_pycocotools_2_0_10(gt_dataset, monkeypatch, as_coco):
+    """pycocotools 2.0.10's loadRes reads ``self.dataset['info']`` (2.0.11 uses a default); COCO
+    files may have no "info" (this ground truth has none)."""
+    load_results = COCO.loadRes
+
+    def load_results_as_2_0_10(self, results):
+        assert "info" in self.dataset, "pycocotools 2.0.10 raises KeyError: 'info' here"
+        return load_results(self, results)
+
+    monkeypatch.setattr(COCO, "loadRes", load_results_as_2_0_10)
+    assert "info" not in gt_dataset
+    ap = MaskAP(COCO_from(gt_dataset) if as_coco else gt_dataset)
+    for image_id, masks, labels, scores in perfect_detections(COCO_from(gt_dataset)):
+        ap.update(image_id, torch.from_numpy(masks), torch.from_numpy(labels), torch.from_numpy(scores))
+    assert ap.compute()["AP"] == pytest.approx(100.0)
+
+
 def COCO_from(data: dict) -> COCO:
     coco = COCO()
     coco.dataset = json.loads(json.dumps(data))

@@ -431,10 +431,13 @@ def make_synthetic_coco(root: Union[str, Path], num_train: int = 48, num_val: in
                     if segment["category_id"] in thing_ids:
                         instances.append(_instance_annotation(segment, mask, image_id, len(instances) + 1))
                 panoptic.append({"image_id": image_id, "file_name": f"{stem}.png", "segments_info": segments_info})
+            # "info" as COCO's own files have it (pycocotools 2.0.10's loadRes requires one)
+            info = {"description": f"knet synthetic COCO scenes, {split} split", "year": 2026}
             atomic_write_text(root / "annotations" / f"panoptic_{split}.json",
-                              json.dumps({"images": images, "annotations": panoptic, "categories": categories}))
+                              json.dumps({"info": info, "images": images, "annotations": panoptic,
+                                          "categories": categories}))
             atomic_write_text(root / "annotations" / f"instances_{split}.json",
-                              json.dumps({"images": images, "annotations": instances,
+                              json.dumps({"info": info, "images": images, "annotations": instances,
                                           "categories": instance_categories}))
     except (OSError, KnetError) as err:
         raise SyntheticDataError(f"cannot write the synthetic COCO set under {root}: {err}") from err

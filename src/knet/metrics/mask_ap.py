@@ -76,6 +76,9 @@ class MaskAP:
         else:
             with open(coco_gt, encoding="utf-8") as f:
                 self.coco_gt = _coco_from_dict(json.load(f))
+        # pycocotools 2.0.10's loadRes copies the ground truth's "info", which a COCO file may
+        # leave out (2.0.11 reads it with a default): an empty one serves every version.
+        self.coco_gt.dataset.setdefault("info", {})
         if category_ids is None:
             category_ids = sorted(self.coco_gt.getCatIds())
         self.category_ids: List[int] = [int(c) for c in category_ids]
