@@ -40,6 +40,16 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def no_tf32():
+    """Full fp32 on a CUDA GPU: cuDNN's convolutions default to TF32 (a 10-bit mantissa), whose
+    rounding would hide what a CPU/CUDA comparison is about."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     """A small synthetic folder dataset: 4 classes, 8 training and 2 validation 64x64 scenes."""
@@ -55,6 +65,26 @@ def golden_path(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"golden file {path} is missing (the reference outputs in ../shared/goldens)")
     return path
+
+
+def assert_same_first_iteration_on_cuda(cfg, data_root, work_dir, **options):
+    """Train ``cfg`` for its iterations on the CPU and on CUDA from the same seed and data; the
+    first iteration (same initial weights) has the same losses and gradient norm on both, to
+    1e-4 relative. Dropout must be off in ``cfg`` (the devices draw different masks)."""
+    import json
+
+    from knet.engine import training as T
+
+    first = {}
+    for device in ("cpu", "cuda"):
+        T.train(cfg, T.TrainOptions(work_dir=work_dir / device, data_root=data_root, device=device, workers=0,
+                                    quiet=True, **options), val_dataset=[])
+        lines = (work_dir / device / "log.jsonl").read_text().splitlines()
+        first[device] = next(r for r in map(json.loads, lines) if r.get("iter") == 1 and "loss" in r)
+    keys = [k for k in first["cpu"] if "loss" in k or k == "grad_norm"]
+    assert len(keys) > 2 and set(keys) <= set(first["cuda"])
+    for key in keys:
+        assert first["cuda"][key] == pytest.approx(first["cpu"][key], rel=1e-4, abs=1e-6), key
 
 
 def logits_tolerance(reference) -> float:

@@ -17,8 +17,10 @@ from knet.engine import training as T
 from knet.engine.optim import WarmupStepSchedule, build_optimizer, build_param_groups, epochs_to_iterations
 from knet.errors import CheckpointError, DataError
 from knet.tasks import get_task
+from tests.conftest import assert_same_first_iteration_on_cuda
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 # 64-pixel scenes at their own size, a few iterations at a visible lr.
 SMALL = {"data.test_scale": (64, 64), "data.train_scales": [[64, 64]], "train.epochs": None, "train.iters": 4,
@@ -91,7 +93,7 @@ def test_torchvision_imagenet_weights_for_the_mask_backbones(coco, tmp_path, cap
                                          backbone_weights=tmp_path / "r50.pth"), val_dataset=[])
     for name, value in result.model.backbone.state_dict().items():
         if value.is_floating_point():  # frozen BatchNorm statistics (norm_eval) stay as loaded too
-            assert torch.equal(value, weights[name]), name
+            assert torch.equal(value.cpu(), weights[name]), name
     assert "not loaded from the file: fc.weight, fc.bias" in capsys.readouterr().out
 
     dcn = knet.build_model("knet-r101-dcn-fpn-panoptic-ms3x-tiny").backbone
@@ -191,3 +193,26 @@ def test_a_model_trains_only_on_the_datasets_of_its_task(coco, tmp_path):
     cfg = knet.get_config("knet-r50-fcn-tiny", {"train.iters": 1})
     with pytest.raises(DataError, match="semantic models train on folder or ade20k datasets, not on coco_panoptic"):
         T.train(cfg, T.TrainOptions(work_dir=tmp_path, workers=0, data_root=coco.root, dataset="coco_panoptic"))
+
+
+# --------------------------------------------------------------------------------------------
+# CUDA (these skip without a GPU)
+# --------------------------------------------------------------------------------------------
+@cuda
+@pytest.mark.parametrize("task", ["panoptic", "instance"])
+def test_training_on_cuda_gives_the_cpu_losses(coco, tmp_path, no_tf32, task):
+    assert_same_first_iteration_on_cuda(small_config(task, **{"train.iters": 1}), coco.root, tmp_path)
+
+
+@cuda
+@pytest.mark.parametrize("amp", ["fp16", "bf16"])
+@pytest.mark.parametrize("task", ["panoptic", "instance"])
+def test_amp_training_on_cuda(coco, tmp_path, task, amp):
+    if amp == "bf16" and not torch.cuda.is_bf16_supported():
+        pytest.skip("this GPU has no bf16")
+    result = T.train(small_config(task), T.TrainOptions(work_dir=tmp_path, workers=0, data_root=coco.root,
+                                                        quiet=True, device="cuda", amp=amp))
+    assert result.iteration == 4 and result.last_metrics  # validation ran on CUDA too
+    assert all(torch.isfinite(p).all() for p in result.model.parameters())
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["loss"]) for r in records if "loss" in r)

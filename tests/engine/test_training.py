@@ -16,6 +16,7 @@ from knet.engine import training as T
 from knet.engine.checkpoints import CLASS_DEPENDENT_KEYS
 from knet.engine.distributed import check_amp
 from knet.errors import CheckpointError, KnetError
+from tests.conftest import assert_same_first_iteration_on_cuda
 
 # A small, fast recipe for the loop tests: tiny model, 64 px crops, no warm-up surprises.
 FAST = {
@@ -52,7 +53,7 @@ def test_training_checkpoint_contents_and_loading(toy, tmp_path):
     model = knet.build_model(knet.KNetConfig.from_dict(ckpt["config"]))
     knet.load_checkpoint(model, path)
     for key, value in result.model.state_dict().items():
-        assert torch.equal(model.state_dict()[key], value), key
+        assert torch.equal(model.state_dict()[key], value.cpu()), key  # trained on CUDA where there is one
     records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     train_records = [r for r in records if "loss" in r]
     assert [r["iter"] for r in train_records] == [1, 2]
@@ -144,6 +145,12 @@ def test_amp_training_on_cuda(toy, tmp_path, amp):
 
 
 @cuda
+def test_training_on_cuda_gives_the_cpu_losses(toy, tmp_path, no_tf32):
+    cfg = fast_config(**{"train.iters": 1, "decode_head.dropout_ratio": 0.0, "auxiliary_head.dropout_ratio": 0.0})
+    assert_same_first_iteration_on_cuda(cfg, toy.root, tmp_path)
+
+
+@cuda
 def test_syncbn_conversion_keeps_names_and_parameters():
     model = knet.build_model("knet-r50-fcn-tiny", num_classes=4).cuda()
     names = [n for n, _ in model.named_parameters()]
@@ -209,7 +216,7 @@ def test_backbone_weights_are_loaded_before_training(toy, tmp_path, capsys):
     result = T.train(cfg, T.TrainOptions(work_dir=tmp_path / "run", workers=0, data_root=toy.root,
                                          backbone_weights=tmp_path / "r50_v1c.pth"), val_dataset=[])
     for name, value in result.model.backbone.named_parameters():
-        assert torch.equal(value, imagenet[name]), name
+        assert torch.equal(value.cpu(), imagenet[name]), name
     assert "backbone weights" in capsys.readouterr().out
     with pytest.raises(CheckpointError):
         T.train(cfg, T.TrainOptions(work_dir=tmp_path / "bad", workers=0, data_root=toy.root,
