@@ -13,6 +13,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 GOLDENS = Path(os.environ.get("KNET_GOLDENS", ROOT.parent / "shared" / "goldens"))
 
+# glibc's malloc (knet.utils.memory sets its thresholds for training on the CPU)
+GLIBC = sys.platform.startswith("linux") and __import__("platform").libc_ver()[0] == "glibc"
+
 PRESET_ROWS = [
     "knet-r50-fcn",
     "knet-r50-pspnet",

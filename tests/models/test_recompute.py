@@ -74,10 +74,7 @@ def test_run_block_is_a_plain_call_in_eval_mode_and_without_gradients():
         assert torch.equal(run_block(block, True, x), block(x))
 
 
-def test_low_memory_training_recomputes_the_listed_stages(monkeypatch):
-    from knet.utils import memory
-
-    monkeypatch.setattr(memory, "release_large_buffers", lambda: False)  # process-wide: not in the tests' process
+def test_low_memory_training_recomputes_the_listed_stages():
     model = build_model("knet-swin-t-upernet-tiny").train()
     assert model.backbone.recompute_stages == ()  # not by default
     notes = save_training_memory(model)

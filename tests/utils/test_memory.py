@@ -1,85 +1,64 @@
-"""``release_large_buffers`` (glibc's mmap threshold, set through mallopt) and ``use_huge_pages``
-(PyTorch's switch for transparent huge pages): process-wide, so each test runs a fresh process."""
+"""``reuse_freed_memory`` (glibc's mmap and trim thresholds, set through mallopt): process-wide,
+so each test runs a fresh process."""
 from __future__ import annotations
 
-import os
-import platform
 import subprocess
 import sys
 
 import pytest
 
-from knet.utils.memory import huge_pages_available
+from tests.conftest import GLIBC
 
-
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
-def test_freed_large_buffers_leave_the_resident_memory():
-    """In a fresh process: once one 24 MiB buffer has been freed, glibc's default threshold rises
-    (it may, up to 32 MiB) and later 24 MiB buffers come from the heap, whose freed holes stay
-    resident; above our threshold each has a map of its own, and freeing it gives the memory back."""
-    script = """
-import ctypes, sys
-from knet.utils.memory import LARGE_BUFFER_BYTES, release_large_buffers
-if sys.argv[1] == "on":
-    assert release_large_buffers()
+# Allocates and fills two 48 MiB buffers (above glibc's own largest mmap threshold, 32 MiB); frees
+# the first and then allocates, fills and frees 48 MiB eight times more. Prints the page faults of those eight rounds and the resident memory (MiB)
+# given back when the last one is freed.
+ROUNDS = """
+import ctypes, resource, sys
+from knet.utils import memory
+if sys.argv[1] != "default":
+    assert memory.reuse_freed_memory(*{"training": (), "low_memory": (32 * 2 ** 20, True)}[sys.argv[1]])
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
 libc.free.argtypes = [ctypes.c_void_p]
+size = 48 * 2 ** 20
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 def rss():
     return int(open("/proc/self/statm").read().split()[1]) * 4096 // 2 ** 20
-def touch(p, n):
-    ctypes.memset(p, 1, n)
-size = LARGE_BUFFER_BYTES * 3 // 2
-assert size < 32 * 2 ** 20  # glibc's default threshold may rise to it
-first = libc.malloc(size)
-touch(first, size)
-libc.free(first)  # by default, the threshold rises to the size here
-blocks = [libc.malloc(size) for _ in range(8)]
-for p in blocks:
-    touch(p, size)
-before = rss()
-for p in blocks[:-1]:
+first, live = libc.malloc(size), libc.malloc(size)  # the heap grows upwards: the first lies lower
+ctypes.memset(first, 1, size)
+ctypes.memset(live, 1, size)
+libc.free(first)  # a hole in the heap, below the live buffer, not its top
+before = faults()
+for _ in range(8):
+    p = libc.malloc(size)
+    ctypes.memset(p, 1, size)
+    held = rss()
     libc.free(p)
-print((before - rss()) * 2 ** 20 // size)  # buffers given back
+print(faults() - before, held - rss())
 """
-    given_back = {}
-    for mode in ("off", "on"):
-        done = subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True, check=True)
-        given_back[mode] = int(done.stdout.strip())
-    assert given_back["on"] >= 6  # 7 unmapped
-    assert given_back["off"] < given_back["on"]
+
+
+def _rounds(mode):
+    done = subprocess.run([sys.executable, "-c", ROUNDS, mode], capture_output=True, text=True, check=True)
+    faults, given_back = map(int, done.stdout.split())
+    return faults, given_back
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc's malloc only")
+def test_freed_buffers_are_reused_below_the_threshold_and_given_back_above():
+    pages = 48 * 2 ** 20 // 4096
+    default_faults, _ = _rounds("default")
+    reused_faults, reused_given_back = _rounds("training")
+    mapped_faults, mapped_given_back = _rounds("low_memory")
+    assert default_faults > 4 * pages  # glibc's default: a fresh map, faulted in, each round
+    assert reused_faults < pages // 4 and reused_given_back < 8  # the freed hole, reused
+    assert mapped_faults > 4 * pages and mapped_given_back >= 40  # 48 MiB > 32 MiB: its own map, unmapped when freed
 
 
 def test_returns_whether_it_applied():
     """In a fresh process: the setting is process-wide, and this one runs the other tests."""
-    done = subprocess.run([sys.executable, "-c", "from knet.utils.memory import release_large_buffers as r; "
-                                                 "print(r())"], capture_output=True, text=True, check=True)
-    expected = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
-    assert done.stdout.strip() == str(expected)
-
-
-HUGE_PAGES = huge_pages_available()
-PROBE = """
-import os, sys, torch
-from knet.utils.memory import use_huge_pages
-if sys.argv[1] == "late":
-    torch.ones(8)  # PyTorch has chosen, without huge pages
-print(use_huge_pages(), os.environ.get("THP_MEM_ALLOC_ENABLE"))
-buffers = [torch.empty(2 ** k * 2 ** 20, dtype=torch.uint8) for k in range(1, 7)]  # 2-64 MiB
-print(all(b.data_ptr() % 4096 == 0 for b in buffers))  # page-aligned: advised as huge pages
-"""
-
-
-@pytest.mark.parametrize("when, variable, expected", [("early", None, HUGE_PAGES), ("late", None, False),
-                                                      ("early", "0", False)])
-def test_huge_pages_only_before_the_first_tensor(when, variable, expected):
-    """In fresh processes: before PyTorch's first allocation it takes (and large buffers are then
-    page-aligned, which PyTorch does only with huge pages); after it, or with the variable at 0,
-    it does not. The environment variable is restored either way, for child processes."""
-    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
-    if variable is not None:
-        env["THP_MEM_ALLOC_ENABLE"] = variable
-    done = subprocess.run([sys.executable, "-c", PROBE, when], capture_output=True, text=True, check=True, env=env)
-    applied, restored, aligned = done.stdout.split()
-    assert applied == str(expected) and aligned == str(expected)
-    assert restored == str(variable)
+    done = subprocess.run([sys.executable, "-c", "from knet.utils.memory import reuse_freed_memory as r; print(r())"],
+                          capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == str(GLIBC)

@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..errors import KnetError
-from ..utils.memory import use_huge_pages
 from . import options
 
 # The iteration counts left out on the command line, per kind of benchmark: a training step costs
@@ -411,9 +410,8 @@ def benchmark_train(model: Any, size: Any = None, batch_size: int = TRAIN_DEFAUL
         device: ``auto`` picks CUDA, then MPS, then the CPU.
         threads: ``torch.set_num_threads`` when given.
         iters, warmup: timed and untimed steps (the warm-up also creates AdamW's state).
-        low_memory: as ``knet train --low-memory`` (:func:`knet.engine.training.save_training_memory`).
-            ``knet benchmark --train`` also puts CPU buffers on huge pages as ``knet train``
-            does (:func:`knet.utils.memory.use_huge_pages`), before it builds the model.
+        low_memory: as ``knet train --low-memory`` (:func:`knet.engine.training.save_training_memory`,
+            and on the CPU the allocator setting of :func:`knet.engine.training.prepare_cpu_training`).
 
     Returns:
         a :class:`TrainBenchmarkResult`; peak memory as :func:`benchmark`'s (CUDA: the peak
@@ -434,7 +432,7 @@ def benchmark_train(model: Any, size: Any = None, batch_size: int = TRAIN_DEFAUL
     config = model.config
     task = get_task(config.task)
     model = model.to(dev).train()
-    prepare_cpu_training(model, dev)  # what knet train does on this device
+    prepare_cpu_training(model, dev, low_memory)  # what knet train does on this device
     if low_memory:
         save_training_memory(model)
     optimizer = build_optimizer(model, config.train)
@@ -486,8 +484,6 @@ def run(args: argparse.Namespace) -> int:
         raise KnetError("--low-memory is a training option: add --train")
     defaults = TRAIN_DEFAULTS if args.train else INFERENCE_DEFAULTS
     counts = {key: defaults[key] if getattr(args, key) is None else getattr(args, key) for key in defaults}
-    if args.train:
-        use_huge_pages()  # as knet train does, before the model's first tensor
     model = _load(args)
     size = args.size if args.size is None or args.size[0] != args.size[1] else args.size[0]
     name = args.model or model.config.name

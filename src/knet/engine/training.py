@@ -53,7 +53,7 @@ from ..config import ModelConfig
 from ..errors import CheckpointError, DataError, TrainingDivergedError, TrainingError
 from ..tasks import Task, get_task
 from ..utils.atomic import atomic_write_text
-from ..utils.memory import LARGE_BUFFER_BYTES, release_large_buffers, use_huge_pages
+from ..utils.memory import TRAINING_MMAP_THRESHOLD, reuse_freed_memory
 from .checkpoints import CheckpointManager, load_for_finetuning, read_training_checkpoint
 from .distributed import (all_gather_objects, all_reduce_sum, check_amp, decide_on_main, dist_info_from_env,
                           init_distributed, leave_process_group, parameter_digest, process_device)
@@ -215,48 +215,64 @@ class TrainResult:
         return self.best_value if self.best_metric == "mIoU" else None
 
 
-def prepare_cpu_training(model: nn.Module, device: torch.device) -> List[str]:
-    """For training on the CPU: the model's wide 3x3 convolutions run as Winograd F(4x4, 3x3),
-    forward and backward (:mod:`knet.models.winograd`: the same parameters and state-dict keys,
-    gradients equal to float rounding, about half those convolutions' time). On other devices
-    the model is left as it is. Returns a line for the log, if anything changed."""
+def prepare_cpu_training(model: nn.Module, device: torch.device, low_memory: bool = False) -> List[str]:
+    """For training on the CPU; returns a line for the log per change. On other devices nothing
+    changes.
+
+    - The model's wide 3x3 convolutions run as Winograd F(4x4, 3x3), forward and backward
+      (:mod:`knet.models.winograd`: the same parameters and state-dict keys, gradients equal to
+      float rounding, about half those convolutions' time).
+    - glibc's malloc reuses freed memory instead of mapping each large buffer afresh
+      (:func:`knet.utils.memory.reuse_freed_memory`; process-wide, Linux with glibc): buffers
+      under 1 GiB, or with ``low_memory`` under the backbone's
+      :data:`LOW_MEMORY_MMAP_THRESHOLDS` (larger freed buffers go back to the system)."""
     from ..models.winograd import use_winograd
 
-    winograd = use_winograd(model) if device.type == "cpu" else 0
-    return [f"{winograd} wide 3x3 convolutions run as Winograd F(4x4,3x3) on the CPU"] if winograd else []
+    if device.type != "cpu":
+        return []
+    notes = []
+    winograd = use_winograd(model)
+    if winograd:
+        notes.append(f"{winograd} wide 3x3 convolutions run as Winograd F(4x4,3x3) on the CPU")
+    threshold = TRAINING_MMAP_THRESHOLD
+    if low_memory:
+        kind = getattr(getattr(getattr(model, "config", None), "backbone", None), "kind", "")
+        threshold = LOW_MEMORY_MMAP_THRESHOLDS.get(kind, LOW_MEMORY_MMAP_THRESHOLDS["resnet_v1c"])
+    if reuse_freed_memory(threshold, give_back_top=low_memory):
+        notes.append(f"freed memory is reused for buffers under {threshold // 2 ** 20} MiB"
+                     + (" (larger ones go back to the system)" if low_memory else ""))
+    return notes
 
 
 # Backbone stages (by backbone kind) whose blocks recompute their activations in the backward
-# pass with ``low_memory``: those that keep the most activations for the least arithmetic.
-# Measured on the CPU at batch 2, 512x512 (R50-FCN, with the allocator setting below, alternating,
-# two runs each): stages 0-2 peaked at 3.7 GB in 25.1 s a step, 1-3 at 3.5 GB in 26.5 s, 1-2 at
-# 4.0 GB in 26.2 s (the first stages keep the most activations for the least arithmetic);
-# Swin-T UPerNet: stages 0-2 at 3.8 GB, none at 4.7 GB.
-LOW_MEMORY_RECOMPUTED_STAGES: Dict[str, Tuple[int, ...]] = {"resnet_v1c": (0, 1, 2), "swin": (0, 1, 2), "resnet": ()}
+# pass with ``low_memory``. Measured on the CPU at batch 2, 512x512, with the low-memory
+# allocator setting below (one run each): R50-FCN peaked at 4.3 GB in 23.4 s a step with stages
+# 0-2, at 3.7 GB in 22.4 s with 0-3 (the dilated last stage keeps 2048-channel maps at stride 8);
+# Swin-T UPerNet: 4.2 GB in 25.5 s with 0-2, 4.3 GB in 28.4 s with 0-3.
+LOW_MEMORY_RECOMPUTED_STAGES: Dict[str, Tuple[int, ...]] = {"resnet_v1c": (0, 1, 2, 3), "swin": (0, 1, 2),
+                                                             "resnet": ()}
+# With ``low_memory`` on the CPU, freed buffers of this many bytes and more (by backbone kind) go
+# back to the system, and so does the heap's top whenever it is free: kept in the heap, they
+# leave holes between smaller live buffers that raise the peak; given back, each is faulted in
+# afresh at its next allocation. Measured as above: R50-FCN 22.4 s at 3.7 GB with 32 MiB, 29.8 s
+# at 3.4 GB with 16 MiB; Swin-T UPerNet 25.5 s at 4.2 GB with 16 MiB, 30.3 s at 4.5 GB with 32 MiB.
+LOW_MEMORY_MMAP_THRESHOLDS: Dict[str, int] = {"resnet_v1c": 32 * 2 ** 20, "swin": 16 * 2 ** 20,
+                                              "resnet": 32 * 2 ** 20}
 
 
 def save_training_memory(model: nn.Module) -> List[str]:
-    """Training with less memory (``low_memory``), for more time; returns a line for the log per
-    change.
-
-    - The backbone stages of :data:`LOW_MEMORY_RECOMPUTED_STAGES` recompute their activations in
-      the backward pass (:func:`knet.models.layers.run_block`: the same values, gradients and
-      BatchNorm statistics), on any device.
-    - Freed buffers of 16 MiB or more go back to the system
-      (:func:`knet.utils.memory.release_large_buffers`; Linux with glibc).
-    Measured side by side on the CPU (batch 2, 512x512): R50-FCN's peak resident memory went
-    from 5.1 to 3.5 GB for 9% more time, Swin-T UPerNet's from 4.9 to 3.7 GB for 5-17% more
-    (two runs)."""
-    notes = []
+    """Training with less memory (``low_memory``), for more time, on any device: the backbone
+    stages of :data:`LOW_MEMORY_RECOMPUTED_STAGES` recompute their activations in the backward
+    pass (:func:`knet.models.layers.run_block`: the same values, gradients and BatchNorm
+    statistics). On the CPU, :func:`prepare_cpu_training` with ``low_memory`` also gives large
+    freed buffers back to the system. Returns a line for the log, if anything changed."""
     backbone = getattr(model, "backbone", None)
     backbone_config = getattr(getattr(model, "config", None), "backbone", None)
     stages = LOW_MEMORY_RECOMPUTED_STAGES.get(getattr(backbone_config, "kind", ""), ())
     if stages and hasattr(backbone, "recompute_stages") and not backbone.recompute_stages:
         backbone.recompute_stages = stages
-        notes.append(f"backbone stages {', '.join(map(str, stages))} recompute their activations in the backward pass")
-    if release_large_buffers():
-        notes.append(f"freed buffers of {LARGE_BUFFER_BYTES // 2 ** 20} MiB and more go back to the system")
-    return notes
+        return [f"backbone stages {', '.join(map(str, stages))} recompute their activations in the backward pass"]
+    return []
 
 
 class _LossForward(nn.Module):
@@ -361,12 +377,9 @@ class _Trainer:
         if self.info.is_main:
             self.work_dir.mkdir(parents=True, exist_ok=True)
         seed_everything(self.options.seed)
-        # Before the model's first tensor: PyTorch decides this at its first allocation.
-        if self.device.type == "cpu" and use_huge_pages():
-            self.notes.append("CPU buffers of 2 MiB and more are on transparent huge pages")
         model = build_model(self.cfg).to(self.device)
         model.train()
-        self.notes.extend(prepare_cpu_training(model, self.device))
+        self.notes.extend(prepare_cpu_training(model, self.device, self.options.low_memory))
         if self.options.low_memory:
             self.notes.extend(save_training_memory(model))
         if self.options.backbone_weights:
