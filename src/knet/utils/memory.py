@@ -3,8 +3,8 @@
 A training step allocates and frees the same feature maps every iteration, tens of GiB in all at
 512x512. By default glibc gives each buffer above its mmap threshold (which rises as such buffers
 are freed, up to 32 MiB) a memory map of its own: every allocation faults its pages in anew, the
-kernel zeroing each one, and every free unmaps them. That kernel work was a fifth of an R50-FCN
-training step (batch 2, 512x512, 2 threads). :func:`reuse_freed_memory` fixes the threshold, so
+kernel zeroing each one, and every free unmaps them. That kernel work was a fifth to a third of
+an R50-FCN or Swin-T UPerNet training step (batch 2, 512x512, 2 threads). :func:`reuse_freed_memory` fixes the threshold, so
 that the buffers below it come from glibc's heap and reuse the memory freed there.
 """
 from __future__ import annotations
