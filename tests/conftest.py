@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 GOLDENS = Path(os.environ.get("KNET_GOLDENS", ROOT.parent / "shared" / "goldens"))
 
 # glibc's malloc (knet.utils.memory sets its thresholds for training on the CPU)
-GLIBC = sys.platform.startswith("linux") and __import__("platform").libc_ver()[0] == "glibc"
+GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+# The tests of the CUDA paths; they skip on machines without a GPU.
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 PRESET_ROWS = [
     "knet-r50-fcn",

@@ -17,10 +17,9 @@ from knet.engine import training as T
 from knet.engine.optim import WarmupStepSchedule, build_optimizer, build_param_groups, epochs_to_iterations
 from knet.errors import CheckpointError, DataError
 from knet.tasks import get_task
-from tests.conftest import assert_same_first_iteration_on_cuda
+from tests.conftest import assert_same_first_iteration_on_cuda, needs_cuda
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 # 64-pixel scenes at their own size, a few iterations at a visible lr.
 SMALL = {"data.test_scale": (64, 64), "data.train_scales": [[64, 64]], "train.epochs": None, "train.iters": 4,
@@ -198,13 +197,13 @@ def test_a_model_trains_only_on_the_datasets_of_its_task(coco, tmp_path):
 # --------------------------------------------------------------------------------------------
 # CUDA (these skip without a GPU)
 # --------------------------------------------------------------------------------------------
-@cuda
+@needs_cuda
 @pytest.mark.parametrize("task", ["panoptic", "instance"])
 def test_training_on_cuda_gives_the_cpu_losses(coco, tmp_path, no_tf32, task):
     assert_same_first_iteration_on_cuda(small_config(task, **{"train.iters": 1}), coco.root, tmp_path)
 
 
-@cuda
+@needs_cuda
 @pytest.mark.parametrize("amp", ["fp16", "bf16"])
 @pytest.mark.parametrize("task", ["panoptic", "instance"])
 def test_amp_training_on_cuda(coco, tmp_path, task, amp):

@@ -16,7 +16,7 @@ from knet.engine import training as T
 from knet.engine.checkpoints import CLASS_DEPENDENT_KEYS
 from knet.engine.distributed import check_amp
 from knet.errors import CheckpointError, KnetError
-from tests.conftest import GLIBC, assert_same_first_iteration_on_cuda
+from tests.conftest import GLIBC, assert_same_first_iteration_on_cuda, needs_cuda
 
 # A small, fast recipe for the loop tests: tiny model, 64 px crops, no warm-up surprises.
 FAST = {
@@ -127,10 +127,7 @@ def test_finetune_run_lists_reinitialised_tensors(toy, tmp_path, capsys):
 # --------------------------------------------------------------------------------------------
 # CUDA-only paths
 # --------------------------------------------------------------------------------------------
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (AMP and SyncBN paths)")
-
-
-@cuda
+@needs_cuda
 @pytest.mark.parametrize("amp", ["fp16", "bf16"])
 def test_amp_training_on_cuda(toy, tmp_path, amp):
     if amp == "bf16" and not torch.cuda.is_bf16_supported():
@@ -144,13 +141,13 @@ def test_amp_training_on_cuda(toy, tmp_path, amp):
     assert (ckpt["scaler"] is not None) == (amp == "fp16")
 
 
-@cuda
+@needs_cuda
 def test_training_on_cuda_gives_the_cpu_losses(toy, tmp_path, no_tf32):
     cfg = fast_config(**{"train.iters": 1, "decode_head.dropout_ratio": 0.0, "auxiliary_head.dropout_ratio": 0.0})
     assert_same_first_iteration_on_cuda(cfg, toy.root, tmp_path)
 
 
-@cuda
+@needs_cuda
 def test_syncbn_conversion_keeps_names_and_parameters():
     model = knet.build_model("knet-r50-fcn-tiny", num_classes=4).cuda()
     names = [n for n, _ in model.named_parameters()]

@@ -7,8 +7,9 @@ import torch
 
 import knet
 from knet.presets import list_presets
+from tests.conftest import needs_cuda
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+pytestmark = needs_cuda
 
 TINY = [name for name in list_presets() if name.endswith("-tiny")]
 
