@@ -1,15 +1,19 @@
 """Blocks that recompute their activations in the backward pass (``models.layers.run_block``,
-the backbones' ``recompute_stages``): the same values, gradients and BatchNorm statistics as a
-plain forward, and fewer tensors kept for the backward pass."""
+the backbones' ``recompute_stages``, UPerHead's ``recompute_fusion``): the same values, gradients
+and BatchNorm statistics as a plain forward, and fewer tensors kept for the backward pass."""
 from __future__ import annotations
 
 import copy
+import weakref
 
+import pytest
 import torch
 
 from knet import build_model
 from knet.engine.training import LOW_MEMORY_RECOMPUTED_STAGES, save_training_memory
-from knet.models.layers import run_block
+from knet.models.heads.uper import UPerHead
+from knet.models.layers import rebuilt_for_backward, run_block
+from knet.models.winograd import use_winograd
 
 
 def _saved_bytes(fn):
@@ -80,3 +84,61 @@ def test_low_memory_training_recomputes_the_listed_stages():
     notes = save_training_memory(model)
     assert model.backbone.recompute_stages == LOW_MEMORY_RECOMPUTED_STAGES["swin"] == (0, 1, 2)
     assert any("recompute" in note for note in notes)
+    assert model.decode_head.kernel_generate_head.recompute_fusion
+    assert any("UPerNet head" in note for note in notes)
+
+
+def _head_step(head, inputs):
+    """Forward and backward of ``head``; the output, the gradients by name, and whether the
+    concatenation the last convolution reads and the lateral convolution's output were still
+    alive between the forward and the backward pass."""
+    kept = {}
+    hooks = [head.fpn_bottleneck.conv.register_forward_pre_hook(lambda m, args: kept.update(fused=weakref.ref(args[0]))),
+             head.lateral_convs[0].conv.register_forward_hook(lambda m, args, out: kept.update(lateral=weakref.ref(out)))]
+    head.zero_grad()
+    out = head.forward_features(inputs)
+    alive = {name: ref() is not None for name, ref in kept.items()}
+    (out ** 2).mean().backward()
+    for hook in hooks:
+        hook.remove()
+    return out, {n: p.grad.clone() for n, p in head.named_parameters() if p.grad is not None}, alive
+
+
+@pytest.mark.parametrize("winograd", [False, True])
+def test_uper_head_rebuilds_its_fusion_with_the_same_gradients_and_statistics(winograd):
+    torch.manual_seed(0)
+    plain = UPerHead([16, 32, 64, 128], channels=128, num_classes=5).train()
+    if winograd:
+        assert use_winograd(plain) == 5  # the 3x3 convolutions with 128 channels and more in and out
+    recomputed = copy.deepcopy(plain)
+    recomputed.recompute_fusion = True
+    inputs = [torch.randn(2, c, 32 // 2 ** i, 32 // 2 ** i) for i, c in enumerate([16, 32, 64, 128])]
+    out_plain, grads_plain, alive_plain = _head_step(plain, inputs)
+    out_re, grads_re, alive_re = _head_step(recomputed, inputs)
+    assert torch.equal(out_plain, out_re)
+    assert grads_plain.keys() == grads_re.keys() and len(grads_plain) == 3 * 12  # 12 ConvBNReLUs
+    for name, grad in grads_plain.items():  # the last convolution's weight gradient: a sum of two calls'
+        assert float((grads_re[name] - grad).abs().max()) <= 1e-5 * float(grad.abs().max()), name
+    for (name, value), other in zip(plain.named_buffers(), recomputed.buffers()):
+        assert torch.equal(other, value), name  # BatchNorm statistics updated once
+    assert alive_plain == {"fused": True, "lateral": True}
+    assert alive_re == {"fused": False, "lateral": False}
+
+
+def test_rebuilt_for_backward_keeps_nothing_of_the_tensor_and_rebuilds_it():
+    weight = torch.randn(8, 8, requires_grad=True)
+    base = torch.randn(4, 8)
+    calls = []
+
+    def make():
+        calls.append(1)
+        return base * 2
+
+    x = make()
+    with rebuilt_for_backward(x, make):
+        out = (x @ weight).sum()
+    x_alive = weakref.ref(x)
+    del x
+    assert x_alive() is None  # the product kept nothing of x
+    out.backward()
+    assert len(calls) == 2 and torch.allclose(weight.grad, (base * 2).t() @ torch.ones(4, 8))

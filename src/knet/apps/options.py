@@ -82,9 +82,9 @@ def add_test_pipeline(parser: argparse.ArgumentParser) -> None:
 
 def add_low_memory(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--low-memory", action="store_true",
-                        help="train with less memory for more time: backbone stages recompute their activations "
-                             "in the backward pass, and on the CPU large freed buffers go back to the system (at "
-                             "512x512: ~0.7x the peak memory, ~20-40%% more time)")
+                        help="train with less memory for more time: backbone stages and a UPerNet head's stride-4 maps "
+                             "are recomputed in the backward pass, and on the CPU large freed buffers go back to "
+                             "the system (at 512x512: ~0.6-0.7x the peak memory, ~20-40%% more time)")
 
 
 def add_compile(parser: argparse.ArgumentParser) -> None:

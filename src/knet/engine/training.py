@@ -51,6 +51,7 @@ from torch.utils.data import DataLoader
 
 from ..config import ModelConfig
 from ..errors import CheckpointError, DataError, TrainingDivergedError, TrainingError
+from ..models.heads.uper import UPerHead
 from ..tasks import Task, get_task
 from ..utils.atomic import atomic_write_text
 from ..utils.memory import TRAINING_MMAP_THRESHOLD, reuse_freed_memory
@@ -264,15 +265,22 @@ def save_training_memory(model: nn.Module) -> List[str]:
     """Training with less memory (``low_memory``), for more time, on any device: the backbone
     stages of :data:`LOW_MEMORY_RECOMPUTED_STAGES` recompute their activations in the backward
     pass (:func:`knet.models.layers.run_block`: the same values, gradients and BatchNorm
-    statistics). On the CPU, :func:`prepare_cpu_training` with ``low_memory`` also gives large
+    statistics), and so does a UPerNet head at stride 4 (:class:`~knet.models.heads.uper.UPerHead`'s
+    ``recompute_fusion``). On the CPU, :func:`prepare_cpu_training` with ``low_memory`` also gives large
     freed buffers back to the system. Returns a line for the log, if anything changed."""
+    notes = []
     backbone = getattr(model, "backbone", None)
     backbone_config = getattr(getattr(model, "config", None), "backbone", None)
     stages = LOW_MEMORY_RECOMPUTED_STAGES.get(getattr(backbone_config, "kind", ""), ())
     if stages and hasattr(backbone, "recompute_stages") and not backbone.recompute_stages:
         backbone.recompute_stages = stages
-        return [f"backbone stages {', '.join(map(str, stages))} recompute their activations in the backward pass"]
-    return []
+        notes.append(f"backbone stages {', '.join(map(str, stages))} recompute their activations in the backward pass")
+    heads = [m for m in model.modules() if isinstance(m, UPerHead) and not m.recompute_fusion]
+    for head in heads:
+        head.recompute_fusion = True
+    if heads:
+        notes.append("the UPerNet head rebuilds its stride-4 maps in the backward pass")
+    return notes
 
 
 class _LossForward(nn.Module):

@@ -1,7 +1,8 @@
 """Small building blocks shared by the backbones and heads."""
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -78,3 +79,30 @@ def run_block(block: nn.Module, recompute: bool, *inputs):
         return block(*inputs)
     return checkpoint(block, *inputs, use_reentrant=False,
                       context_fn=lambda: (nullcontext(), _RunningStatisticsKept(block)))
+
+
+def _identity(t: torch.Tensor) -> tuple:
+    return t.data_ptr(), t.shape, t.stride(), t.dtype, t.device
+
+
+@contextmanager
+def rebuilt_for_backward(tensor: torch.Tensor, rebuild: Callable[[], torch.Tensor]) -> Iterator[None]:
+    """Within the block, an operation that saves ``tensor`` for its backward pass keeps nothing of
+    it: the backward pass calls ``rebuild()`` (without gradients) for an equal tensor instead.
+    For a large tensor that is cheap to make again from smaller ones that are kept anyway (an
+    upsampled concatenation): less memory between the forward and backward passes, the same
+    values and gradients. Other saved tensors are kept as usual."""
+    forgotten = object()
+    identity = _identity(tensor)  # not the tensor itself: autograd keeps these hooks with the graph
+
+    def pack(saved: torch.Tensor):
+        return forgotten if _identity(saved) == identity else saved
+
+    def unpack(packed):
+        if packed is not forgotten:
+            return packed
+        with torch.no_grad():
+            return rebuild()
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+        yield

@@ -132,11 +132,12 @@ class _Tiling:
         self.rows_per_band = max(1, TRANSFORM_BUDGET_BYTES // per_row)
         self._buffers: Dict[int, torch.Tensor] = {}
 
-    def pad(self, x: torch.Tensor, n: int) -> torch.Tensor:
-        """Image ``n`` of (N, C, H, W) ``x`` -> its padded channels-last copy (H', W', C), contiguous.
-        Only the border is zeroed (filling the whole copy first cost as much as the copy)."""
+    def pad(self, x: torch.Tensor, n: int, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Image ``n`` of (N, C, H, W) ``x`` -> its padded channels-last copy (H', W', C), contiguous,
+        written into ``out`` (the previous image's copy) when given. Only the border is zeroed
+        (filling the whole copy first cost as much as the copy)."""
         d, height, width = self.d, self.height, self.width
-        padded = x.new_empty((self.out_h + 2 * d, self.out_w + 2 * d, self.channels))
+        padded = x.new_empty((self.out_h + 2 * d, self.out_w + 2 * d, self.channels)) if out is None else out
         padded[d:d + height, d:d + width] = x[n].permute(1, 2, 0)
         padded[:d].zero_()
         padded[d + height:].zero_()
@@ -241,8 +242,9 @@ def _convolve(x: torch.Tensor, u: torch.Tensor, dilation: int) -> torch.Tensor:
     tiling = _Tiling(x.shape, dilation, x.element_size())
     output_transform = _output_transform(u)
     out = x.new_empty((tiling.batch, tiling.out_h, tiling.out_w, u.shape[2]))
+    padded = None
     for n in range(tiling.batch):
-        padded = tiling.pad(x, n)
+        padded = tiling.pad(x, n, out=padded)
         for row, rows in tiling.bands():
             # (36, tiles, K): the convolution's multiplications
             products = torch.bmm(tiling.transform(padded, row, rows), u)
@@ -285,10 +287,15 @@ class _WinogradFunction(torch.autograd.Function):
         output_transform = _output_transform(u)
         grad_x = torch.empty_like(x)  # x's memory layout
         grad_u = u.new_zeros(u.shape)
+        # One image's buffers, reused for the next: a new one while the last is still referenced
+        # would hold both at once, at the step's peak of memory.
+        padded = tiling.pad(x, 0)
+        grad_padded = torch.empty_like(padded)
+        grad_full = grad_out.new_zeros((tiling.out_h, tiling.out_w, grad_out.shape[1]))
         for n in range(tiling.batch):
-            padded = tiling.pad(x, n)
-            grad_padded = torch.zeros_like(padded)
-            grad_full = grad_out.new_zeros((tiling.out_h, tiling.out_w, grad_out.shape[1]))
+            if n:
+                tiling.pad(x, n, out=padded)
+            grad_padded.zero_()
             grad_full[:height, :width] = grad_out[n].permute(1, 2, 0)
             for row, rows in tiling.bands():
                 grad_blocks = tiling.from_band(grad_full[tiling.band_rows(row, rows)], rows)
