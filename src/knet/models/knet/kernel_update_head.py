@@ -136,12 +136,15 @@ class KernelUpdateHead(nn.Module):
         height, width = feats.shape[-2:]
 
         # Group feature assembling: every mask pools the features it covers into one vector.
-        weights = resize(masks, (height, width))
+        # The weights are laid out (B, H W, N): the softmax over the kernels is then over the last
+        # axis, and the pooling a plain (B, C, H W) @ (B, H W, N) product. ONNX Runtime's softmax
+        # over the second of four axes and its einsum were each ~10% of Swin-T UPerNet's forward.
+        weights = resize(masks, (height, width)).flatten(2).transpose(1, 2)
         if self.mask_gather == "softmax":
-            weights = weights.softmax(dim=1)
+            weights = weights.softmax(dim=-1)
         else:
             weights = (weights.sigmoid() > self.hard_mask_thr).to(feats.dtype)
-        group_feats = torch.einsum("bnhw,bchw->bnc", weights, feats)
+        group_feats = torch.matmul(feats.flatten(2), weights).transpose(1, 2)  # (B, N, C)
 
         # (B, N, C, K, K) -> (B, N, K*K, C)
         kernels = kernels.reshape(batch, num_kernels, self.in_channels, -1).permute(0, 1, 3, 2)
@@ -174,9 +177,10 @@ class KernelUpdateHead(nn.Module):
         feats (B, C, H, W), kernels (B, N, C, K, K) -> (B, N, H, W).
         """
         batch, num_kernels, channels, k, _ = kernels.shape
-        if k == 1:
-            return torch.einsum("bnc,bchw->bnhw", kernels.reshape(batch, num_kernels, channels), feats)
         height, width = feats.shape[-2:]
+        if k == 1:
+            out = torch.matmul(kernels.reshape(batch, num_kernels, channels), feats.flatten(2))
+            return out.view(batch, num_kernels, height, width)
         out = F.conv2d(feats.reshape(1, batch * channels, height, width),
                        kernels.reshape(batch * num_kernels, channels, k, k), padding=k // 2, groups=batch)
         return out.reshape(batch, num_kernels, height, width)
