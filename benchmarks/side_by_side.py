@@ -56,14 +56,6 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def has_vnni() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_vnni" in flags or "avx_vnni" in flags
-
-
 _LAUNCHER_CODE = """
 import json, subprocess, sys
 for line in sys.stdin:
@@ -275,19 +267,24 @@ def main() -> None:
 
 def onnx_runners(model, preset: str, work: Path, size: int, threads: int) -> Dict:
     """ONNX Runtime runners of ``model`` exported fp32 (Winograd 3x3 convolutions, the default) and
-    quantized int8 (the Winograd convolutions float32; calibrated on four generated scenes), cached
-    in ``work``."""
+    quantized int8 as ``knet export --quantize int8`` writes it on this CPU (calibrated on four
+    generated scenes), cached in ``work``."""
     from knet.data.synthetic import make_scene
     from knet.export.onnx import export_onnx
-    from knet.export.quantize import quantize_int8
+    from knet.export.quantize import int8_keeps_winograd, quantize_int8
     from knet.inference.onnx_runner import OnnxRunner
 
     fp32, int8 = work / f"{preset}.onnx", work / f"{preset}-int8.onnx"
     if not fp32.exists():
         export_onnx(model, fp32)
     if not int8.exists():
+        # As `knet export --quantize int8` on this CPU: without 8-bit dot products the Winograd
+        # convolutions stay float32, with them every convolution is quantized.
+        source = fp32 if int8_keeps_winograd() else work / f"{preset}-plain.onnx"
+        if not source.exists():
+            export_onnx(model, source, winograd=False)
         rng = np.random.default_rng(0)
-        print(quantize_int8(fp32, int8, [make_scene(rng, size=(size, size))[0] for _ in range(4)],
+        print(quantize_int8(source, int8, [make_scene(rng, size=(size, size))[0] for _ in range(4)],
                             threads=threads).summary(), flush=True)
     return {"onnx fp32": OnnxRunner(fp32, device="cpu", threads=threads),
             "onnx int8": OnnxRunner(int8, device="cpu", threads=threads)}
@@ -295,7 +292,10 @@ def onnx_runners(model, preset: str, work: Path, size: int, threads: int) -> Dic
 
 def print_tables(infer_rows: List[Dict], train_rows: List[Dict], args: argparse.Namespace, size: int,
                  with_reference: bool) -> None:
-    print(f"\nCPU: {cpu_model()} ({'with' if has_vnni() else 'without'} VNNI), {args.threads} threads, fp32, "
+    from knet.utils.device import cpu_has_int8_dot_product
+
+    dot = "with" if cpu_has_int8_dot_product() else "without"
+    print(f"\nCPU: {cpu_model()} ({dot} 8-bit dot products, VNNI/AMX), {args.threads} threads, fp32, "
           f"{size}x{size}; medians over {args.rounds} alternating rounds"
           + ("" if with_reference else "; reference not run"))
     if infer_rows:

@@ -365,6 +365,32 @@ def test_a_model_exported_with_winograd_matches_torch_and_quantizes_around_it(tm
     assert result.pixel_agreement > 0.8 and result.mean_relative_error["logits"] < 0.05
 
 
+def test_int8_export_quantizes_every_convolution_on_a_cpu_with_8bit_dot_products(tmp_path, one_thread, monkeypatch,
+                                                                              capsys):
+    """``--quantize int8`` without ``--winograd``/``--no-winograd``: on a CPU with VNNI or AMX
+    every convolution becomes int8 (no Winograd node, and the log says why); without them the
+    Winograd convolutions stay float32 (the test above)."""
+    from knet.data.synthetic import make_scene
+    from knet.export import onnx as knet_onnx
+    from knet.export import quantize
+
+    monkeypatch.setattr(knet_onnx, "WINOGRAD_MIN_CHANNELS", 16)
+    monkeypatch.setattr(quantize, "cpu_has_int8_dot_product", lambda: False)
+    assert quantize.int8_keeps_winograd()
+    monkeypatch.setattr(quantize, "cpu_has_int8_dot_product", lambda: True)
+    assert not quantize.int8_keeps_winograd()
+    calibration = tmp_path / "calibration"
+    calibration.mkdir()
+    Image.fromarray(make_scene(np.random.default_rng(0), size=(48, 64))[0]).save(calibration / "0.png")
+    out = tmp_path / "int8.onnx"
+    assert main(["export", "--model", "knet-r50-fcn-tiny", "--checkpoint", str(golden_path(GOLDEN_WEIGHTS["knet-r50-fcn-tiny"])),
+                 "--out", str(out), "--quantize", "int8", "--calibration", str(calibration), "--no-check"]) == 0
+    assert "this CPU has 8-bit dot products (VNNI or AMX): every convolution is quantized" in capsys.readouterr().err
+    metadata = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert metadata.get(WINOGRAD_KEY, "0") == "0" and "Winograd" not in metadata[quantize.QUANTIZATION_KEY]
+    assert OnnxRunner(out, threads=1).config.name == "knet-r50-fcn-tiny"
+
+
 # ---- errors ----------------------------------------------------------------------------------
 def _plain_onnx(path: Path, metadata=None) -> Path:
     """A valid ONNX file without knet's metadata: images (N, 3, H, W) -> logits (Identity)."""

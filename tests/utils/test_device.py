@@ -15,3 +15,14 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(KnetError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+def test_cpu_has_int8_dot_product_reads_the_flags():
+    from knet.utils.device import cpu_has_int8_dot_product
+
+    assert cpu_has_int8_dot_product("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n")
+    assert cpu_has_int8_dot_product("flags\t: fpu avx2 avx_vnni\n")
+    assert cpu_has_int8_dot_product("Features\t: fp asimd asimddp\n")  # Arm's SDOT/UDOT
+    assert not cpu_has_int8_dot_product("flags\t: fpu sse2 avx2 fma avx512f\n")
+    assert not cpu_has_int8_dot_product("model name\t: avx512_vnni in a name is not a flag\n")
+    assert isinstance(cpu_has_int8_dot_product(), bool)  # this machine's /proc/cpuinfo, or False without it

@@ -39,9 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tolerance", type=float, default=1e-2, metavar="T",
                         help="largest parity difference accepted, relative to the largest output (default 1e-2: "
                              "a wrong graph differs by the order of the outputs)")
-    parser.add_argument("--no-winograd", dest="winograd", action="store_false",
-                        help="keep every convolution a Conv node (default: wide 3x3 ones as Winograd matrix products, "
-                             "about half their time in ONNX Runtime on a CPU; --quantize keeps them float32)")
+    parser.add_argument("--winograd", action=argparse.BooleanOptionalAction, default=None,
+                        help="wide 3x3 convolutions as Winograd matrix products (about half their time in ONNX "
+                             "Runtime on a CPU; --quantize keeps them float32), or every convolution a Conv node "
+                             "(default: Winograd, except with --quantize on a CPU with 8-bit dot products (VNNI, "
+                             "AMX), where int8 convolutions are faster)")
     parser.add_argument("--quantize", default=None, metavar="SCHEME",
                         help="int8: static quantization (QDQ) calibrated on --calibration images")
     parser.add_argument("--calibration", default=None, metavar="DIR",
@@ -78,6 +80,13 @@ def run(args: argparse.Namespace) -> int:
         raise KnetError(f"--opset {args.opset}: the exporter writes opset {MIN_OPSET} or newer")
 
     calibration = _calibration(args)
+    if args.winograd is None:
+        from ..export.quantize import int8_keeps_winograd
+
+        args.winograd = calibration is None or bool(args.onnx) or int8_keeps_winograd()
+        if not args.winograd:
+            print("this CPU has 8-bit dot products (VNNI or AMX): every convolution is quantized, none is "
+                  "written as Winograd (--winograd keeps them float32 Winograd)", file=sys.stderr)
     if args.onnx and calibration is None:
         raise KnetError("--onnx FILE is the source of --quantize only (the file is already exported)")
     if args.onnx:

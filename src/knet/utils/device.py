@@ -1,7 +1,8 @@
 """Which torch device a ``--device`` value means (every verb and the Python API use this)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Union
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional, Union
 
 from ..errors import KnetError
 
@@ -61,3 +62,24 @@ def module_device(module: torch.nn.Module) -> torch.device:
     for tensor in module.parameters():
         return tensor.device
     return torch.device("cpu")
+
+
+# /proc/cpuinfo flags of 8-bit dot-product instructions, which ONNX Runtime's int8 convolutions and
+# matrix products use: x86's VNNI (AVX-512 or AVX) and AMX, Arm's SDOT/UDOT.
+INT8_DOT_PRODUCT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp")
+
+
+def cpu_has_int8_dot_product(cpuinfo: Optional[str] = None) -> bool:
+    """Whether this CPU has 8-bit dot-product instructions (:data:`INT8_DOT_PRODUCT_FLAGS` in
+    ``/proc/cpuinfo``, or in ``cpuinfo`` when given); False where that file cannot be read."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return any(flag in flags for flag in INT8_DOT_PRODUCT_FLAGS)
