@@ -47,7 +47,9 @@ def test_a_native_directory_of_release_0_1_loads_with_the_same_outputs():
     expected = np.load(RELEASE_0_1 / "native_fcn_tiny_logits.npz")
     with torch.no_grad():
         logits = model(torch.from_numpy(expected["x"])).numpy()
-    np.testing.assert_allclose(logits, expected["logits"], rtol=0, atol=1e-5)
+    # Float rounding differs between CPUs (the file was written on an AMD EPYC; an Intel Xeon's
+    # AVX-512 convolutions gave 9.2e-5 with logits up to 20): within 1e-5 x max |logit|.
+    np.testing.assert_allclose(logits, expected["logits"], rtol=0, atol=1e-5 * np.abs(expected["logits"]).max())
 
 
 def test_a_config_of_release_0_1_loads_for_every_head_kind():
