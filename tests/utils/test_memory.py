@@ -15,8 +15,15 @@ from tests.conftest import GLIBC
 ROUNDS = """
 import ctypes, resource, sys
 from knet.utils import memory
-if sys.argv[1] != "default":
-    assert memory.reuse_freed_memory(*{"training": (), "low_memory": (32 * 2 ** 20, True)}[sys.argv[1]])
+mode = sys.argv[1]
+if mode in ("training", "low_memory", "low_memory_then_runner"):
+    assert memory.reuse_freed_memory(*{"training": (), "low_memory": (32 * 2 ** 20, True)}.get(mode, (32 * 2 ** 20, True)))
+if mode.endswith("runner"):  # the predict path's runner on the CPU, as knet predict / test build it
+    import torch
+    from knet import build_model
+    from knet.inference.pipeline import TorchRunner
+    torch.manual_seed(0)
+    TorchRunner(build_model("knet-r50-fcn-tiny"))
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype = ctypes.c_void_p
 libc.malloc.argtypes = [ctypes.c_size_t]
@@ -55,6 +62,15 @@ def test_freed_buffers_are_reused_below_the_threshold_and_given_back_above():
     assert default_faults > 4 * pages  # glibc's default: a fresh map, faulted in, each round
     assert reused_faults < pages // 4 and reused_given_back < 8  # the freed hole, reused
     assert mapped_faults > 4 * pages and mapped_given_back >= 40  # 48 MiB > 32 MiB: its own map, unmapped when freed
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc's malloc only")
+def test_the_predict_path_reuses_freed_memory_unless_the_process_chose_a_setting():
+    pages = 48 * 2 ** 20 // 4096
+    runner_faults, _ = _rounds("runner")
+    low_memory_faults, low_memory_given_back = _rounds("low_memory_then_runner")
+    assert runner_faults < pages // 4  # a CPU runner: freed buffers reused
+    assert low_memory_faults > 4 * pages and low_memory_given_back >= 40  # --low-memory's setting kept
 
 
 def test_returns_whether_it_applied():
