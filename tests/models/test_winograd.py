@@ -44,6 +44,20 @@ def test_channels_last_input_and_no_bias():
     assert _relative_error(got, conv, x) < 3e-5
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_the_blocked_layout_copies_move_every_element(channels_last):
+    """More channels and rows than a block holds, with partial last blocks; into a padded view."""
+    x = torch.randn(300, 9, 7)
+    if channels_last:
+        x = x.permute(1, 2, 0).contiguous().permute(2, 0, 1)
+    padded = torch.zeros(11, 9, 300)
+    winograd._copy_to_channels_last(padded[1:10, 1:8], x)
+    assert torch.equal(padded[1:10, 1:8], x.permute(1, 2, 0)) and padded[0].abs().sum() == 0
+    back = torch.empty_like(x)
+    winograd._copy_to_channels_first(back, padded[1:10, 1:8])
+    assert torch.equal(back, x) and back.stride() == x.stride()
+
+
 @pytest.mark.parametrize("rows_per_band", [1, 2])
 def test_bands_of_tile_rows_give_the_same_result(rows_per_band, monkeypatch):
     conv = _conv(8, 8, dilation=2)
