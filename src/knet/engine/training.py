@@ -225,8 +225,8 @@ def prepare_cpu_training(model: nn.Module, device: torch.device, low_memory: boo
       float rounding, about half those convolutions' time).
     - glibc's malloc reuses freed memory instead of mapping each large buffer afresh
       (:func:`knet.utils.memory.reuse_freed_memory`; process-wide, Linux with glibc): buffers
-      under 1 GiB, or with ``low_memory`` under the backbone's
-      :data:`LOW_MEMORY_MMAP_THRESHOLDS` (larger freed buffers go back to the system)."""
+      under 1 GiB, or with ``low_memory`` the backbone's :data:`LOW_MEMORY_ALLOCATOR` setting
+      (larger freed buffers go back to the system, and for some backbones the heap's free top)."""
     from ..models.winograd import use_winograd
 
     if device.type != "cpu":
@@ -235,11 +235,11 @@ def prepare_cpu_training(model: nn.Module, device: torch.device, low_memory: boo
     winograd = use_winograd(model)
     if winograd:
         notes.append(f"{winograd} wide 3x3 convolutions run as Winograd F(4x4,3x3) on the CPU")
-    threshold = TRAINING_MMAP_THRESHOLD
+    threshold, give_back_top = TRAINING_MMAP_THRESHOLD, False
     if low_memory:
         kind = getattr(getattr(getattr(model, "config", None), "backbone", None), "kind", "")
-        threshold = LOW_MEMORY_MMAP_THRESHOLDS.get(kind, LOW_MEMORY_MMAP_THRESHOLDS["resnet_v1c"])
-    if reuse_freed_memory(threshold, give_back_top=low_memory):
+        threshold, give_back_top = LOW_MEMORY_ALLOCATOR.get(kind, LOW_MEMORY_ALLOCATOR["resnet_v1c"])
+    if reuse_freed_memory(threshold, give_back_top=give_back_top):
         notes.append(f"freed memory is reused for buffers under {threshold // 2 ** 20} MiB"
                      + (" (larger ones go back to the system)" if low_memory else ""))
     return notes
@@ -252,13 +252,17 @@ def prepare_cpu_training(model: nn.Module, device: torch.device, low_memory: boo
 # Swin-T UPerNet: 4.2 GB in 25.5 s with 0-2, 4.3 GB in 28.4 s with 0-3.
 LOW_MEMORY_RECOMPUTED_STAGES: Dict[str, Tuple[int, ...]] = {"resnet_v1c": (0, 1, 2, 3), "swin": (0, 1, 2),
                                                              "resnet": ()}
-# With ``low_memory`` on the CPU, freed buffers of this many bytes and more (by backbone kind) go
-# back to the system, and so does the heap's top whenever it is free: kept in the heap, they
-# leave holes between smaller live buffers that raise the peak; given back, each is faulted in
-# afresh at its next allocation. Measured as above: R50-FCN 22.4 s at 3.7 GB with 32 MiB, 29.8 s
-# at 3.4 GB with 16 MiB; Swin-T UPerNet 25.5 s at 4.2 GB with 16 MiB, 30.3 s at 4.5 GB with 32 MiB.
-LOW_MEMORY_MMAP_THRESHOLDS: Dict[str, int] = {"resnet_v1c": 32 * 2 ** 20, "swin": 16 * 2 ** 20,
-                                              "resnet": 32 * 2 ** 20}
+# With ``low_memory`` on the CPU (by backbone kind): freed buffers of ``threshold`` bytes and more
+# go back to the system, and with ``give_back_top`` so does the heap's top whenever it is free.
+# Kept in the heap, large buffers leave holes between smaller live ones that raise the peak; given
+# back, each is faulted in afresh at its next allocation. Measured as above (AMD EPYC): R50-FCN
+# 22.4 s at 3.7 GB with 32 MiB, 29.8 s at 3.4 GB with 16 MiB; Swin-T UPerNet 25.5 s at 4.2 GB with
+# 16 MiB, 30.3 s at 4.5 GB with 32 MiB (both giving the top back). On an Intel Xeon, 2026-11-26, one
+# run each: R50-FCN with 32 MiB 15.5 s at 3.57 GB giving the top back (6-7 s of kernel time a step),
+# 11.6 s at 3.61 GB keeping it, 11.2 s at 3.94 GB with 64 MiB, 11.3 s at 4.09 GB with 1 GiB;
+# Swin-T UPerNet with 16 MiB 14.8 s at 3.90 GB giving it back, 13.4 s at 4.02 GB keeping it.
+LOW_MEMORY_ALLOCATOR: Dict[str, Tuple[int, bool]] = {"resnet_v1c": (32 * 2 ** 20, False), "swin": (16 * 2 ** 20, True),
+                                                     "resnet": (32 * 2 ** 20, True)}
 
 
 def save_training_memory(model: nn.Module) -> List[str]:

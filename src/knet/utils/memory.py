@@ -45,7 +45,7 @@ def reuse_freed_memory(mmap_threshold: int = TRAINING_MMAP_THRESHOLD, give_back_
     run each, 2026-11-26), against glibc's defaults with PyTorch's buffers on transparent huge
     pages (knet's setting before): R50-FCN 23.8 -> 16.3 s a step (peak 5.3 -> 5.6 GB), Swin-T
     UPerNet 26.4 -> 17.6 s (5.1 -> 6.0 GB). For ``low_memory``'s thresholds see
-    :data:`knet.engine.training.LOW_MEMORY_MMAP_THRESHOLDS`."""
+    :data:`knet.engine.training.LOW_MEMORY_ALLOCATOR`."""
     global _chosen
     if not sys.platform.startswith("linux") or (unless_chosen and _chosen is not None):
         return False
