@@ -255,13 +255,15 @@ LOW_MEMORY_RECOMPUTED_STAGES: Dict[str, Tuple[int, ...]] = {"resnet_v1c": (0, 1,
 # With ``low_memory`` on the CPU (by backbone kind): freed buffers of ``threshold`` bytes and more
 # go back to the system, and with ``give_back_top`` so does the heap's top whenever it is free.
 # Kept in the heap, large buffers leave holes between smaller live ones that raise the peak; given
-# back, each is faulted in afresh at its next allocation. Measured as above (AMD EPYC): R50-FCN
-# 22.4 s at 3.7 GB with 32 MiB, 29.8 s at 3.4 GB with 16 MiB; Swin-T UPerNet 25.5 s at 4.2 GB with
-# 16 MiB, 30.3 s at 4.5 GB with 32 MiB (both giving the top back). On an Intel Xeon, 2026-11-26, one
-# run each: R50-FCN with 32 MiB 15.5 s at 3.57 GB giving the top back (6-7 s of kernel time a step),
-# 11.6 s at 3.61 GB keeping it, 11.2 s at 3.94 GB with 64 MiB, 11.3 s at 4.09 GB with 1 GiB;
-# Swin-T UPerNet with 16 MiB 14.8 s at 3.90 GB giving it back, 13.4 s at 4.02 GB keeping it.
-LOW_MEMORY_ALLOCATOR: Dict[str, Tuple[int, bool]] = {"resnet_v1c": (32 * 2 ** 20, False), "swin": (16 * 2 ** 20, True),
+# back, each is faulted in afresh at its next allocation. Measured as above (AMD EPYC, older code,
+# giving the top back): R50-FCN 22.4 s at 3.7 GB with 32 MiB, 29.8 s at 3.4 GB with 16 MiB. On an
+# Intel Xeon, 2026-11-26, one run each, knet alone, with the Winograd backward holding a sixth of
+# its transformed filters: R50-FCN 11.2 s at 3.29 GB with 32 MiB, 10.7 s at 3.46 GB with 64 MiB,
+# 9.5 s at 3.85 GB with 128 MiB, 9.8 s at 3.94 GB with 1 GiB (giving the top back had cost 6-7 s
+# of kernel time a step: 15.5 s at 3.57 GB before); Swin-T UPerNet 13.4 s at 3.53 GB with 16 MiB
+# giving the top back, 12.3 s at 3.70 GB keeping it, 11.3 s at 3.85 GB with 32 MiB, 10.5 s at
+# 3.84-3.85 GB with 64 MiB. The reference's peaks are 6.4 GB (R50-FCN) and 6.6 GB (Swin-T UPerNet).
+LOW_MEMORY_ALLOCATOR: Dict[str, Tuple[int, bool]] = {"resnet_v1c": (64 * 2 ** 20, False), "swin": (64 * 2 ** 20, False),
                                                      "resnet": (32 * 2 ** 20, True)}
 
 

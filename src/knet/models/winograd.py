@@ -134,13 +134,6 @@ def transform_weight(weight: torch.Tensor) -> torch.Tensor:
     return u.view(-1, weight.shape[0], weight.shape[1]).transpose(1, 2)
 
 
-def _weight_gradient(grad_u: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """The adjoint of :func:`transform_weight`: (36, C, K) -> (K, C, 3, 3)."""
-    g = _matrix(_G, weight)
-    grad = torch.kron(g, g).t() @ grad_u.transpose(1, 2).reshape(INPUT_TILE * INPUT_TILE, -1)  # (9, K C)
-    return grad.t().reshape(weight.shape)
-
-
 class _Tiling:
     """Where the tiles of an (N, C, H, W) input with dilation ``d`` lie in its padded copy.
 
@@ -305,10 +298,18 @@ def _(x: torch.Tensor, transformed_weight: torch.Tensor, dilation: int) -> torch
                        device=x.device, memory_format=layout)
 
 
+# Tile elements (of 36) whose transformed filters and filter gradient the backward pass holds at a
+# time: the whole (36, C, K) pair is 2 x 189 MB for the FCN head's 2560 -> 512 convolution, at the
+# peak of a training step's memory; in sixths they are recomputed per band for little time.
+_BACKWARD_ELEMENTS = INPUT_TILE
+
+
 class _WinogradFunction(torch.autograd.Function):
     """Winograd convolution with a Winograd backward; keeps only the input and the filters. The
-    backward recomputes the transformed input and works one image at a time, so its own memory
-    is about one image's padded input and gradient plus a band's transformed data."""
+    backward recomputes the transformed input and works one image at a time, and on the filters
+    a few tile elements at a time, so its own memory is about one image's padded input and
+    gradient, a band's transformed data, the filter gradient and a sixth of the transformed
+    filters and their gradient."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, dilation: int) -> torch.Tensor:
@@ -321,10 +322,12 @@ class _WinogradFunction(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         tiling = _Tiling(x.shape, ctx.dilation, x.element_size())
         d, height, width = tiling.d, tiling.height, tiling.width
-        u = transform_weight(weight)
-        output_transform = _output_transform(u)
+        out_channels, in_channels = weight.shape[:2]
+        filter_transform = torch.kron(_matrix(_G, weight), _matrix(_G, weight))  # (36, 9)
+        filters = weight.reshape(-1, 9).t()  # (9, K C), a view
+        output_transform = _output_transform(weight)
         grad_x = torch.empty_like(x)  # x's memory layout
-        grad_u = u.new_zeros(u.shape)
+        grad_filters = weight.new_zeros((9, out_channels * in_channels))
         # One image's buffers, reused for the next: a new one while the last is still referenced
         # would hold both at once, at the step's peak of memory.
         padded = tiling.pad(x, 0)
@@ -337,13 +340,18 @@ class _WinogradFunction(torch.autograd.Function):
             _copy_to_channels_last(grad_full[:height, :width], grad_out[n])
             for row, rows in tiling.bands():
                 grad_blocks = tiling.from_band(grad_full[tiling.band_rows(row, rows)], rows)
-                grad_products = (output_transform.t() @ grad_blocks).view(u.shape[0], -1, u.shape[2])
+                grad_products = (output_transform.t() @ grad_blocks).view(INPUT_TILE * INPUT_TILE, -1, out_channels)
                 transformed = tiling.transform(padded, row, rows)
-                grad_u.baddbmm_(transformed.transpose(1, 2), grad_products)
-                grad_transformed = torch.bmm(grad_products, u.transpose(1, 2))
+                grad_transformed = tiling._workspace(2, transformed, transformed.shape)
+                for e in range(0, INPUT_TILE * INPUT_TILE, _BACKWARD_ELEMENTS):
+                    part = slice(e, e + _BACKWARD_ELEMENTS)
+                    u = (filter_transform[part] @ filters).view(-1, out_channels, in_channels)  # (E, K, C)
+                    torch.bmm(grad_products[part], u, out=grad_transformed[part])
+                    grad_u = torch.bmm(grad_products[part].transpose(1, 2), transformed[part])  # (E, K, C)
+                    grad_filters.addmm_(filter_transform[part].t(), grad_u.view(grad_u.shape[0], -1))
                 tiling.add_transposed(grad_padded, row, rows, grad_transformed)
             _copy_to_channels_first(grad_x[n], grad_padded[d:d + height, d:d + width])
-        return grad_x, _weight_gradient(grad_u, weight), None
+        return grad_x, grad_filters.t().reshape(weight.shape), None
 
 
 class WinogradConv2d(nn.Conv2d):
