@@ -16,8 +16,10 @@ ROUNDS = """
 import ctypes, resource, sys
 from knet.utils import memory
 mode = sys.argv[1]
-if mode in ("training", "low_memory", "low_memory_then_runner"):
-    assert memory.reuse_freed_memory(*{"training": (), "low_memory": (32 * 2 ** 20, True)}.get(mode, (32 * 2 ** 20, True)))
+low_memory = (32 * 2 ** 20, True)
+settings = {"training": (), "low_memory": low_memory, "low_memory_then_runner": low_memory}
+if mode in settings:
+    assert memory.reuse_freed_memory(*settings[mode])
 if mode.endswith("runner"):  # the predict path's runner on the CPU, as knet predict / test build it
     import torch
     from knet import build_model

@@ -138,25 +138,22 @@ class WindowMSA(nn.Module):
         heads = self.num_heads
         qkv = self.qkv(x).reshape(b, length, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, heads, L, d)
-        bias = self.relative_position_bias()
-        if mask is None:
-            attn_mask = bias.unsqueeze(0)  # broadcasts over windows
-        else:
-            num_windows = mask.shape[0]
+        # softmax(q * scale @ k^T + bias + mask) v, written out as the reference computes it
+        # (mmsegmentation's WindowMSA). PyTorch's fused scaled_dot_product_attention rounds
+        # differently, and with random weights the kernel-update head amplifies that: Swin-T
+        # UPerNet's logits were 1.46e-4 x max from the reference's with it, 8.8e-5 written out
+        # (knet's model as it is; its inference copy 1.27e-4 -> 8.3e-5). The -100 (not -inf) of
+        # the mask keeps the reference's values for pixels from other regions of a shifted window.
+        attn = (q * self.scale) @ k.transpose(-2, -1)  # (B, heads, L, L)
+        attn = attn + self.relative_position_bias().unsqueeze(0)
+        if mask is not None:
             # Windows of one image are consecutive in the batch (image-major), so the per-window
             # mask repeats once per image.
-            attn_mask = bias.unsqueeze(0) + mask.unsqueeze(1)  # (nW, heads, L, L)
-            attn_mask = attn_mask.unsqueeze(0).expand(b // num_windows, -1, -1, -1, -1)
-            attn_mask = attn_mask.reshape(b, heads, length, length)
-        # softmax(q k^T * scale + bias + mask) v, fused; the additive float mask keeps the
-        # reference's -100 (not -inf) for pixels from other regions of a shifted window.
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask.to(q.dtype),
-            dropout_p=self.attn_drop_rate if self.training else 0.0, scale=self.scale)
-        # An explicit copy, never a view: the ONNX exporter traces the fused CPU kernel, whose
-        # output is (B, L, heads, d)-major, but runs another with contiguous (B, heads, L, d)
-        # output, where a view of the transpose traced for the first is impossible.
-        out = out.transpose(1, 2).clone(memory_format=torch.contiguous_format).view(b, length, c)
+            num_windows = mask.shape[0]
+            attn = attn.view(b // num_windows, num_windows, heads, length, length) + mask.to(attn.dtype).unsqueeze(1).unsqueeze(0)
+            attn = attn.view(b, heads, length, length)
+        attn = F.dropout(attn.softmax(dim=-1), self.attn_drop_rate, self.training)
+        out = (attn @ v).transpose(1, 2).reshape(b, length, c)
         return self.proj_drop(self.proj(out))
 
 
