@@ -124,13 +124,18 @@ def _matrix(rows, like: torch.Tensor) -> torch.Tensor:
     return torch.tensor(rows, dtype=like.dtype, device=like.device)
 
 
+def _filter_transform(like: torch.Tensor) -> torch.Tensor:
+    """kron(G, G) (36, 9): a flattened 3x3 filter -> its 36 transformed values."""
+    g = _matrix(_G, like)
+    return torch.kron(g, g)
+
+
 def transform_weight(weight: torch.Tensor) -> torch.Tensor:
     """(K, C, 3, 3) filters -> (36, C, K): ``G g G^T`` for each (output, input) channel pair.
 
     One (36, 9) @ (9, K C) product (``G g G^T`` flattened is ``kron(G, G) @ vec(g)``); the result
     is a transposed view, which the matrix products read as it is."""
-    g = _matrix(_G, weight)
-    u = torch.kron(g, g) @ weight.reshape(-1, 9).t()  # (36, K C)
+    u = _filter_transform(weight) @ weight.reshape(-1, 9).t()  # (36, K C)
     return u.view(-1, weight.shape[0], weight.shape[1]).transpose(1, 2)
 
 
@@ -323,7 +328,7 @@ class _WinogradFunction(torch.autograd.Function):
         tiling = _Tiling(x.shape, ctx.dilation, x.element_size())
         d, height, width = tiling.d, tiling.height, tiling.width
         out_channels, in_channels = weight.shape[:2]
-        filter_transform = torch.kron(_matrix(_G, weight), _matrix(_G, weight))  # (36, 9)
+        filter_transform = _filter_transform(weight)  # (36, 9)
         filters = weight.reshape(-1, 9).t()  # (9, K C), a view
         output_transform = _output_transform(weight)
         grad_x = torch.empty_like(x)  # x's memory layout

@@ -150,8 +150,8 @@ class WindowMSA(nn.Module):
             # Windows of one image are consecutive in the batch (image-major), so the per-window
             # mask repeats once per image.
             num_windows = mask.shape[0]
-            attn = attn.view(b // num_windows, num_windows, heads, length, length) + mask.to(attn.dtype).unsqueeze(1).unsqueeze(0)
-            attn = attn.view(b, heads, length, length)
+            attn = attn.view(b // num_windows, num_windows, heads, length, length)
+            attn = (attn + mask.to(attn.dtype).unsqueeze(1).unsqueeze(0)).view(b, heads, length, length)
         attn = F.dropout(attn.softmax(dim=-1), self.attn_drop_rate, self.training)
         out = (attn @ v).transpose(1, 2).reshape(b, length, c)
         return self.proj_drop(self.proj(out))
