@@ -54,3 +54,24 @@ def test_models_lists_the_panoptic_and_instance_rows(capsys):
     assert rows["knet-r50-fpn-panoptic"]["checkpoint"].endswith("_20211017_151750-395fbcba.pth")
     assert main(["models"]) == 0
     assert "PQ 44.3" in capsys.readouterr().out
+
+
+def test_a_verb_run_in_process_leaves_torchs_thread_count_as_it_was(tmp_path, capsys):
+    """``--threads`` applies to the verb only: a program (or test) that calls ``main`` goes on with
+    its own thread count, after a success and after an error."""
+    import torch
+
+    before = torch.get_num_threads()
+    mine = 3 if before != 3 else 2
+    torch.set_num_threads(mine)
+    try:
+        assert main(["benchmark", "--model", "knet-r50-fcn-tiny", "--size", "32", "--iters", "1", "--warmup", "0",
+                     "--threads", "1", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["threads"] == 1
+        assert torch.get_num_threads() == mine
+        assert main(["test", "--model", "knet-r50-fcn-tiny", "--checkpoint", str(tmp_path / "missing.pth"),
+                     "--data-root", str(tmp_path), "--threads", "1"]) == 2
+        assert "missing" in capsys.readouterr().err
+        assert torch.get_num_threads() == mine
+    finally:
+        torch.set_num_threads(before)

@@ -44,7 +44,25 @@ def _load(module_name: str):
     return importlib.import_module(f"knet.apps.{module_name}")
 
 
+def _torch_threads() -> Optional[int]:
+    """Torch's CPU thread count when the caller has imported torch (None otherwise: the ONNX
+    paths run without it)."""
+    torch = sys.modules.get("torch")
+    return torch.get_num_threads() if torch is not None else None
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    """Run one verb; returns its exit code. Called in a process that already uses torch, it leaves
+    torch's thread count as it found it (``--threads`` applies to the verb only)."""
+    threads = _torch_threads()
+    try:
+        return _run(argv)
+    finally:
+        if threads is not None and _torch_threads() != threads:
+            sys.modules["torch"].set_num_threads(threads)
+
+
+def _run(argv: Optional[List[str]]) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(next((a for a in argv if a in VERBS), None))
     args = parser.parse_args(argv)
