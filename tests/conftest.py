@@ -30,10 +30,17 @@ PRESET_ROWS = [
 ]
 
 
+# torch's own choice of CPU threads (the cores it may use), what a user's process gets
+SESSION_THREADS = torch.get_num_threads()
+
+
 @pytest.fixture(autouse=True)
 def _deterministic_threads():
+    """Each test starts from seed 0 and with SESSION_THREADS (a test that sets its own, directly or
+    through an API's ``threads=``, does not slow every later one down)."""
     torch.manual_seed(0)
     yield
+    torch.set_num_threads(SESSION_THREADS)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from knet.engine import training as T
 from knet.engine.checkpoints import CLASS_DEPENDENT_KEYS
 from knet.engine.distributed import check_amp
 from knet.errors import CheckpointError, KnetError
-from tests.conftest import GLIBC, assert_same_first_iteration_on_cuda, needs_cuda
+from tests.conftest import GLIBC, SESSION_THREADS, assert_same_first_iteration_on_cuda, needs_cuda
 
 # A small, fast recipe for the loop tests: tiny model, 64 px crops, no warm-up surprises.
 FAST = {
@@ -163,6 +163,9 @@ def test_syncbn_conversion_keeps_names_and_parameters():
 # --------------------------------------------------------------------------------------------
 def test_tiny_knet_learns_the_toy_dataset(tmp_path):
     """A -tiny preset trained from scratch on CPU reaches mIoU >= 80% on held-out toy images."""
+    # All of torch's threads, as a user's run: the loader's worker waits for the steps (a few ms
+    # of data time per 0.25 s step at 2 threads; one thread makes the test 1.5x longer).
+    torch.set_num_threads(SESSION_THREADS)
     data = make_synthetic_dataset(tmp_path / "toy", num_classes=4, num_train=64, num_val=16, seed=0)
     cfg = knet.get_config("knet-r50-fcn-tiny", {
         "data.crop_size": "256,256", "data.train_scale": "256,256", "data.test_scale": "256,256",
