@@ -40,9 +40,7 @@ category id that is not in ``categories``, an undecodable segmentation), so that
 """
 from __future__ import annotations
 
-import contextlib
 import functools
-import io
 import json
 import os
 from pathlib import Path
@@ -53,6 +51,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from ..errors import DataError
+from ..utils.quiet import quiet_stdout
 from .coco_categories import CategoryTable, coco_panoptic_categories, contiguous_categories
 from .io import read_image
 
@@ -199,17 +198,12 @@ def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarra
     return mask_utils.decode(rle).astype(bool)
 
 
-def _quietly():
-    """pycocotools prints progress on stdout; keep it out of the user's log."""
-    return contextlib.redirect_stdout(io.StringIO())
-
-
 def _coco_index(data: Dict[str, Any], path: Path) -> COCO:
     """A pycocotools COCO over an already loaded json dict."""
     coco = COCO()
     coco.dataset = data
     try:
-        with _quietly():
+        with quiet_stdout():
             coco.createIndex()
     except (KeyError, TypeError) as err:
         raise DataError(f"{path}: malformed COCO json (an entry lacks {err})") from None

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import io
 import json
 import os
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
@@ -24,6 +23,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from ..utils.atomic import atomic_write_text
+from ..utils.quiet import quiet_stdout
 
 # The first six numbers of COCOeval.stats, in order.
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -35,16 +35,11 @@ def _to_numpy(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
-def _quietly():
-    """pycocotools prints progress on stdout; keep it out of the user's log."""
-    return contextlib.redirect_stdout(io.StringIO())
-
-
 def _coco_from_dict(dataset: Mapping[str, Any]) -> COCO:
     coco = COCO()
     # COCOeval rewrites the ground truth's segmentations in place (polygons -> RLE): work on a copy.
     coco.dataset = copy.deepcopy(dict(dataset))
-    with _quietly():
+    with quiet_stdout():
         coco.createIndex()
     return coco
 
@@ -204,7 +199,7 @@ class MaskAP:
         detections = self.results()
         with contextlib.ExitStack() as stack:
             if not verbose:
-                stack.enter_context(_quietly())
+                stack.enter_context(quiet_stdout())
             if detections:
                 coco_dt = self.coco_gt.loadRes(detections)
             else:  # loadRes refuses an empty list; an empty result set is still a valid input
