@@ -30,7 +30,30 @@ def resize(x: torch.Tensor, size, align_corners: bool = False) -> torch.Tensor:
     """Bilinear resize of (N,C,H,W) to ``size`` (H,W); a no-op when the size already matches."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
+    if (torch.compiler.is_dynamo_compiling() and not torch.compiler.is_exporting()
+            and not (torch.is_grad_enabled() and x.requires_grad)):
+        return resize_bilinear(x, size[0], size[1], align_corners)
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=align_corners)
+
+
+def _layout(x: torch.Tensor) -> torch.memory_format:
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+@torch.library.custom_op("knet::resize_bilinear", mutates_args=())
+def resize_bilinear(x: torch.Tensor, height: int, width: int, align_corners: bool) -> torch.Tensor:
+    """:func:`resize` as one operator, which ``torch.compile`` calls as it is (inference only: no
+    gradient). Inductor's own bilinear kernels, fused with the adds and concatenations around
+    them, took 0.28 s of a compiled Swin-T UPerNet forward at 512x512 where ATen's took 0.12 s."""
+    out = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=align_corners)
+    return out.contiguous(memory_format=_layout(x))
+
+
+@resize_bilinear.register_fake
+def _(x: torch.Tensor, height: int, width: int, align_corners: bool) -> torch.Tensor:
+    return torch.empty((x.shape[0], x.shape[1], height, width), dtype=x.dtype, device=x.device,
+                       memory_format=_layout(x))
 
 
 class DropPath(nn.Module):
