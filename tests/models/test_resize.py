@@ -8,7 +8,7 @@ from knet.models.layers import resize, resize_bilinear
 
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("align_corners", [False, True])
-def test_the_resize_operator_is_ataens_bilinear_in_the_inputs_layout(channels_last, align_corners):
+def test_the_resize_operator_is_atens_bilinear_in_the_inputs_layout(channels_last, align_corners):
     x = torch.randn(2, 5, 9, 13)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
