@@ -37,6 +37,8 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import nn
 
+from .layers import memory_layout
+
 OUTPUT_TILE = 4  # m in F(m x m, 3 x 3)
 INPUT_TILE = OUTPUT_TILE + 2  # alpha = m + r - 1
 
@@ -244,15 +246,11 @@ class _Tiling:
         return band.permute(1, 4, 2, 0, 5, 3, 6).reshape(m * m, -1)
 
 
-def _channels_last(x: torch.Tensor) -> bool:
-    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-
-
 def _like_input(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """(N, K, H, W) ``y``, a permuted view of an (N, H, W, K) tensor, in ``x``'s memory layout:
     channels-last stays so, anything else becomes contiguous (a direct convolution after this one
     then runs in the layout it was given)."""
-    if _channels_last(x):
+    if memory_layout(x) == torch.channels_last:
         return y.contiguous(memory_format=torch.channels_last)
     out = y.new_empty(y.shape)
     for n in range(y.shape[0]):
@@ -298,9 +296,8 @@ def winograd_convolution(x: torch.Tensor, transformed_weight: torch.Tensor, dila
 
 @winograd_convolution.register_fake
 def _(x: torch.Tensor, transformed_weight: torch.Tensor, dilation: int) -> torch.Tensor:
-    layout = torch.channels_last if _channels_last(x) else torch.contiguous_format
     return torch.empty((x.shape[0], transformed_weight.shape[2], x.shape[2], x.shape[3]), dtype=x.dtype,
-                       device=x.device, memory_format=layout)
+                       device=x.device, memory_format=memory_layout(x))
 
 
 # Tile elements (of 36) whose transformed filters and filter gradient the backward pass holds at a
