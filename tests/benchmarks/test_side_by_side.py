@@ -1,10 +1,15 @@
 """benchmarks/side_by_side.py on a -tiny preset, where the reference cannot run: it says so and
-prints knet's inference and training columns."""
+prints knet's inference and training columns; and, where the reference is installed, its logits
+check on several inputs."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
+import pytest
 
 from tests.conftest import subprocess_env
 
@@ -28,3 +33,25 @@ def test_side_by_side_runs_knets_columns_without_the_reference(tmp_path):
     for row in rows:
         seconds, memory = row[3].split(",")
         assert float(seconds.strip().rstrip("s")) > 0 and float(memory.strip().split()[0]) > 0
+
+
+REFERENCE_PYTHON = Path(__file__).resolve().parents[3] / ".refenv" / "bin" / "python"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not REFERENCE_PYTHON.exists(), reason=f"the reference is not installed ({REFERENCE_PYTHON})")
+def test_side_by_side_compares_logits_with_the_reference_on_several_inputs(tmp_path):
+    done = subprocess.run([sys.executable, str(SCRIPT), "--models", "fcn", "--size", "64", "--no-train", "--rounds", "1",
+                           "--repeats", "1", "--inputs", "2", "--work-dir", str(tmp_path)],
+                          capture_output=True, text=True, env=subprocess_env(), timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = done.stdout[done.stdout.index("Inference, batch 1"):]
+    assert "logits vs reference (x max), median / max over 2 inputs |" in table
+    row = next(line for line in table.splitlines() if line.startswith("| knet-r50-fcn |"))
+    figures = {name: (float(median), float(largest))
+               for name, median, largest in re.findall(r"([a-z][a-z0-9 ,]*?) (\S+) / (\S+?)(?:,|$)", row.split("|")[-2].strip())}
+    assert set(figures) == {"knet", "reference, 1 thread"}, row
+    for name, (median, largest) in figures.items():
+        assert 0 <= median <= largest < 1e-4, (name, row)
+    saved = np.load(tmp_path / "fcn.logits.npz")
+    assert saved["x"].shape == (2, 3, 64, 64) and saved["logits"].shape == saved["logits_one_thread"].shape == (2, 150, 64, 64)
