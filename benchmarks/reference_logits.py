@@ -1,6 +1,6 @@
 """The reference's (mmsegmentation 1.2.2) logits on seeded inputs, on its threads and on one thread.
 
-    REFERENCE_PYTHON benchmarks/reference_logits.py SHORT SIZE INPUTS OUT.npz
+    REFERENCE_PYTHON benchmarks/reference_logits.py SHORT SIZE INPUTS OUT.npz [--compile]
 
 Run by ``side_by_side.py`` with the reference's venv. Input ``i`` is ``torch.manual_seed(i)``
 then ``torch.randn(1, 3, SIZE, SIZE)``; input 0 is the one ``ref_bench.py infer`` times. The model
@@ -9,7 +9,10 @@ is ``ref_bench.build``'s (the weights ``ref_bench.py export`` writes). ``OUT.npz
 (``OMP_NUM_THREADS`` or every core), and ``logits_one_thread`` on one thread: the same network
 and input, summed in another order. How far these two lie apart is how closely float32 pins this
 network's output, which is the scale against which knet's difference from ``logits`` is read.
+With ``--compile`` also ``logits_compiled``: the reference's own forward through ``torch.compile``
+(Inductor, frozen weights, as knet's ``--compile``) on the default threads.
 """
+import argparse
 import sys
 from pathlib import Path
 
@@ -21,23 +24,31 @@ import ref_bench  # noqa: E402  (the reference's builder, from ../shared/referen
 
 
 def main() -> None:
-    short, size, inputs, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-    model = ref_bench.build(short).eval()
-    metas = [dict(img_shape=(size, size), ori_shape=(size, size))]
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("short")
+    parser.add_argument("size", type=int)
+    parser.add_argument("inputs", type=int)
+    parser.add_argument("out")
+    parser.add_argument("--compile", action="store_true")
+    args = parser.parse_args()
+    model = ref_bench.build(args.short).eval()
+    metas = [dict(img_shape=(args.size, args.size), ori_shape=(args.size, args.size))]
     threads = torch.get_num_threads()
-    xs, logits, logits_one_thread = [], [], []
+    compiled = torch.compile(lambda x: model.encode_decode(x, metas), options={"freezing": True}) if args.compile else None
+    saved = {"x": [], "logits": [], "logits_one_thread": [], "logits_compiled": []}
     with torch.inference_mode():
-        for seed in range(inputs):
+        for seed in range(args.inputs):
             torch.manual_seed(seed)
-            x = torch.randn(1, 3, size, size)
+            x = torch.randn(1, 3, args.size, args.size)
+            saved["x"].append(x.numpy())
             torch.set_num_threads(threads)
-            logits.append(model.encode_decode(x, metas).numpy())
+            saved["logits"].append(model.encode_decode(x, metas).numpy())
+            if compiled is not None:
+                saved["logits_compiled"].append(compiled(x).numpy())
             torch.set_num_threads(1)
-            logits_one_thread.append(model.encode_decode(x, metas).numpy())
-            xs.append(x.numpy())
-    np.savez(out, x=np.concatenate(xs), logits=np.concatenate(logits),
-             logits_one_thread=np.concatenate(logits_one_thread), threads=threads)
-    print(f"wrote {out}: {inputs} inputs, {threads} threads and 1")
+            saved["logits_one_thread"].append(model.encode_decode(x, metas).numpy())
+    np.savez(args.out, threads=threads, **{k: np.concatenate(v) for k, v in saved.items() if v})
+    print(f"wrote {args.out}: {args.inputs} inputs, {threads} threads and 1" + (", compiled" if args.compile else ""))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ on the same threads:
   with ``--compile`` knet's ``torch.compile`` path, with ``--onnx`` the exported file in ONNX
   Runtime, fp32 and int8. knet's logits are compared with the reference's on ``--inputs`` seeded
   inputs (the first is the timed one; ``reference_logits.py``), beside the reference's own
-  difference between one thread and the run's threads: how closely float32 pins the network's
+  difference between one thread and the run's threads (and with ``--compile``, between its
+  forward through ``torch.compile`` and its eager one): how closely float32 pins the network's
   output. (Swin-T UPerNet with these random weights moves by ~1e-4 x max when any one tensor
   early in its kernel-update head moves by one unit in the last place.)
 - training, batch 2: the reference's step (``ref_bench.py train``: forward, losses, backward,
@@ -139,11 +140,12 @@ def reference_losses(python: Path, short: str, batch: Path) -> Dict[str, float]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def reference_logits(python: Path, short: str, size: int, inputs: int, threads: int, out: Path) -> Dict[str, np.ndarray]:
-    """The reference's logits on ``inputs`` seeded inputs, on ``threads`` threads and on one
-    (``reference_logits.py``, in the reference's venv)."""
+def reference_logits(python: Path, short: str, size: int, inputs: int, threads: int, out: Path,
+                     compile: bool = False) -> Dict[str, np.ndarray]:
+    """The reference's logits on ``inputs`` seeded inputs, on ``threads`` threads and on one, and
+    with ``compile`` through ``torch.compile`` (``reference_logits.py``, in the reference's venv)."""
     done = LAUNCHER.run([str(python), str(REPO / "benchmarks" / "reference_logits.py"), short, str(size), str(inputs),
-                         str(out)], env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
+                         str(out)] + (["--compile"] if compile else []), env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
     if done.returncode != 0:
         sys.exit(f"reference logits failed:\n{done.stderr[-2000:]}")
     return dict(np.load(out))
@@ -250,11 +252,13 @@ def main() -> None:
             row = {"model": preset, **{name: statistics.median(v) for name, v in times.items()}}
             if reference_python is not None:
                 ref = reference_logits(reference_python, short, size, args.inputs, args.threads,
-                                       work / f"{short}.logits.npz")
+                                       work / f"{short}.logits.npz", compile=args.compile)
                 row["diffs"] = {name: logit_differences([runner(torch.from_numpy(image[None])).numpy() for image in ref["x"]],
                                                         ref["logits"])
                                 for name, runner in runners.items() if name in ("knet", "compiled", "onnx fp32")}
                 row["diffs"]["reference, 1 thread"] = logit_differences(ref["logits_one_thread"], ref["logits"])
+                if args.compile:
+                    row["diffs"]["reference compiled"] = logit_differences(ref["logits_compiled"], ref["logits"])
             infer_rows.append(row)
             print(f"inference {preset}: " + ", ".join(f"{k} {v:.3f} s" for k, v in row.items()
                                                        if isinstance(v, float)), flush=True)
