@@ -217,6 +217,31 @@ class MaskPostprocessConfig:
     max_per_img: int = 100
 
 
+@dataclass
+class MaskLossConfig:
+    """Training loss weights and Hungarian matching costs of the panoptic/instance models; the
+    defaults are the official ``knet/det`` values.
+
+    Losses: ``cls_weight`` the stages' sigmoid focal class loss, ``mask_weight`` mask BCE,
+    ``dice_weight`` dice, ``rank_weight`` the per-pixel rank loss (panoptic only), ``seg_weight``
+    the kernel head's semantic focal loss; ``focal_alpha``/``focal_gamma`` serve both focal losses
+    and the focal class cost. ``stage_weights``: a multiplier per kernel-update stage (None: 1 each).
+    Matching: ``cls_cost`` (focal, from the second stage on), ``mask_cost`` and ``dice_cost``.
+    """
+
+    cls_weight: float = 2.0
+    mask_weight: float = 1.0
+    dice_weight: float = 4.0
+    rank_weight: float = 0.1
+    seg_weight: float = 1.0
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    stage_weights: Optional[Tuple[float, ...]] = None
+    cls_cost: float = 2.0
+    mask_cost: float = 1.0
+    dice_cost: float = 4.0
+
+
 # --------------------------------------------------------------------------------------------
 # Recipe: data and schedule
 # --------------------------------------------------------------------------------------------
@@ -246,7 +271,9 @@ class MaskDataConfig:
     ``size_divisor`` with 0. Train: keep-ratio resize to one of ``train_scales`` (one scale: that
     scale; two with ``multiscale_mode="range"``: long and short sides drawn uniformly between
     theirs; ``"value"``: one of them at random), horizontal flip with ``flip_prob``, then as at
-    test time. Semantic maps use ``ignore_index`` for unlabelled pixels and padding.
+    test time. Semantic maps use ``ignore_index`` for unlabelled pixels and padding: the COCO
+    datasets, the training padding and collate and the losses all read it from here. Maps are
+    uint8, so it must lie in 0..255 and above every class label (``>= num_classes``).
     """
 
     test_scale: Tuple[int, int] = (1333, 800)
@@ -401,6 +428,8 @@ class KNetMaskConfig(ConfigBase):
     kernel_head: KernelHeadConfig = field(default_factory=KernelHeadConfig)
     kernel_update: MaskKernelUpdateConfig = field(default_factory=MaskKernelUpdateConfig)
     postprocess: MaskPostprocessConfig = field(default_factory=MaskPostprocessConfig)
+    # Configs written before this group existed (no "loss" key) load with these defaults.
+    loss: MaskLossConfig = field(default_factory=MaskLossConfig)
     data: MaskDataConfig = field(default_factory=MaskDataConfig)
     train: TrainConfig = field(default_factory=schedule_1x)
     class_names: Optional[List[str]] = None
@@ -435,6 +464,21 @@ class KNetMaskConfig(ConfigBase):
         if self.kernel_update.conv_kernel_size != 1:
             raise ConfigError("kernel_update.conv_kernel_size: the panoptic/instance kernel head makes 1x1 "
                               f"kernels, got {self.kernel_update.conv_kernel_size}")
+        check_mask_ignore_index(self.data.ignore_index, self.num_classes)
+        stage_weights = self.loss.stage_weights
+        if stage_weights is not None and len(stage_weights) != self.kernel_update.num_stages:
+            raise ConfigError(f"loss.stage_weights has {len(stage_weights)} values but the model has "
+                              f"{self.kernel_update.num_stages} kernel-update stages")
+
+
+def check_mask_ignore_index(ignore_index: int, num_classes: int) -> None:
+    """A ConfigError unless ``ignore_index`` fits the uint8 semantic maps of a panoptic/instance
+    model of ``num_classes`` classes: in 0..255 and not one of the labels 0..num_classes-1."""
+    if not 0 <= ignore_index <= 255:
+        raise ConfigError(f"data.ignore_index={ignore_index}: semantic maps are 8-bit, so it must be in 0..255")
+    if ignore_index < num_classes:
+        raise ConfigError(f"data.ignore_index={ignore_index} is the label of a class (the model has {num_classes} "
+                          f"classes, labels 0..{num_classes - 1}); choose a value in {num_classes}..255")
 
 
 ModelConfig = Union[KNetConfig, KNetMaskConfig]

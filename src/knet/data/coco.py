@@ -20,8 +20,9 @@ exactly as mmdet 2.x's loaders build them:
   among them (mmdet puts them in ``gt_bboxes_ignore``, which K-Net never reads: they are
   background);
 - ``sem_seg``: uint8 (H, W) semantic map (panoptic only, else None): every segment's label --
-  stuff 80.., things (crowd included, as ``LoadPanopticAnnotations``) their thing label -- and 255
-  on void pixels.
+  stuff 80.., things (crowd included, as ``LoadPanopticAnnotations``) their thing label -- and the
+  dataset's ``ignore_index`` (255 unless given: the model config's ``data.ignore_index``) on void
+  pixels.
 
 Panoptic items add ``pan_map`` (int32 (H, W) segment ids, 0 = void) and ``segments`` (one dict
 per ``segments_info`` entry: ``id, category_id, label, iscrowd, isthing, area, bbox``): the
@@ -71,7 +72,8 @@ __all__ = [
 
 COCO_PANOPTIC_KIND = "coco_panoptic"
 COCO_INSTANCE_KIND = "coco_instance"
-IGNORE_LABEL = 255  # sem_seg value of void pixels and of the pixels of skipped segments
+# Default sem_seg value of void pixels and of the pixels of skipped segments (``ignore_index``).
+IGNORE_LABEL = 255
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -224,9 +226,12 @@ class _CocoDataset:
     name = ""
 
     def __init__(self, root: PathLike, split: str, ann_file: Optional[PathLike],
-                 image_dir: Optional[PathLike]) -> None:
+                 image_dir: Optional[PathLike], ignore_index: int = IGNORE_LABEL) -> None:
         self.root = Path(root)
         self.split = split
+        self.ignore_index = int(ignore_index)
+        if not 0 <= self.ignore_index <= 255:
+            raise DataError(f"data.ignore_index={self.ignore_index}: semantic maps are 8-bit, so it must be in 0..255")
         if not self.root.is_dir():
             raise DataError(f"{self.root}: dataset folder not found")
         if ann_file is not None:
@@ -244,9 +249,10 @@ class _CocoDataset:
             raise DataError(f"missing image folder {self.image_dir}: expected the images of {self.ann_file.name} there")
         self.images: List[Dict[str, Any]] = self._check_images(self.data["images"])
         self.table: CategoryTable = self._table(self.data.get("categories"))
-        if self.table.num_classes > IGNORE_LABEL:
-            raise DataError(f"{self.ann_file}: {self.table.num_classes} categories; at most {IGNORE_LABEL} "
-                            "are supported (labels are 8-bit, 255 being the ignore value)")
+        if self.table.num_classes > self.ignore_index:
+            raise DataError(f"{self.ann_file}: {self.table.num_classes} categories but data.ignore_index="
+                            f"{self.ignore_index} is a class label; it must be in {self.table.num_classes}..255 "
+                            "(labels are 8-bit)")
         self.id_to_label: Dict[int, int] = self.table.id_to_label
 
     def _missing_json_message(self) -> str:
@@ -403,10 +409,11 @@ class CocoPanopticDataset(_CocoDataset):
             training set does (``filter_empty_gt``, off in test mode).
         min_size: drop images whose shorter side (json ``width``/``height``) is below this; mmdet
             uses 32 for training, 0 (keep all) for evaluation.
+        ignore_index: the ``sem_seg`` value of void pixels (in ``num_classes..255``).
 
     Items: see the module docstring. A segment is left out of ``masks``/``sem_seg`` (its pixels
-    are 255 in ``sem_seg``) when its json area is 0 or its bbox is under 1 px wide or high, as
-    mmdet 2.x does; ``pan_map``/``segments`` keep every segment (the evaluation ground truth).
+    are ``ignore_index`` in ``sem_seg``) when its json area is 0 or its bbox is under 1 px wide or
+    high, as mmdet 2.x does; ``pan_map``/``segments`` keep every segment (the evaluation ground truth).
     """
 
     name = COCO_PANOPTIC_KIND
@@ -414,9 +421,9 @@ class CocoPanopticDataset(_CocoDataset):
     def __init__(self, root: PathLike, split: str = "val2017", *, ann_file: Optional[PathLike] = None,
                  image_dir: Optional[PathLike] = None, panoptic_dir: Optional[PathLike] = None,
                  categories: Optional[Sequence[Mapping[str, Any]]] = None, filter_empty_gt: bool = False,
-                 min_size: int = 0) -> None:
+                 min_size: int = 0, ignore_index: int = IGNORE_LABEL) -> None:
         self._override_categories = categories
-        super().__init__(root, split, ann_file, image_dir)
+        super().__init__(root, split, ann_file, image_dir, ignore_index)
         self.panoptic_dir: Optional[Path] = None
         self._entries: Dict[Any, Dict[str, Any]] = {}
         if self.has_labels:
@@ -492,7 +499,7 @@ class CocoPanopticDataset(_CocoDataset):
         segments = self._segments(entry, image_id, pan_map)
 
         # The training targets, as mmdet 2.x's CocoPanopticDataset + LoadPanopticAnnotations.
-        sem_seg = np.full((height, width), IGNORE_LABEL, dtype=np.uint8)
+        sem_seg = np.full((height, width), self.ignore_index, dtype=np.uint8)
         masks, labels = [], []
         for segment in segments:
             if not _keeps_training_target(segment["area"], segment["bbox"]):
@@ -569,6 +576,8 @@ class CocoInstanceDataset(_CocoDataset):
         filter_empty_gt: drop images without any annotation of a known category (crowd ones
             count), as mmdet's training set (``CocoDataset._filter_imgs``).
         min_size: drop images whose shorter side is below this (mmdet trains with 32).
+        ignore_index: the models' void label (instance items have no semantic map; it is checked
+            against the number of classes as for panoptic datasets).
 
     Training targets (``masks``/``labels``) keep the annotations mmdet 2.x keeps: not crowd, not
     flagged ``ignore``, a positive area, a bbox of at least 1x1 px overlapping the image. For
@@ -579,9 +588,9 @@ class CocoInstanceDataset(_CocoDataset):
 
     def __init__(self, root: PathLike, split: str = "val2017", *, ann_file: Optional[PathLike] = None,
                  image_dir: Optional[PathLike] = None, categories: Optional[Sequence[Mapping[str, Any]]] = None,
-                 filter_empty_gt: bool = False, min_size: int = 0) -> None:
+                 filter_empty_gt: bool = False, min_size: int = 0, ignore_index: int = IGNORE_LABEL) -> None:
         self._override_categories = categories
-        super().__init__(root, split, ann_file, image_dir)
+        super().__init__(root, split, ann_file, image_dir, ignore_index)
         annotations = self.data.get("annotations", [])
         if self.has_labels:
             if not isinstance(annotations, list):

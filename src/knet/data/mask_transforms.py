@@ -15,7 +15,8 @@ Train::
 
 then mmdet's collate pads every image of a batch to the batch's largest (H, W) (images with 0, the
 semantic map with 255) and K-Net pads the masks to it (with 0) before bringing them to stride 4
-(:func:`knet.losses.batch_targets`).
+(:func:`knet.losses.batch_targets`). The semantic maps' 255 is ``seg_pad_value``, the model config's
+``data.ignore_index``.
 
 Keep-ratio resizing scales by ``min(long_max / long_side, short_max / short_side)`` (upscaling
 small images too) to ``int(side * factor + 0.5)``; images are resized as uint8 with OpenCV's
@@ -67,6 +68,7 @@ TEST_SCALE: Scale = (1333, 800)
 TRAIN_SCALES_1X: Tuple[Scale, ...] = ((1333, 800),)
 TRAIN_SCALES_MS_3X: Tuple[Scale, ...] = ((1333, 640), (1333, 800))
 SIZE_DIVISOR = 32
+# Default padding of the semantic maps: their ignore value (the model config's data.ignore_index).
 SEG_PAD_VALUE = 255
 
 
@@ -195,10 +197,12 @@ class MaskSample:
         image: float32 (3, H, W) normalised, 0 in the padding; H, W multiples of 32.
         masks: uint8 (K, H, W) thing masks, 0 in the padding.
         labels: int64 (K,) thing labels.
-        sem_seg: uint8 (H, W) semantic map, 255 in the padding (panoptic), or None (instance).
+        sem_seg: uint8 (H, W) semantic map, ``seg_pad_value`` in the padding (panoptic), or None
+            (instance).
         img_shape: (h, w) of the resized image inside ``image``.
         flipped: whether the sample was flipped horizontally.
         scale_factor: (w_scale, h_scale) = resized / original size per axis.
+        seg_pad_value: the semantic map's padding (its ignore value), which the collate continues.
     """
 
     image: np.ndarray
@@ -208,6 +212,7 @@ class MaskSample:
     img_shape: Shape
     flipped: bool
     scale_factor: Tuple[float, float]
+    seg_pad_value: int = SEG_PAD_VALUE
 
     @property
     def pad_shape(self) -> Shape:
@@ -277,7 +282,7 @@ class MaskTrainTransform:
             sem_seg = np.ascontiguousarray(pad_bottom_right(sem_seg, pad_shape, self.seg_pad_value))
         scale_factor = (img_shape[1] / image.shape[1], img_shape[0] / image.shape[0])
         return MaskSample(image=chw, masks=masks, labels=labels, sem_seg=sem_seg, img_shape=img_shape,
-                          flipped=flipped, scale_factor=scale_factor)
+                          flipped=flipped, scale_factor=scale_factor, seg_pad_value=self.seg_pad_value)
 
 
 @dataclass
@@ -288,7 +293,8 @@ class MaskBatch:
         images: float32 (B, 3, H, W), (H, W) the largest padded shape of the batch, 0 padding.
         masks: per image uint8 (K_i, H, W) thing masks, 0 padding.
         labels: per image int64 (K_i,).
-        sem_seg: uint8 (B, H, W) semantic maps with 255 padding, or None (instance models).
+        sem_seg: uint8 (B, H, W) semantic maps padded with their ignore value, or None (instance
+            models).
         img_shapes: per image (h, w) of the resized image (the region without padding).
     """
 
@@ -309,14 +315,20 @@ class MaskBatch:
                          img_shapes=list(self.img_shapes))
 
 
-def collate_mask_samples(samples: Sequence[MaskSample], seg_pad_value: int = SEG_PAD_VALUE) -> MaskBatch:
+def collate_mask_samples(samples: Sequence[MaskSample], seg_pad_value: Optional[int] = None) -> MaskBatch:
     """Batch samples as mmdet's collate does: every image, mask and semantic map padded at the
     bottom/right to the batch's largest (H, W) (images and masks with 0, maps with
-    ``seg_pad_value``)."""
+    ``seg_pad_value``, by default the samples' own ``seg_pad_value``)."""
     if not samples:
         raise ValueError("cannot collate an empty batch")
     if len({s.sem_seg is None for s in samples}) != 1:
         raise ValueError("either every sample of a batch has a semantic map or none has")
+    if seg_pad_value is None:
+        # The samples carry the transform's value, so the task's collate needs no config.
+        values = {s.seg_pad_value for s in samples}
+        if len(values) != 1:
+            raise ValueError(f"the samples of a batch have different semantic map paddings {sorted(values)}")
+        seg_pad_value = values.pop()
     images = stack_padded([s.image for s in samples], 0.0)
     shape = images.shape[-2:]
     masks = [torch.from_numpy(np.ascontiguousarray(pad_bottom_right(s.masks, shape, 0))) for s in samples]

@@ -29,6 +29,10 @@ from .mask_losses import (accuracy, build_rank_targets, dice_loss, mask_bce_loss
                           sigmoid_focal_loss)
 from .matching import AssignResult, MaskHungarianAssigner
 
+# Rank-loss label of pixels no positive kernel covers: a kernel index, never a data label, so it
+# is kept apart from ``data.ignore_index`` (with few classes that value can be a kernel's index).
+RANK_IGNORE_INDEX = -1
+
 
 @dataclass
 class DetTargets:
@@ -109,6 +113,9 @@ def prepare_targets(gt_masks: Sequence[Tensor], gt_labels: Sequence[Tensor], bat
 class KNetDetCriterion(nn.Module):
     """Hungarian matching + every loss of K-Net's panoptic / instance training (official values).
 
+    A model config's values are in its ``loss`` group (:class:`knet.config.MaskLossConfig`); the
+    data's void label (``data.ignore_index``) is consumed earlier, by :func:`prepare_targets`.
+
     Args:
         num_thing_classes: thing classes (80 on COCO).
         num_stuff_classes: stuff classes (53 on COCO panoptic); ignored when ``panoptic`` is False.
@@ -124,7 +131,6 @@ class KNetDetCriterion(nn.Module):
         mask_upsample_stride: factor by which mask and semantic logits are bilinearly upsampled
             before matching and losses (2: stride 8 predictions against stride 4 targets; 1 when
             the caller already passes stride-4 logits).
-        ignore_index: label of rank-loss pixels no positive target covers.
         reduce_mean: averages a tensor across distributed ranks (the focal normaliser is the mean
             number of positives over ranks); identity by default.
     """
@@ -134,7 +140,7 @@ class KNetDetCriterion(nn.Module):
                  cls_loss_weight: float = 2.0, mask_loss_weight: float = 1.0, dice_loss_weight: float = 4.0,
                  rank_loss_weight: float = 0.1, seg_loss_weight: float = 1.0, cls_cost_weight: float = 2.0,
                  mask_cost_weight: float = 1.0, dice_cost_weight: float = 4.0, focal_alpha: float = 0.25,
-                 focal_gamma: float = 2.0, mask_upsample_stride: int = 2, ignore_index: int = 255,
+                 focal_gamma: float = 2.0, mask_upsample_stride: int = 2,
                  reduce_mean: Optional[Callable[[Tensor], Tensor]] = None) -> None:
         super().__init__()
         self.num_thing_classes = num_thing_classes
@@ -154,7 +160,6 @@ class KNetDetCriterion(nn.Module):
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
         self.mask_upsample_stride = mask_upsample_stride
-        self.ignore_index = ignore_index
         self.reduce_mean = reduce_mean if reduce_mean is not None else (lambda x: x)
         self.assigner = MaskHungarianAssigner(cls_cost_weight, mask_cost_weight, dice_cost_weight,
                                               focal_alpha, focal_gamma)
@@ -171,6 +176,17 @@ class KNetDetCriterion(nn.Module):
         if tuple(logits.shape[-2:]) != expected:
             raise ValueError(f"upsampled predictions are {tuple(logits.shape[-2:])} but targets are {expected}: "
                              f"check mask_upsample_stride={self.mask_upsample_stride}")
+
+    def _check_stuff_labels(self, targets: Sequence[DetTargets]) -> None:
+        """A clear error for a semantic-map value that is neither a class nor the void label, which
+        would otherwise fail as an index error deep in the losses."""
+        for target in targets:
+            if self.panoptic and target.stuff_labels is not None and len(target.stuff_labels):
+                largest = int(target.stuff_labels.max())
+                if largest >= self.num_classes:
+                    raise ValueError(f"a semantic map holds the value {largest}, which is neither a class "
+                                     f"(0..{self.num_classes - 1}) nor the void label; the maps' void value must "
+                                     "be the ignore_index of prepare_targets (data.ignore_index)")
 
     def _assign_batch(self, mask_logits: Tensor, cls_logits: Optional[Tensor],
                       targets: Sequence[DetTargets]) -> List[AssignResult]:
@@ -204,9 +220,9 @@ class KNetDetCriterion(nn.Module):
             losses[f"{prefix}mask"] = self.mask_loss_weight * mask_bce_loss(mask_logits[positive], mask_targets[positive])
             losses[f"{prefix}dice"] = self.dice_loss_weight * dice_loss(mask_logits[positive], mask_targets[positive])
             if self.panoptic:
-                rank_targets = build_rank_targets(mask_targets, positive, self.ignore_index)
+                rank_targets = build_rank_targets(mask_targets, positive, RANK_IGNORE_INDEX)
                 losses[f"{prefix}rank"] = self.rank_loss_weight * rank_loss(mask_logits, rank_targets,
-                                                                            self.ignore_index)
+                                                                            RANK_IGNORE_INDEX)
         else:
             # Zero losses that still depend on the predictions, so every parameter gets a gradient.
             zero = mask_logits.sum() * 0
@@ -350,6 +366,7 @@ class KNetDetCriterion(nn.Module):
         if len(stage_mask_preds) != self.num_stages or len(stage_cls_scores) != self.num_stages:
             raise ValueError(f"expected {self.num_stages} stages of predictions, got {len(stage_mask_preds)} "
                              f"mask and {len(stage_cls_scores)} class tensors")
+        self._check_stuff_labels(targets)
         assignments = self.assign(rpn_mask_preds, stage_mask_preds, stage_cls_scores, targets)
         losses: Dict[str, Tensor] = {}
         for stage in range(self.num_stages):

@@ -9,6 +9,9 @@ official ``MaskHungarianAssigner`` (K-Net, mmdet 2.x):
          + 1 * mask_cost(sigmoid(mask))
          + 4 * dice_cost(sigmoid(mask))
 
+(the default weights; a model config sets them in ``loss.cls_cost``, ``loss.mask_cost`` and
+``loss.dice_cost``).
+
 Every cost here is computed without gradients: matching is a discrete decision on detached
 predictions.
 """

@@ -4,6 +4,7 @@ mmdetection test pipeline, and the collectives their evaluators need under torch
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -39,7 +40,10 @@ class MaskTask(Task):
 
     # ---- datasets ----------------------------------------------------------------------
     def dataset_options(self, config: KNetMaskConfig, training: bool) -> Dict[str, Any]:
-        return {"filter_empty_gt": True, "min_size": TRAIN_MIN_SIZE} if training else {}
+        options: Dict[str, Any] = {"ignore_index": config.data.ignore_index}
+        if training:
+            options.update(filter_empty_gt=True, min_size=TRAIN_MIN_SIZE)
+        return options
 
     def default_splits(self, root: Path) -> Tuple[str, str]:
         """COCO's ``train2017`` / ``val2017`` when the root has their json, else ``train`` / ``val``."""
@@ -62,17 +66,19 @@ class MaskTask(Task):
     # ---- training ----------------------------------------------------------------------
     def train_transform(self, config: KNetMaskConfig) -> MaskTrainTransform:
         """Keep-ratio resize to one of ``data.train_scales``, flip, normalise, pad to
-        ``data.size_divisor`` (``(image, item, rng) -> MaskSample``)."""
+        ``data.size_divisor``, semantic maps with ``data.ignore_index``
+        (``(image, item, rng) -> MaskSample``)."""
         data = config.data
         return MaskTrainTransform(scales=[tuple(s) for s in data.train_scales], multiscale_mode=data.multiscale_mode,
                                   flip_prob=data.flip_prob, mean=data.mean, std=data.std,
-                                  size_divisor=data.size_divisor)
+                                  size_divisor=data.size_divisor, seg_pad_value=data.ignore_index)
 
     def train_sample(self, item: Dict[str, Any], transform: Any, rng: np.random.Generator,
                      config: KNetMaskConfig) -> MaskSample:
         return transform(item["image"], item, rng)
 
     def collate(self, samples: Sequence[MaskSample]) -> MaskBatch:
+        """Pads the semantic maps with the value the samples carry (the transform's ``data.ignore_index``)."""
         return collate_mask_samples(samples)
 
     def batch_inputs(self, batch: MaskBatch, config: KNetMaskConfig,
@@ -93,11 +99,7 @@ class MaskTask(Task):
         batch (:func:`knet.losses.prepare_targets`); ``reduce_mean``: under torchrun, the
         class losses are normalised by the mean number of positives over the processes.
         """
-        criterion = KNetDetCriterion(
-            num_thing_classes=config.num_thing_classes, num_stuff_classes=config.num_stuff_classes,
-            num_proposals=config.kernel_head.num_proposals, panoptic=config.task == "panoptic",
-            num_stages=config.kernel_update.num_stages, ignore_index=config.data.ignore_index,
-            reduce_mean=reduce_mean)
+        criterion = self._criterion(config, reduce_mean)
         predictions = [output.mask_logits[0], output.semantic_logits, list(output.mask_logits[1:]),
                        list(output.cls_logits[1:])]
         finite = bool(torch.stack([torch.isfinite(t.detach()).all() for t in _tensors(predictions)]).all())
@@ -111,6 +113,26 @@ class MaskTask(Task):
         if not finite:
             losses = {key: value * float("nan") for key, value in losses.items()}
         return losses
+
+    def _criterion(self, config: KNetMaskConfig, reduce_mean: Optional[ReduceMean]) -> KNetDetCriterion:
+        """The criterion of ``config``'s loss settings, built on the first call and kept while the
+        settings (and ``reduce_mean``) stay the same: a run builds it once, not per step."""
+        key = (config.num_thing_classes, config.num_stuff_classes, config.kernel_head.num_proposals, config.task,
+               config.kernel_update.num_stages, dataclasses.astuple(config.loss))
+        cached = getattr(self, "_cached_criterion", None)
+        if cached is not None and cached[0] == key and cached[1] is reduce_mean:
+            return cached[2]
+        loss = config.loss
+        criterion = KNetDetCriterion(
+            num_thing_classes=config.num_thing_classes, num_stuff_classes=config.num_stuff_classes,
+            num_proposals=config.kernel_head.num_proposals, panoptic=config.task == "panoptic",
+            num_stages=config.kernel_update.num_stages, stage_loss_weights=loss.stage_weights,
+            cls_loss_weight=loss.cls_weight, mask_loss_weight=loss.mask_weight, dice_loss_weight=loss.dice_weight,
+            rank_loss_weight=loss.rank_weight, seg_loss_weight=loss.seg_weight, cls_cost_weight=loss.cls_cost,
+            mask_cost_weight=loss.mask_cost, dice_cost_weight=loss.dice_cost, focal_alpha=loss.focal_alpha,
+            focal_gamma=loss.focal_gamma, reduce_mean=reduce_mean)
+        self._cached_criterion = (key, reduce_mean, criterion)
+        return criterion
 
     # ---- inference ---------------------------------------------------------------------
     def pipeline(self, model: Any, **options: Any) -> Any:
