@@ -209,3 +209,27 @@ def test_predict_needs_a_checkpoint(images, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["predict", "--model", "knet-r50-fcn-tiny", str(images), "--out-dir", str(tmp_path / "o")])
     assert "--checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("out", ["same", "symlink", "dotdot"])
+def test_an_out_dir_that_would_overwrite_an_input_is_refused_before_any_work(tmp_path, model_dir, capsys, out):
+    rng = np.random.default_rng(1)
+    photos = tmp_path / "photos"
+    _write(photos / "astronaut.png", _image(rng))
+    _write(photos / "rocket.jpg", _image(rng))
+    (tmp_path / "link").symlink_to(photos)
+    out_dir = {"same": photos, "symlink": tmp_path / "link", "dotdot": photos / "x" / ".."}[out]
+    before = {p.name: p.read_bytes() for p in photos.iterdir()}
+    assert main(["predict", "--pretrained", str(model_dir), str(photos), "--out-dir", str(out_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "would overwrite the input" in err and "astronaut.png" in err
+    assert {p.name: p.read_bytes() for p in photos.iterdir()} == before
+
+
+def test_an_out_dir_beside_the_inputs_is_fine(tmp_path, model_dir):
+    rng = np.random.default_rng(1)
+    photos = tmp_path / "photos"
+    _write(photos / "rocket.jpg", _image(rng))
+    before = (photos / "rocket.jpg").read_bytes()
+    assert main(["predict", "--pretrained", str(model_dir), str(photos), "--out-dir", str(photos)]) == 0
+    assert (photos / "rocket.jpg").read_bytes() == before and (photos / "rocket.png").is_file()

@@ -132,6 +132,19 @@ def test_reduce_zero_label_and_show_dir(tmp_path, folder_model, capsys):
     assert np.array(Image.open(show / "im0.png")).shape == (30, 80, 3)
 
 
+def test_outputs_that_would_replace_inputs_are_refused(tmp_path, folder_model, capsys):
+    root = make_folder(tmp_path / "data", num_classes=3)
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    (tmp_path / "masks_link").symlink_to(root / "masks" / "val")
+    for extra, fragment in ((["--out", root / "classes.txt"], "would overwrite the input"),
+                            (["--out", folder_model / "config.json"], "would overwrite the input"),
+                            (["--show-dir", root / "images" / "val"], "would replace the inputs"),
+                            (["--show-dir", tmp_path / "masks_link"], "would replace the inputs")):
+        assert _test("--checkpoint", folder_model, "--data-root", root, "--quiet", *extra) == 2
+        _assert_error(capsys, fragment)
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+
+
 # ---- bad input -------------------------------------------------------------------------------
 def _assert_error(capsys, *fragments):
     err = capsys.readouterr().err.strip()

@@ -167,3 +167,15 @@ def test_convert_cli_refuses_the_wrong_preset_in_one_line(tmp_path, fcn_ref, cap
     assert err.startswith("knet convert: error:") and "knet-r50-fcn-tiny" in err
     assert len(err.strip().splitlines()) == 1
     assert not out.exists()  # nothing half-written
+
+
+def test_convert_cli_refuses_to_write_over_its_input(tmp_path, fcn_ref, capsys):
+    out = tmp_path / "native"
+    assert cli_main(["convert", str(fcn_ref), str(out), "--model", "knet-r50-fcn-tiny"]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    for checkpoint in (out, out / "model.safetensors"):
+        assert cli_main(["convert", str(checkpoint), str(out / "sub" / "..")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("knet convert: error: out_dir: writing") and "would overwrite the input" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

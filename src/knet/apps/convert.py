@@ -18,6 +18,12 @@ def run(args: argparse.Namespace) -> int:
     from ..checkpoint import load_model, save_pretrained
     from ..config import parse_set_options
 
+    from pathlib import Path
+
+    from ..utils.outputs import refuse_overwriting_inputs
+
+    refuse_overwriting_inputs([("out_dir", Path(args.out_dir) / name) for name in ("model.safetensors", "config.json")],
+                              [args.checkpoint])
     model = load_model(args.checkpoint, args.model, parse_set_options(args.overrides) or None)
     out = save_pretrained(model, args.out_dir)
     params = sum(p.numel() for p in model.parameters())

@@ -87,6 +87,12 @@ def add_low_memory(parser: argparse.ArgumentParser) -> None:
                              "the system (at 512x512: ~0.6-0.7x the peak memory, ~20-40%% more time)")
 
 
+def add_no_winograd(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-winograd", dest="winograd", action="store_false",
+                        help="on the CPU, train the wide 3x3 convolutions with the direct convolution instead of "
+                             "Winograd F(4x4,3x3) (the trained model holds plain convolutions either way)")
+
+
 def add_compile(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true",
                         help="run the torch model through torch.compile: each new input size compiles once "
@@ -112,3 +118,17 @@ def onnx_runner(args: argparse.Namespace):
         raise KnetError(f"--onnx {args.onnx} holds {runner.config.name}, not --model {args.model} "
                         "(leave --model out: the file carries its config)")
     return runner
+
+
+def inference_allocator(args: argparse.Namespace):
+    """The allocator setting of a verb that runs models (``allocator_setting`` of its module)."""
+    from ..utils.memory import INFERENCE
+
+    return INFERENCE
+
+
+def training_allocator(args: argparse.Namespace):
+    """The allocator setting of a verb that trains: ``--low-memory`` gives large freed buffers back."""
+    from ..utils.memory import LOW_MEMORY_TRAINING, TRAINING
+
+    return LOW_MEMORY_TRAINING if getattr(args, "low_memory", False) else TRAINING

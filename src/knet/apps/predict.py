@@ -36,8 +36,11 @@ from typing import List, Optional, Sequence, Set
 from ..data.io import IMAGE_SUFFIXES
 from ..errors import DataError, KnetError
 from ..inference.files import PredictItem, predict
+from ..utils.outputs import refuse_overwriting_inputs
 from . import options
 _MAGIC = set("*?[")
+# What a result may write per image, after its output name (see :mod:`knet.inference.mask_results`).
+OUTPUT_SUFFIXES = (".png", "_overlay.png", ".npy", ".json")
 
 
 # --------------------------------------------------------------------------------------------
@@ -153,7 +156,7 @@ def _unique_names(items: List[PredictItem]) -> List[PredictItem]:
         relative, n = item.relative, 1
         while True:
             names = {(relative.parent / (relative.name + s)).as_posix().lower()
-                     for s in (".png", "_overlay.png", ".npy", ".json")}
+                     for s in OUTPUT_SUFFIXES}
             if not names & claimed:
                 break
             n += 1
@@ -209,6 +212,9 @@ def _build_segmenter(args: argparse.Namespace):
     return Segmenter(args.model, checkpoint=args.checkpoint, **settings)
 
 
+allocator_setting = options.inference_allocator
+
+
 def run(args: argparse.Namespace) -> int:
     if not 0.0 <= args.opacity <= 1.0:
         raise KnetError(f"--opacity must be between 0 and 1, got {args.opacity}")
@@ -218,6 +224,10 @@ def run(args: argparse.Namespace) -> int:
     if out_dir.exists() and not out_dir.is_dir():
         raise KnetError(f"--out-dir {out_dir}: exists and is not a folder")
     items = expand_inputs(args.inputs, out_dir)  # every input error before the model is loaded
+    refuse_overwriting_inputs(
+        [("--out-dir", item.base(out_dir).with_name(item.base(out_dir).name + suffix))
+         for item in items for suffix in OUTPUT_SUFFIXES],
+        [item.path for item in items] + [args.checkpoint, args.pretrained, args.onnx])
     if args.threads is not None and not args.onnx:  # ONNX Runtime takes them itself (and needs no torch)
         import torch
 

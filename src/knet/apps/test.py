@@ -65,6 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     options.add_overrides(parser)
 
 
+allocator_setting = options.inference_allocator
+
+
 def run(args: argparse.Namespace) -> int:
     from ..engine.distributed import dist_info_from_env, init_distributed, leave_process_group, process_device
 
@@ -123,6 +126,7 @@ def _evaluate(args: argparse.Namespace, info, device) -> None:
     if args.reduce_zero_label:
         dataset_kwargs["reduce_zero_label"] = True
     dataset = build_dataset(kind, args.data_root, args.split, **dataset_kwargs)
+    _refuse_overwriting(args, dataset)
     result = run_evaluation(
         model, dataset, task=task, mode=args.mode, tta=args.tta, batch_size=args.batch_size, device=device,
         workers=args.workers, crop_size=args.crop_size, stride=args.stride, test_scale=args.test_scale,
@@ -145,3 +149,18 @@ def _evaluate(args: argparse.Namespace, info, device) -> None:
         print(f"skipped {len(result.skipped)} bad item(s):", file=sys.stderr)
         for path, message in result.skipped:
             print(f"  {message}", file=sys.stderr)
+
+
+def _refuse_overwriting(args: argparse.Namespace, dataset) -> None:
+    """Before any work: no output may replace the checkpoint or a file of the dataset."""
+    from pathlib import Path
+
+    from ..utils.outputs import refuse_input_folders, refuse_overwriting_inputs
+
+    folders = [getattr(dataset, name, None) for name in ("root", "image_dir", "label_dir", "mask_dir", "panoptic_dir")]
+    outputs = [("--out", args.out)] if args.out else []
+    if args.format_only:
+        outputs += [("--format-only", Path(args.format_only) / name) for name in ("panoptic.json", "segm.json")]
+    refuse_overwriting_inputs(outputs, [args.checkpoint, args.onnx, getattr(dataset, "ann_file", None)] + folders)
+    refuse_input_folders([("--show-dir", args.show_dir),
+                          ("--format-only", args.format_only and Path(args.format_only) / "panoptic")], folders[1:])
