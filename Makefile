@@ -23,7 +23,7 @@ test-fast: venv
 	$(BIN)/python -m pytest -q -m "not slow"
 
 demo: venv
-	$(BIN)/knet demo --out-dir demo_out
+	$(BIN)/knet demo
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache

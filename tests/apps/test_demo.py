@@ -49,16 +49,44 @@ def test_short_demo_writes_everything(tmp_path, capsys):
         assert str(out / name) in printed
 
 
-def test_demo_runs_again_in_the_same_folder(tmp_path):
+def test_demo_runs_again_in_the_same_folder_and_replaces_only_its_own_files(tmp_path, capsys):
     out = tmp_path / "demo"
     argv = ["demo", "--out-dir", str(out), "--iters", "2", "--num-train", "5", "--num-val", "3",
             "--image-size", "48", "--quiet"]
     assert main(argv) == 0
-    (out / "notes.txt").write_text("mine")
+    manifest = json.loads((out / ".knet-demo.json").read_text())
+    assert manifest["complete"] and "model/model.safetensors" in manifest["files"]
     argv[argv.index("--num-train") + 1] = "3"
     assert main(argv) == 0  # a fresh run, not refused over the earlier run's checkpoints
     assert len(list((out / "data" / "images" / "train").glob("*.png"))) == 3
+    (out / "notes.txt").write_text("mine")
+    (out / "predictions" / "0007.png").write_bytes(b"not the demo's")  # a demo name the manifest does not list
+    assert main(argv) == 2
+    assert "holds files the demo did not write (notes.txt, predictions/0007.png)" in capsys.readouterr().err
+    assert main(argv + ["--overwrite"]) == 0
     assert (out / "notes.txt").read_text() == "mine"
+    assert not (out / "predictions" / "0007.png").exists()  # --overwrite replaces the demo's own names
+
+
+def test_demo_refuses_a_folder_of_user_files_before_any_work(tmp_path, capsys):
+    out = tmp_path / "photos"
+    out.mkdir()
+    (out / "report.md").write_text("my report")
+    assert main(["demo", "--out-dir", str(out), "--iters", "2", "--quiet"]) == 2
+    assert "holds files the demo did not write (report.md)" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["report.md"] and (out / "report.md").read_text() == "my report"
+
+
+def test_demos_of_two_tasks_keep_each_others_files(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    short = ["--iters", "2", "--num-train", "3", "--num-val", "2", "--image-size", "48", "--quiet"]
+    assert main(["demo", *short]) == 0
+    semantic = {p: p.read_bytes() for p in Path("demo_out/semantic").rglob("*") if p.is_file()}
+    assert Path("demo_out/semantic/model/model.safetensors") in semantic
+    assert main(["demo", "--task", "panoptic", *short]) == 0
+    assert Path("demo_out/panoptic/model/model.safetensors").is_file()
+    assert {p: p.read_bytes() for p in Path("demo_out/semantic").rglob("*") if p.is_file()} == semantic
+    assert "knet predict --pretrained demo_out/panoptic/model" in Path("demo_out/panoptic/report.md").read_text()
 
 
 def test_demo_rejects_bad_options(tmp_path, capsys):

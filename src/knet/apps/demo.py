@@ -1,8 +1,12 @@
 """``knet demo``: K-Net end to end on a fresh machine, with nothing to download.
 
-    knet demo --out-dir demo_out                    # semantic segmentation (the default)
-    knet demo --task panoptic --out-dir demo_pan    # panoptic: things and stuff
-    knet demo --task instance --out-dir demo_ins    # instance: the things alone
+    knet demo                     # semantic segmentation (the default), into demo_out/semantic
+    knet demo --task panoptic     # panoptic: things and stuff, into demo_out/panoptic
+    knet demo --task instance     # instance: the things alone, into demo_out/instance
+
+Each run records the files it writes in ``<out-dir>/.knet-demo.json``; a later run in the same
+folder replaces those and nothing else, and refuses a folder holding other files unless
+``--overwrite``.
 
 1. generates a small dataset of synthetic scenes: for ``semantic`` a textured background and
    objects of three other textures and shapes (:mod:`knet.data.synthetic`, folder layout); for
@@ -22,19 +26,23 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fnmatch
+import json
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Set
 
 import numpy as np
 
 from ..errors import KnetError
 from ..utils.atomic import atomic_write_text
+from . import options
 
 PRESET = "knet-r50-fcn-tiny"
 NUM_CLASSES = 4
+DEMO_ROOT = Path("demo_out")  # each task's default folder lies under it
 EXPECTED_MIOU = 80.0  # what the default semantic run reaches comfortably (about 90%)
 
 # What the generated COCO scenes' classes look like (knet.data.synthetic_coco).
@@ -152,7 +160,7 @@ class DemoSettings:
     """The demo's knobs; None takes the task's default (:data:`RECIPES`), the one ``make demo``
     runs."""
 
-    out_dir: Path = Path("demo_out")
+    out_dir: Optional[Path] = None  # None: DEMO_ROOT/<task>
     task: str = "semantic"
     iters: Optional[int] = None
     seed: int = 0
@@ -165,6 +173,7 @@ class DemoSettings:
     device: str = "cpu"
     threads: Optional[int] = None
     quiet: bool = False
+    overwrite: bool = False
 
     @property
     def recipe(self) -> DemoRecipe:
@@ -177,6 +186,7 @@ class DemoSettings:
         recipe = self.recipe
         defaults = {name: getattr(recipe, name) for name in ("iters", "num_train", "num_val", "image_size",
                                                              "batch_size", "lr", "threads")}
+        defaults["out_dir"] = DEMO_ROOT / self.task
         return dataclasses.replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
 
     def config_overrides(self) -> Dict[str, Any]:
@@ -187,7 +197,12 @@ class DemoSettings:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", choices=tuple(RECIPES), default="semantic",
                         help="what to learn: semantic (default), panoptic or instance segmentation")
-    parser.add_argument("--out-dir", default="demo_out", metavar="DIR", help="output folder (default demo_out)")
+    parser.add_argument("--out-dir", default=None, metavar="DIR",
+                        help=f"output folder (default {DEMO_ROOT}/TASK); a later run replaces only the files an "
+                             "earlier demo recorded there")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="run in a folder that holds other files: files with the demo's names are replaced, "
+                             "the rest is kept")
     parser.add_argument("--iters", type=int, default=None,
                         help="training iterations (default 300 semantic, 1000 panoptic / instance)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the data and the training (default 0)")
@@ -225,13 +240,13 @@ def _check(settings: DemoSettings) -> None:
         raise KnetError(f"--out-dir {out}: exists and is not a folder")
 
 
-# Files of an earlier demo run in the same output folder: removed before a new run starts fresh
-# (training refuses a work dir holding another run's checkpoints; a smaller dataset must not keep
-# the earlier run's extra scenes). Scenes are named NNNN (folder layout) or by their 12-digit
-# COCO image id. Nothing else in the folder is touched.
+# What a demo run writes into its folder: a run deletes these only where a manifest says a demo
+# wrote them, or with --overwrite. Scenes are named NNNN (folder layout) or by their 12-digit COCO
+# image id.
 _SCENE = "[0-9][0-9][0-9][0-9]"
 _COCO_SCENE = "[0-9]" * 12
-_PREVIOUS_RUN = (
+_DEMO_FILES = (
+    "report.md", "metrics.json", "curves.png", "gallery.png", "model/model.safetensors", "model/config.json",
     "train/iter_*.pth", "train/best_*_iter_*.pth", "train/last_checkpoint", "train/log.jsonl",
     "train/config.json", "train/tb/events.*", "data/classes.txt", "data/palette.txt",
     *(f"data/{kind}/{split}/{_SCENE}.png" for kind in ("images", "masks") for split in ("train", "val")),
@@ -240,13 +255,50 @@ _PREVIOUS_RUN = (
     *(f"data/annotations/{kind}_{split}.json" for kind in ("panoptic", "instances") for split in ("train", "val")),
     *(f"predictions/{name}{suffix}" for name in (_SCENE, _COCO_SCENE) for suffix in (".png", "_overlay.png", ".json")),
 )
+# The demo's record of the files it wrote in its folder.
+MANIFEST = ".knet-demo.json"
 
 
-def _clear_previous_run(out: Path) -> None:
-    for pattern in _PREVIOUS_RUN:
-        for path in out.glob(pattern):
-            if path.is_file():
-                path.unlink()
+def _files_under(out: Path) -> List[str]:
+    return sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() or p.is_symlink())
+
+
+def _is_demo_file(name: str) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in _DEMO_FILES)
+
+
+def _claim_out_dir(out: Path, overwrite: bool) -> List[str]:
+    """Make ``out`` ready for a run; returns the files in it that are not the demo's (kept).
+
+    A folder holding only what an earlier demo recorded in its manifest (or, for a run that
+    stopped before writing it, the demo's own file names) is cleared of those files. Anything else
+    there is refused, unless ``overwrite``: then the files with the demo's names are replaced and
+    the rest is left alone."""
+    present = [name for name in _files_under(out) if name != MANIFEST]
+    manifest_path = out / MANIFEST
+    recorded: Optional[Set[str]] = None
+    if manifest_path.is_file():
+        try:
+            manifest = json.loads(manifest_path.read_text())
+            recorded = set(manifest["files"]) if manifest.get("complete") else {n for n in present if _is_demo_file(n)}
+        except (ValueError, KeyError, TypeError):
+            raise KnetError(f"{manifest_path}: not a knet demo manifest; remove it or choose another --out-dir") from None
+    ours = recorded if recorded is not None else set()
+    if overwrite:
+        ours |= {n for n in present if _is_demo_file(n)}
+    foreign = [name for name in present if name not in ours]
+    if foreign and not overwrite:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise KnetError(f"--out-dir {out} holds files the demo did not write ({shown}); choose another folder "
+                        "or pass --overwrite (replaces the demo's own file names, keeps the rest)")
+    for name in sorted(ours & set(present)):
+        (out / name).unlink()
+    _write_manifest(out, complete=False, files=[])
+    return foreign
+
+
+def _write_manifest(out: Path, complete: bool, files: List[str]) -> None:
+    atomic_write_text(out / MANIFEST, json.dumps({"complete": complete, "files": files}, indent=1) + "\n")
 
 
 def _gallery(task: Any, config: Any, images: List[np.ndarray], truths: List[Any], predictions: List[Any]) -> np.ndarray:
@@ -361,7 +413,7 @@ def _run_demo(settings: DemoSettings) -> Dict[str, Any]:
     start = time.perf_counter()
     out = settings.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    _clear_previous_run(out)
+    foreign = set(_claim_out_dir(out, settings.overwrite))
     data_dir, work_dir, model_dir = out / "data", out / "train", out / "model"
     pred_dir = out / "predictions"
 
@@ -436,13 +488,18 @@ def _run_demo(settings: DemoSettings) -> Dict[str, Any]:
     record = {**metrics, **info, "files": {name: str(out / name) for name in files}}
     write_json(out / "metrics.json", record)
     atomic_write_text(out / "report.md", _report(settings, task, metrics, info, files))
+    _write_manifest(out, complete=True, files=[n for n in _files_under(out) if n != MANIFEST and n not in foreign])
     return record
+
+
+allocator_setting = options.training_allocator
 
 
 def run(args: argparse.Namespace) -> int:
     from ..tasks import get_task
 
-    settings = DemoSettings(out_dir=Path(args.out_dir), task=args.task, iters=args.iters, seed=args.seed,
+    settings = DemoSettings(out_dir=Path(args.out_dir) if args.out_dir else None, overwrite=args.overwrite,
+                            task=args.task, iters=args.iters, seed=args.seed,
                             num_train=args.num_train, num_val=args.num_val, image_size=args.image_size,
                             device=args.device, threads=args.threads, quiet=args.quiet).resolved()
     record = run_demo(settings)
