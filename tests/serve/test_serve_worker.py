@@ -88,3 +88,23 @@ def test_stop_fails_the_jobs_still_waiting_and_skips_cancelled_ones():
     assert first.result(10) == 1 and seen == [1]
     with pytest.raises(RuntimeError, match="shutting down"):
         left.result(1)
+
+
+def test_on_idle_runs_after_a_batch_that_drains_the_queue_and_its_errors_are_ignored():
+    gate, idle_calls = threading.Event(), []
+
+    def on_idle():
+        idle_calls.append(worker.batches_run)
+        raise RuntimeError("housekeeping failed")
+
+    worker = BatchQueue(lambda jobs: (gate.wait(10), [j for j in jobs])[1], batch_size=1, queue_size=10,
+                        on_idle=on_idle)
+    worker.start()
+    try:
+        futures = [worker.submit(j) for j in range(3)]  # three batches of one; only the last drains the queue
+        gate.set()
+        assert [f.result(10) for f in futures] == [0, 1, 2]
+        assert worker.submit(3).result(10) == 3  # the worker goes on after on_idle raised
+    finally:
+        worker.stop()
+    assert idle_calls == [3, 4]

@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
+from ..utils.memory import release_free_memory
 from .service import Reply, RequestError, SegmentJob, SegmentService, upload_name
 from .worker import BatchQueue, QueueFull
 
@@ -35,12 +36,15 @@ STATIC = Path(__file__).resolve().parent / "static"
 class ServeSettings:
     """The server's limits. ``max_pixels``: the largest image (width x height); ``max_upload_mb``:
     the largest request body (MiB); ``queue_size``: requests waiting for the model before 503;
-    ``batch_size``: the most images per run of the model."""
+    ``batch_size``: the most images per run of the model; ``release_memory``: hand the free heap
+    back to the system whenever the queue drains, so that a burst of large images does not stay
+    in the server's resident memory (:func:`knet.utils.memory.release_free_memory`)."""
 
     max_pixels: int = 4_000_000
     max_upload_mb: float = 20.0
     queue_size: int = 32
     batch_size: int = 4
+    release_memory: bool = True
 
     @property
     def max_upload_bytes(self) -> int:
@@ -200,7 +204,8 @@ def create_app(segmenter: Any, settings: Optional[ServeSettings] = None) -> Fast
     ``with TestClient(app)``)."""
     settings = settings or ServeSettings()
     service = SegmentService(segmenter, settings.max_pixels)
-    worker: BatchQueue[SegmentJob] = BatchQueue(service.run_batch, settings.batch_size, settings.queue_size)
+    worker: BatchQueue[SegmentJob] = BatchQueue(service.run_batch, settings.batch_size, settings.queue_size,
+                                                on_idle=release_free_memory if settings.release_memory else None)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -53,12 +53,16 @@ class BatchQueue(Generic[J]):
             the batch gets that exception.
         batch_size: the most jobs handed to one ``run_batch`` call.
         queue_size: the most jobs waiting (the batch being run is not counted).
+        on_idle: called on the worker thread after a batch that leaves the queue empty (e.g. to
+            hand memory back to the system); its errors are ignored.
     """
 
-    def __init__(self, run_batch: Callable[[List[J]], List[Outcome]], batch_size: int, queue_size: int) -> None:
+    def __init__(self, run_batch: Callable[[List[J]], List[Outcome]], batch_size: int, queue_size: int,
+                 on_idle: Optional[Callable[[], Any]] = None) -> None:
         if batch_size < 1 or queue_size < 1:
             raise ValueError(f"batch_size and queue_size must be positive, got {batch_size}, {queue_size}")
         self.run_batch = run_batch
+        self.on_idle = on_idle
         self.batch_size = batch_size
         self.queue_size = queue_size
         self._queue: "queue.Queue[Pending[J]]" = queue.Queue(maxsize=queue_size)
@@ -149,6 +153,11 @@ class BatchQueue(Generic[J]):
             elapsed = time.perf_counter() - start
             self._seconds_per_batch = 0.8 * self._seconds_per_batch + 0.2 * elapsed
             self.batches_run += 1
+            if self.on_idle is not None and self._queue.empty():
+                try:
+                    self.on_idle()
+                except Exception:  # noqa: BLE001 - housekeeping never stops the worker
+                    pass
 
 
 __all__ = ["BatchQueue", "Pending", "QueueFull"]
