@@ -51,6 +51,17 @@ def _torch_threads() -> Optional[int]:
     return torch.get_num_threads() if torch is not None else None
 
 
+def _apply_allocator(module, args: argparse.Namespace) -> None:
+    """A batch verb's allocator setting (its ``allocator_setting(args)``), unless
+    ``KNET_ALLOCATOR=default``: see :mod:`knet.utils.memory`."""
+    choose = getattr(module, "allocator_setting", None)
+    setting = choose(args) if choose is not None else None
+    if setting is not None:
+        from .utils.memory import apply_cli_allocator
+
+        apply_cli_allocator(setting)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Run one verb; returns its exit code. Called in a process that already uses torch, it leaves
     torch's thread count as it found it (``--threads`` applies to the verb only)."""
@@ -70,7 +81,9 @@ def _run(argv: Optional[List[str]]) -> int:
         parser.print_help()
         return 2
     try:
-        return int(_load(args._module).run(args) or 0)
+        module = _load(args._module)
+        _apply_allocator(module, args)
+        return int(module.run(args) or 0)
     except KnetError as err:
         print(f"knet {args._verb}: error: {err}", file=sys.stderr)
         return 2

@@ -341,7 +341,7 @@ def synthetic_train_batch(config: Any, task: Any, batch_size: int, height: int, 
     model's classes. Panoptic/instance models (:class:`~knet.data.mask_transforms.MaskSample`):
     images padded to the config's size divisor as the training transform pads them, 2-5
     non-overlapping rectangles as things of random thing classes and, for a panoptic model, a
-    semantic map of horizontal bands of random stuff classes under the things (255 in the padding).
+    semantic map of horizontal bands of random stuff classes under the things (``data.ignore_index`` in the padding).
     """
     import numpy as np
     import torch
@@ -378,7 +378,7 @@ def synthetic_train_batch(config: Any, task: Any, batch_size: int, height: int, 
         labels = rng.integers(0, config.num_thing_classes, len(masks), dtype=np.int64)
         sem_seg = None
         if config.num_stuff_classes > 0:
-            sem_seg = np.full((pad_h, pad_w), 255, dtype=np.uint8)
+            sem_seg = np.full((pad_h, pad_w), config.data.ignore_index, dtype=np.uint8)
             bands = np.linspace(0, height, int(rng.integers(2, 4)) + 1).astype(int)
             for top, bottom in zip(bands[:-1], bands[1:]):
                 sem_seg[top:bottom, :width] = config.num_thing_classes + int(rng.integers(config.num_stuff_classes))
@@ -471,6 +471,10 @@ def _load(args: argparse.Namespace) -> Any:
     from ..models.segmentor import build_model
 
     return build_model(args.model)
+
+
+def allocator_setting(args: argparse.Namespace):
+    return (options.training_allocator if args.train else options.inference_allocator)(args)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -60,10 +60,8 @@ class TorchRunner:
     The runner runs an inference copy of ``model`` made when it is built
     (:func:`knet.models.fuse.inference_copy`: eval mode, BatchNorms folded into their
     convolutions, no gradients; on the CPU with Winograd 3x3 convolutions), so the
-    caller's model is never changed. On the CPU, building a runner also has glibc's malloc reuse
-    freed buffers (:func:`knet.utils.memory.reuse_freed_memory`, process-wide, unless the process
-    chose a setting already): a forward at 512x512 spent a fifth to a third of its time having the
-    kernel map and zero fresh pages; the process keeps its largest heap instead. ``compile=True`` runs
+    caller's model is never changed, and neither is the process (for glibc's allocator setting,
+    which the CLI verbs opt into, see :mod:`knet.utils.memory`). ``compile=True`` runs
     the copy's ``inference`` through ``torch.compile`` (Inductor, with frozen weights): the first
     call of each input shape compiles (tens of seconds for a full-size model), later ones reuse it.
     """
@@ -74,12 +72,9 @@ class TorchRunner:
         import torch
 
         from ..models.fuse import inference_copy
-        from ..utils.memory import reuse_freed_memory
 
         self.config: KNetConfig = model.config
         self.model = inference_copy(model)
-        if self.device.type == "cpu":
-            reuse_freed_memory(unless_chosen=True)
         self.compiled = bool(compile)
         self._inference = self.model.inference
         if self.compiled:

@@ -1,61 +1,116 @@
-"""glibc's malloc for a process that trains or runs models on the CPU: freed memory is reused, not
-unmapped.
+"""glibc's malloc for a process that runs models on the CPU: an explicit, process-wide opt-in.
 
-A training step allocates and frees the same feature maps every iteration, tens of GiB in all at
-512x512. By default glibc gives each buffer above its mmap threshold (which rises as such buffers
-are freed, up to 32 MiB) a memory map of its own: every allocation faults its pages in anew, the
-kernel zeroing each one, and every free unmaps them. That kernel work was a fifth to a third of
-an R50-FCN or Swin-T UPerNet training step (batch 2, 512x512, 2 threads). :func:`reuse_freed_memory` fixes the threshold, so
-that the buffers below it come from glibc's heap and reuse the memory freed there. An inference
-forward pays the same: 0.6-0.9 s of kernel time in a 2.0-2.6 s forward of R50-FCN, R50-UPerNet or
-Swin-T UPerNet at 512x512 (Intel Xeon, 2 threads), so the predict path sets it too.
+By default glibc gives each large buffer a memory map of its own, so every forward or training
+step has the kernel map and zero its feature maps afresh (a fifth to a third of the time of a
+512x512 forward or step on the CPU). :func:`reuse_freed_memory` has malloc serve buffers below a
+threshold from its heap instead, where freed memory is reused; the process then keeps its largest
+heap. It changes the whole process for its lifetime, so the library never calls it on its own:
+
+- the batch CLI verbs (``knet predict``, ``test``, ``benchmark``, ``train``, ``demo``) call
+  :func:`apply_cli_allocator`, which does unless the environment says
+  ``KNET_ALLOCATOR=default``;
+- a Python program opts in by calling :func:`reuse_freed_memory` itself;
+- a long-running process that keeps glibc's defaults (``knet serve``) can hand its free heap
+  back with :func:`release_free_memory` when it falls idle.
+
+Benchmark figures: ``benchmarks/results/``.
 """
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
-from typing import Optional, Tuple
+from dataclasses import dataclass
+from typing import Optional
+
+__all__ = [
+    "ALLOCATOR_ENV",
+    "AllocatorSetting",
+    "INFERENCE",
+    "LOW_MEMORY_TRAINING",
+    "TRAINING",
+    "apply_cli_allocator",
+    "current_setting",
+    "release_free_memory",
+    "reuse_freed_memory",
+]
 
 # glibc's mallopt parameters.
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
-# Training: every buffer up to 1 GiB from the heap (knet train --low-memory passes less).
-TRAINING_MMAP_THRESHOLD = 2 ** 30
 _NEVER = 2 ** 31 - 1  # mallopt takes a C int
-# The (mmap_threshold, give_back_top) this process set, if any.
-_chosen: Optional[Tuple[int, bool]] = None
+
+ALLOCATOR_ENV = "KNET_ALLOCATOR"
+_ENV_VALUES = ("reuse", "default")
 
 
-def reuse_freed_memory(mmap_threshold: int = TRAINING_MMAP_THRESHOLD, give_back_top: bool = False,
-                       unless_chosen: bool = False) -> bool:
-    """Have glibc's malloc serve every buffer under ``mmap_threshold`` bytes from its heap, where
-    freed memory is reused by the next allocations; larger buffers get memory maps of their own,
-    unmapped when freed. ``give_back_top``: the top of the heap goes back to the system whenever
-    it is free (trim threshold 0); else never. Process-wide and permanent: the process keeps its
-    largest heap for reuse. Returns whether it applied (Linux with glibc only). ``unless_chosen``:
-    leave a setting made earlier in this process as it is (the predict path inside a
-    ``--low-memory`` training run keeps that run's thresholds) and return False.
+@dataclass(frozen=True)
+class AllocatorSetting:
+    """Buffers under ``mmap_threshold`` bytes come from the heap and reuse freed memory; with
+    ``give_back_top`` the heap's free top goes back to the system whenever it is free."""
 
-    Inference (:class:`knet.inference.pipeline.TorchRunner`, on the CPU), one forward at 512x512,
-    Intel Xeon, 2 threads, alternating processes: R50-FCN 2.07-2.27 -> 1.61-1.83 s (kernel time
-    0.60-0.73 -> 0.01 s a forward; peak 1.7 -> 2.1 GB), R50-UPerNet 2.32-2.60 -> 1.95-2.07 s,
-    Swin-T UPerNet 2.38-2.65 -> 2.03-2.21 s.
+    mmap_threshold: int
+    give_back_top: bool = False
 
-    Measured on the CPU (AMD EPYC, 2 threads, batch 2, 512x512, ``knet benchmark --train``, one
-    run each, 2026-11-26), against glibc's defaults with PyTorch's buffers on transparent huge
-    pages (knet's setting before): R50-FCN 23.8 -> 16.3 s a step (peak 5.3 -> 5.6 GB), Swin-T
-    UPerNet 26.4 -> 17.6 s (5.1 -> 6.0 GB). For ``low_memory``'s thresholds see
-    :data:`knet.engine.training.LOW_MEMORY_ALLOCATOR`."""
-    global _chosen
-    if not sys.platform.startswith("linux") or (unless_chosen and _chosen is not None):
-        return False
+
+# Every buffer up to 1 GiB from the heap: the fastest setting for inference and training.
+INFERENCE = AllocatorSetting(2 ** 30)
+TRAINING = AllocatorSetting(2 ** 30)
+# Larger freed buffers go back to the system, so that they leave no holes that raise the peak.
+LOW_MEMORY_TRAINING = AllocatorSetting(64 * 2 ** 20)
+
+_chosen: Optional[AllocatorSetting] = None
+
+
+def _libc() -> Optional[ctypes.CDLL]:
+    if not sys.platform.startswith("linux"):
+        return None
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-        applied = (bool(libc.mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold)))
-                   and bool(libc.mallopt(_M_TRIM_THRESHOLD, 0 if give_back_top else _NEVER)))
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        return libc
     except (OSError, AttributeError):  # not glibc (musl has no libc.so.6 / mallopt)
+        return None
+
+
+def reuse_freed_memory(setting: AllocatorSetting = TRAINING) -> bool:
+    """Have glibc's malloc serve every buffer under ``setting.mmap_threshold`` bytes from its heap,
+    where freed memory is reused by the next allocations; larger buffers get memory maps of their
+    own, unmapped when freed. Process-wide and permanent: call it only for a process that is
+    yours to tune (a script, a batch job). Returns whether it applied (Linux with glibc only)."""
+    global _chosen
+    libc = _libc()
+    if libc is None:
         return False
+    applied = (bool(libc.mallopt(_M_MMAP_THRESHOLD, int(setting.mmap_threshold)))
+               and bool(libc.mallopt(_M_TRIM_THRESHOLD, 0 if setting.give_back_top else _NEVER)))
     if applied:
-        _chosen = (int(mmap_threshold), bool(give_back_top))
+        _chosen = setting
     return applied
+
+
+def current_setting() -> Optional[AllocatorSetting]:
+    """The setting :func:`reuse_freed_memory` applied in this process, or None (glibc's own)."""
+    return _chosen
+
+
+def apply_cli_allocator(setting: AllocatorSetting = INFERENCE) -> bool:
+    """The batch CLI verbs' policy: ``setting`` unless ``KNET_ALLOCATOR=default`` (glibc's own
+    behaviour) or a setting was chosen already in this process. Returns whether it applied."""
+    choice = os.environ.get(ALLOCATOR_ENV, "reuse").strip().lower() or "reuse"
+    if choice not in _ENV_VALUES:
+        from ..errors import KnetError
+
+        raise KnetError(f"{ALLOCATOR_ENV}={choice!r} is not one of: {', '.join(_ENV_VALUES)}")
+    if choice == "default" or _chosen is not None:
+        return False
+    return reuse_freed_memory(setting)
+
+
+def release_free_memory() -> bool:
+    """Give the free memory at the heap's top and in its free pages back to the system
+    (glibc's ``malloc_trim(0)``); the process's settings stay as they are. Returns whether any
+    memory was released."""
+    libc = _libc()
+    return bool(libc is not None and libc.malloc_trim(0))
