@@ -121,7 +121,7 @@ def _mask_overrides(settings: "DemoSettings") -> Dict[str, Any]:
     weights to keep) at the full lr, scenes at their own size and flipped, iterations instead of
     COCO's epochs. The head is twice as wide as the preset's (whose widths are those of the golden
     files), with twice its proposals: 64 channels find the things of the toy scenes, 32 hardly do,
-    and 20 proposals for up to 5 things learn faster than 10 (one run each: mask AP 43 against 26)."""
+    and 20 proposals for up to 5 things learn faster than 10."""
     size = settings.image_size
     return {"backbone.frozen_stages": -1, "backbone.norm_eval": False, "train.backbone_lr_mult": 1.0,
             "neck.out_channels": 64, "kernel_head.pos_num_feats": 32, "kernel_update.updator_channels": 64,
@@ -145,8 +145,7 @@ RECIPES: Dict[str, DemoRecipe] = {
                            threads=1),
 }
 # The mask recipes run on one thread: their tensors are small, and on a 2-core machine whose other
-# core is busy a second OpenMP thread stalls every operation (measured: 0.14 s per iteration on one
-# thread, 15.7 s on two).
+# core is busy a second OpenMP thread stalls every operation.
 
 
 def _texture(label: int) -> str:

@@ -67,8 +67,8 @@ def build_param_groups(model: nn.Module, train_cfg: TrainConfig) -> List[Dict[st
 
 def build_optimizer(model: nn.Module, train_cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW with the recipe's lr, betas and (grouped) weight decay; PyTorch's fused kernel when
-    every parameter is on the CPU or a CUDA device (the same update to float rounding; on the CPU,
-    R50-FCN's step took 0.05 s instead of 0.29 s)."""
+    every parameter is on the CPU or a CUDA device (the same update to float rounding, several
+    times faster than the per-tensor loop)."""
     groups = build_param_groups(model, train_cfg)
     for group in groups:
         group.pop("names")

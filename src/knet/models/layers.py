@@ -46,8 +46,7 @@ def memory_layout(x: torch.Tensor) -> torch.memory_format:
 @torch.library.custom_op("knet::resize_bilinear", mutates_args=())
 def resize_bilinear(x: torch.Tensor, height: int, width: int, align_corners: bool) -> torch.Tensor:
     """:func:`resize` as one operator, which ``torch.compile`` calls as it is (inference only: no
-    gradient). Inductor's own bilinear kernels, fused with the adds and concatenations around
-    them, took 0.28 s of a compiled Swin-T UPerNet forward at 512x512 where ATen's took 0.12 s."""
+    gradient): ATen's bilinear kernel is faster than the ones Inductor generates for it."""
     out = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=align_corners)
     return out.contiguous(memory_format=memory_layout(x))
 
