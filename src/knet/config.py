@@ -37,6 +37,15 @@ class ResNetConfig:
     dilations: Tuple[int, int, int, int] = (1, 1, 2, 4)
     contract_dilation: bool = True
     norm_eval: bool = False
+    # Stages (0-3) whose blocks recompute their activations in the backward pass instead of
+    # keeping them: less memory for more time, the same values and gradients.
+    recompute_stages: Tuple[int, ...] = ()
+    # The stages ``low_memory_config`` (``knet train --low-memory``) recomputes: all four, as the
+    # dilated last stage keeps 2048-channel maps at stride 8.
+    low_memory_recompute_stages: Tuple[int, ...] = (0, 1, 2, 3)
+
+    def __post_init__(self) -> None:
+        _check_stages(self, 4)
 
 
 @dataclass
@@ -47,6 +56,7 @@ class PlainResNetConfig:
     ``frozen_stages``: the stem and layer1..layerN take no gradient (-1: none frozen).
     ``norm_eval``: every BatchNorm keeps its statistics while training. ``dcn_stages``: per stage,
     whether its 3x3 convs are deformable (mmcv's DCN, ``deform_groups`` offset groups).
+    ``recompute_stages`` / ``low_memory_recompute_stages``: as :class:`ResNetConfig`'s.
     """
 
     kind: str = "resnet"
@@ -56,6 +66,12 @@ class PlainResNetConfig:
     norm_eval: bool = True
     dcn_stages: Tuple[bool, bool, bool, bool] = (False, False, False, False)
     deform_groups: int = 1
+    recompute_stages: Tuple[int, ...] = ()
+    # Empty: ``low_memory_config`` recomputes none of these backbones' stages.
+    low_memory_recompute_stages: Tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_stages(self, 4)
 
 
 @dataclass
@@ -73,6 +89,19 @@ class SwinConfig:
     drop_rate: float = 0.0
     attn_drop_rate: float = 0.0
     drop_path_rate: float = 0.3
+    # As :class:`ResNetConfig`'s; recomputing the last stage as well saves no memory, only time.
+    recompute_stages: Tuple[int, ...] = ()
+    low_memory_recompute_stages: Tuple[int, ...] = (0, 1, 2)
+
+    def __post_init__(self) -> None:
+        _check_stages(self, len(self.depths))
+
+
+def _check_stages(cfg: Any, num_stages: int) -> None:
+    for name in ("recompute_stages", "low_memory_recompute_stages"):
+        stages = getattr(cfg, name)
+        if any(not 0 <= int(i) < num_stages for i in stages):
+            raise ConfigError(f"backbone.{name}: stages are 0..{num_stages - 1}, got {tuple(stages)}")
 
 
 BackboneConfig = Union[ResNetConfig, PlainResNetConfig, SwinConfig]
@@ -115,12 +144,16 @@ class ASPPHeadConfig:
 
 @dataclass
 class UPerHeadConfig:
-    """UPerNet kernel-generate head: pyramid pooling plus a feature pyramid over all four stages."""
+    """UPerNet kernel-generate head: pyramid pooling plus a feature pyramid over all four stages.
+
+    ``recompute_fusion``: when training, the stride-4 maps the fusion reads are rebuilt in the
+    backward pass instead of kept (less memory for more time; ``low_memory_config`` turns it on)."""
 
     kind: str = "uper"
     channels: int = 512
     dropout_ratio: float = 0.1
     pool_scales: Tuple[int, ...] = (1, 2, 3, 6)
+    recompute_fusion: bool = False
 
 
 # The semantic head whose classifier weights become K-Net's initial kernels, by ``kind``. Input
@@ -495,6 +528,22 @@ def config_from_dict(data: Dict[str, Any]) -> ModelConfig:
     if task not in CONFIG_CLASSES:
         raise ConfigError(f"task: unknown task {task!r}; valid: {', '.join(CONFIG_CLASSES)}")
     return CONFIG_CLASSES[task].from_dict(data)
+
+
+def low_memory_config(cfg: ModelConfig) -> ModelConfig:
+    """``cfg`` for training with less memory, for more time (``knet train --low-memory``): the
+    backbone recomputes its ``low_memory_recompute_stages`` in the backward pass (unless
+    ``recompute_stages`` already names some), and a head that can rebuild its largest maps in the
+    backward pass (``recompute_fusion``: UPerNet) does. Values, gradients and BatchNorm statistics
+    stay those of the plain model."""
+    backbone = cfg.backbone
+    if not backbone.recompute_stages and backbone.low_memory_recompute_stages:
+        cfg = dataclasses.replace(cfg, backbone=dataclasses.replace(
+            backbone, recompute_stages=tuple(backbone.low_memory_recompute_stages)))
+    head = getattr(cfg, "decode_head", None)
+    if hasattr(head, "recompute_fusion") and not head.recompute_fusion:
+        cfg = dataclasses.replace(cfg, decode_head=dataclasses.replace(head, recompute_fusion=True))
+    return cfg
 
 
 def _field_types(cls: type) -> Dict[str, Any]:

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from knet.cli import main
-from tests.conftest import GLIBC, run_torchrun, subprocess_env
+from tests.conftest import run_torchrun, subprocess_env
 
 SMALL = ["data.crop_size=64,64", "data.train_scale=64,64", "data.test_scale=64,64", "train.log_interval=1",
          "train.warmup_iters=4", "train.lr=1e-3"]
@@ -50,7 +50,6 @@ def resume_after_sigkill_equals_an_uninterrupted_run(args_of, tmp_path, iters=30
     done = subprocess.run(python + args_of(whole, iters, *common), env=subprocess_env(),
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert ("freed memory is reused for buffers under 1024 MiB" in done.stdout) == GLIBC  # the allocator setting
 
     cut = tmp_path / "cut"
     proc = subprocess.Popen(python + args_of(cut, iters, *common), env=subprocess_env(),

@@ -1,6 +1,7 @@
 """Blocks that recompute their activations in the backward pass (``models.layers.run_block``,
-the backbones' ``recompute_stages``, UPerHead's ``recompute_fusion``): the same values, gradients
-and BatchNorm statistics as a plain forward, and fewer tensors kept for the backward pass."""
+the backbones' ``recompute_stages``, UPerHead's ``recompute_fusion``, both set from the config):
+the same values, gradients and BatchNorm statistics as a plain forward, and fewer tensors kept for
+the backward pass."""
 from __future__ import annotations
 
 import copy
@@ -9,8 +10,8 @@ import weakref
 import pytest
 import torch
 
-from knet import build_model
-from knet.engine.training import LOW_MEMORY_RECOMPUTED_STAGES, save_training_memory
+from knet import KNetConfig, build_model, get_config
+from knet.config import ConfigError, low_memory_config
 from knet.models.heads.uper import UPerHead
 from knet.models.layers import rebuilt_for_backward, run_block
 from knet.models.winograd import use_winograd
@@ -81,11 +82,55 @@ def test_run_block_is_a_plain_call_in_eval_mode_and_without_gradients():
 def test_low_memory_training_recomputes_the_listed_stages():
     model = build_model("knet-swin-t-upernet-tiny").train()
     assert model.backbone.recompute_stages == ()  # not by default
-    notes = save_training_memory(model)
-    assert model.backbone.recompute_stages == LOW_MEMORY_RECOMPUTED_STAGES["swin"] == (0, 1, 2)
-    assert any("recompute" in note for note in notes)
+    assert not model.decode_head.kernel_generate_head.recompute_fusion
+    cfg = low_memory_config(get_config("knet-swin-t-upernet-tiny"))
+    assert cfg.backbone.recompute_stages == cfg.backbone.low_memory_recompute_stages == (0, 1, 2)
+    assert cfg.decode_head.recompute_fusion
+    model = build_model(cfg).train()
+    assert model.backbone.recompute_stages == (0, 1, 2)
     assert model.decode_head.kernel_generate_head.recompute_fusion
-    assert any("UPerNet head" in note for note in notes)
+    assert low_memory_config(cfg) == cfg
+
+
+@pytest.mark.parametrize("preset, stages", [("knet-r50-fcn-tiny", (0, 1, 2, 3)),
+                                            ("knet-swin-t-upernet-tiny", (0, 1, 2)),
+                                            ("knet-r50-fpn-panoptic-tiny", ())])
+def test_low_memory_config_by_backbone(preset, stages):
+    cfg = low_memory_config(get_config(preset))
+    assert cfg.backbone.recompute_stages == stages
+    assert build_model(cfg).backbone.recompute_stages == stages
+    # stages the config already names are kept
+    chosen = low_memory_config(get_config(preset, {"backbone.recompute_stages": "1"}))
+    assert chosen.backbone.recompute_stages == (1,) and build_model(chosen).backbone.recompute_stages == (1,)
+
+
+def test_configs_without_the_recompute_fields_still_load():
+    data = get_config("knet-swin-t-upernet-tiny").to_dict()
+    for group, name in (("backbone", "recompute_stages"), ("backbone", "low_memory_recompute_stages"),
+                        ("decode_head", "recompute_fusion")):
+        del data[group][name]
+    cfg = KNetConfig.from_dict(data)
+    assert cfg.backbone.recompute_stages == () and not cfg.decode_head.recompute_fusion
+    assert cfg.backbone.low_memory_recompute_stages == (0, 1, 2)
+    with pytest.raises(ConfigError, match="recompute_stages"):
+        get_config("knet-r50-fcn-tiny", {"backbone.recompute_stages": "0,4"})
+
+
+def test_a_model_built_with_recompute_stages_matches_the_plain_one():
+    """The config's fields give what setting the attributes on a built model gives."""
+    torch.manual_seed(0)
+    plain = build_model("knet-r50-fcn-tiny").train()
+    torch.manual_seed(0)
+    built = build_model(get_config("knet-r50-fcn-tiny", {"backbone.recompute_stages": "2,3"})).train()
+    built.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    out_plain, grads_plain, saved_plain = _step(plain, x)
+    out_built, grads_built, saved_built = _step(built, x)
+    for a, b in zip(out_plain, out_built):
+        assert torch.equal(a, b)
+    for name, grad in grads_plain.items():
+        assert torch.allclose(grads_built[name], grad, rtol=1e-5, atol=1e-7 * float(grad.abs().max())), name
+    assert saved_built < 0.8 * saved_plain
 
 
 def _head_step(head, inputs):

@@ -10,7 +10,8 @@ from torch import nn
 
 import knet
 from knet.models import winograd
-from knet.models.winograd import WinogradConv2d, use_winograd
+from knet.models.winograd import WinogradConv2d, remove_winograd, use_winograd
+from tests.conftest import needs_cuda
 
 
 def _conv(channels_in, channels_out, dilation=1, bias=True, seed=0):
@@ -191,3 +192,122 @@ def test_training_losses_and_gradients_are_the_direct_ones():
     for key, value in models[1].train()(x, labels).items():
         expected = float(ref[f"loss_{key}"])
         assert abs(float(value) - expected) <= 1e-4 * abs(expected), key
+
+
+# ---- where Winograd does not apply: the direct convolution ------------------------------------
+def _direct(module, x):
+    return F.conv2d(x, module.weight, module.bias, module.stride, module.padding, module.dilation, module.groups)
+
+
+def _count_winograd_calls(monkeypatch):
+    """A list that grows by one for each forward that runs the Winograd path."""
+    calls = []
+    original = WinogradConv2d.runs_winograd
+
+    def counted(self, x):
+        used = original(self, x)
+        if used:
+            calls.append(x.dtype)
+        return used
+
+    monkeypatch.setattr(WinogradConv2d, "runs_winograd", counted)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
+def test_other_dtypes_run_the_direct_convolution(dtype, monkeypatch):
+    """A Winograd module converted to another dtype (model.double(), .half()) computes exactly what
+    the direct convolution computes in that dtype, forward and backward."""
+    calls = _count_winograd_calls(monkeypatch)
+    conv = WinogradConv2d.from_conv(_conv(8, 8, dilation=2)).to(dtype)
+    x = torch.randn(2, 8, 9, 11, dtype=dtype, requires_grad=True)
+    got = conv(x)
+    assert torch.equal(got, _direct(conv, x))
+    with torch.no_grad():
+        assert torch.equal(conv(x), _direct(conv, x))
+    got.sum().backward()
+    assert conv.weight.grad is not None and conv.weight.grad.dtype == dtype
+    assert calls == []
+
+
+def test_meta_tensors_and_autocast_run_the_direct_convolution(monkeypatch):
+    calls = _count_winograd_calls(monkeypatch)
+    conv = WinogradConv2d.from_conv(_conv(8, 12))
+    conv.freeze()
+    on_meta = conv.to("meta")
+    out = on_meta(torch.empty(2, 8, 9, 11, device="meta"))
+    assert out.device.type == "meta" and out.shape == (2, 12, 9, 11)
+    conv = WinogradConv2d.from_conv(_conv(8, 12))
+    x = torch.randn(1, 8, 9, 11)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = conv(x)
+        expected = nn.Conv2d.forward(conv, x)  # what autocast makes of the direct convolution
+    assert got.dtype == torch.bfloat16 and torch.equal(got, expected)
+    assert calls == []
+
+
+def test_unbatched_and_empty_inputs_run_the_direct_convolution(monkeypatch):
+    calls = _count_winograd_calls(monkeypatch)
+    conv = WinogradConv2d.from_conv(_conv(8, 8))
+    x = torch.randn(8, 9, 11)
+    assert torch.equal(conv(x), _direct(conv, x))
+    empty = torch.randn(0, 8, 9, 11, requires_grad=True)
+    out = conv(empty)
+    assert out.shape == (0, 8, 9, 11)
+    out.sum().backward()
+    assert calls == []
+    conv(torch.randn(1, 8, 9, 11))  # float32 on the CPU: Winograd
+    assert calls == [torch.float32]
+
+
+@needs_cuda
+def test_on_cuda_the_direct_convolution_runs(monkeypatch, no_tf32):
+    calls = _count_winograd_calls(monkeypatch)
+    conv = WinogradConv2d.from_conv(_conv(8, 8)).cuda()
+    x = torch.randn(2, 8, 9, 11, device="cuda", requires_grad=True)
+    got = conv(x)
+    assert got.device.type == "cuda" and torch.equal(got, _direct(conv, x))
+    got.sum().backward()
+    assert calls == []
+
+
+# ---- remove_winograd ----------------------------------------------------------------------------
+def test_remove_winograd_gives_back_the_convolutions_with_the_same_parameters():
+    shared = nn.Conv2d(128, 128, 3, padding=1)
+    model = nn.Sequential(nn.Conv2d(3, 128, 3, padding=1), nn.Conv2d(128, 128, 3, padding=1, bias=False),
+                          shared, nn.Sequential(shared), nn.Conv2d(128, 128, 3, padding=2, dilation=2)).eval()
+    originals = list(model.modules())
+    hook_calls = []
+    model[1].register_forward_hook(lambda *args: hook_calls.append(1))
+    keys = list(model.state_dict())
+    params = [id(p) for p in model.parameters()]
+    assert use_winograd(model) == 3  # the shared one once, and shared still
+    assert isinstance(model[2], WinogradConv2d) and model[2] is model[3][0]
+    x = torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        fast = model(x)
+    model.train()
+    assert remove_winograd(model) == 3
+    assert not any(isinstance(m, WinogradConv2d) for m in model.modules())
+    assert list(model.modules()) == originals  # the very modules the model had: hooks and all
+    assert model[2] is model[3][0] is shared and model[1].training
+    assert list(model.state_dict()) == keys and [id(p) for p in model.parameters()] == params
+    with torch.no_grad():
+        assert torch.allclose(model.eval()(x), fast, atol=1e-4)
+    assert hook_calls == [1]  # the original module's hook: not while Winograd ran, again after
+    assert remove_winograd(model) == 0
+
+
+def test_remove_winograd_follows_the_parameters_the_winograd_modules_hold():
+    """Parameters replaced while Winograd was in place (a load with ``assign=True``) are those
+    the restored convolution holds; without the original module a new one is made."""
+    model = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1))
+    assert use_winograd(model, min_channels=1) == 1
+    state = {k: torch.randn_like(v, dtype=torch.float64) for k, v in model.state_dict().items()}
+    model.load_state_dict(state, assign=True)
+    del model[0].__dict__["_replaced_conv"]
+    assert remove_winograd(model) == 1
+    assert type(model[0]) is nn.Conv2d and model[0].weight.dtype == torch.float64
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    x = torch.randn(1, 16, 8, 8, dtype=torch.float64)
+    assert torch.equal(model(x), _direct(model[0], x))

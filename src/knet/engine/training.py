@@ -49,12 +49,10 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..config import ModelConfig
+from ..config import ModelConfig, low_memory_config
 from ..errors import CheckpointError, DataError, TrainingDivergedError, TrainingError
-from ..models.heads.uper import UPerHead
 from ..tasks import Task, get_task
 from ..utils.atomic import atomic_write_text
-from ..utils.memory import TRAINING_MMAP_THRESHOLD, reuse_freed_memory
 from .checkpoints import CheckpointManager, load_for_finetuning, read_training_checkpoint
 from .distributed import (all_gather_objects, all_reduce_sum, check_amp, decide_on_main, dist_info_from_env,
                           init_distributed, leave_process_group, parameter_digest, process_device)
@@ -92,7 +90,11 @@ class TrainOptions:
     continues from the newest checkpoint of ``work_dir`` (or starts afresh, saying so, when there
     is none); a path continues from that checkpoint. ``amp``: ``None``, ``"fp16"`` or ``"bf16"``
     (CUDA only). ``progress``: draw a progress bar on stderr; ``None`` draws one when stderr is a
-    terminal. ``low_memory``: less memory for more time (:func:`save_training_memory`).
+    terminal. ``low_memory``: less memory for more time: the model is built from
+    :func:`knet.config.low_memory_config` of the config (recomputed backbone stages and head maps).
+    ``cpu_winograd``: on the CPU, the wide 3x3 convolutions train as Winograd F(4x4, 3x3)
+    (:func:`prepare_cpu_training`); the model given back (``TrainResult.model``) holds plain
+    convolutions either way.
     """
 
     work_dir: PathLike
@@ -111,6 +113,7 @@ class TrainOptions:
     progress: Optional[bool] = None
     quiet: bool = False
     low_memory: bool = False
+    cpu_winograd: bool = True
 
 
 @dataclass
@@ -216,76 +219,40 @@ class TrainResult:
         return self.best_value if self.best_metric == "mIoU" else None
 
 
-def prepare_cpu_training(model: nn.Module, device: torch.device, low_memory: bool = False) -> List[str]:
-    """For training on the CPU; returns a line for the log per change. On other devices nothing
-    changes.
+def prepare_cpu_training(model: nn.Module, device: torch.device, *, winograd: bool = True) -> List[str]:
+    """For training on the CPU; returns a line for the log per change. On other devices, or
+    without ``winograd``, nothing changes.
 
-    - The model's wide 3x3 convolutions run as Winograd F(4x4, 3x3), forward and backward
-      (:mod:`knet.models.winograd`: the same parameters and state-dict keys, gradients equal to
-      float rounding, about half those convolutions' time).
-    - glibc's malloc reuses freed memory instead of mapping each large buffer afresh
-      (:func:`knet.utils.memory.reuse_freed_memory`; process-wide, Linux with glibc): buffers
-      under 1 GiB, or with ``low_memory`` the backbone's :data:`LOW_MEMORY_ALLOCATOR` setting
-      (larger freed buffers go back to the system, and for some backbones the heap's free top)."""
+    The model's wide 3x3 convolutions run as Winograd F(4x4, 3x3), forward and backward
+    (:func:`knet.models.winograd.use_winograd`: the same parameters and state-dict keys, gradients
+    equal to float rounding, about half those convolutions' time). :func:`finish_cpu_training`
+    gives the plain convolutions back."""
     from ..models.winograd import use_winograd
 
-    if device.type != "cpu":
+    if device.type != "cpu" or not winograd:
         return []
+    replaced = use_winograd(model)
+    return [f"{replaced} wide 3x3 convolutions run as Winograd F(4x4,3x3) on the CPU"] if replaced else []
+
+
+def finish_cpu_training(model: nn.Module) -> int:
+    """Undo :func:`prepare_cpu_training`: the model holds plain ``nn.Conv2d`` again, with the same
+    Parameter objects (:func:`knet.models.winograd.remove_winograd`); returns how many."""
+    from ..models.winograd import remove_winograd
+
+    return remove_winograd(model)
+
+
+def _recompute_notes(cfg: ModelConfig) -> List[str]:
+    """Lines for the log: what the model built from ``cfg`` recomputes in the backward pass
+    (:func:`knet.config.low_memory_config`)."""
     notes = []
-    winograd = use_winograd(model)
-    if winograd:
-        notes.append(f"{winograd} wide 3x3 convolutions run as Winograd F(4x4,3x3) on the CPU")
-    threshold, give_back_top = TRAINING_MMAP_THRESHOLD, False
-    if low_memory:
-        kind = getattr(getattr(getattr(model, "config", None), "backbone", None), "kind", "")
-        threshold, give_back_top = LOW_MEMORY_ALLOCATOR.get(kind, LOW_MEMORY_ALLOCATOR["resnet_v1c"])
-    if reuse_freed_memory(threshold, give_back_top=give_back_top):
-        notes.append(f"freed memory is reused for buffers under {threshold // 2 ** 20} MiB"
-                     + (" (larger ones go back to the system)" if low_memory else ""))
-    return notes
-
-
-# Backbone stages (by backbone kind) whose blocks recompute their activations in the backward
-# pass with ``low_memory``. Measured on the CPU at batch 2, 512x512, with the low-memory
-# allocator setting below (one run each): R50-FCN peaked at 4.3 GB in 23.4 s a step with stages
-# 0-2, at 3.7 GB in 22.4 s with 0-3 (the dilated last stage keeps 2048-channel maps at stride 8);
-# Swin-T UPerNet: 4.2 GB in 25.5 s with 0-2, 4.3 GB in 28.4 s with 0-3.
-LOW_MEMORY_RECOMPUTED_STAGES: Dict[str, Tuple[int, ...]] = {"resnet_v1c": (0, 1, 2, 3), "swin": (0, 1, 2),
-                                                             "resnet": ()}
-# With ``low_memory`` on the CPU (by backbone kind): freed buffers of ``threshold`` bytes and more
-# go back to the system, and with ``give_back_top`` so does the heap's top whenever it is free.
-# Kept in the heap, large buffers leave holes between smaller live ones that raise the peak; given
-# back, each is faulted in afresh at its next allocation. Measured as above (AMD EPYC, older code,
-# giving the top back): R50-FCN 22.4 s at 3.7 GB with 32 MiB, 29.8 s at 3.4 GB with 16 MiB. On an
-# Intel Xeon, 2026-11-26, one run each, knet alone, with the Winograd backward holding a sixth of
-# its transformed filters: R50-FCN 11.2 s at 3.29 GB with 32 MiB, 10.7 s at 3.46 GB with 64 MiB,
-# 9.5 s at 3.85 GB with 128 MiB, 9.8 s at 3.94 GB with 1 GiB (giving the top back had cost 6-7 s
-# of kernel time a step: 15.5 s at 3.57 GB before); Swin-T UPerNet 13.4 s at 3.53 GB with 16 MiB
-# giving the top back, 12.3 s at 3.70 GB keeping it, 11.3 s at 3.85 GB with 32 MiB, 10.5 s at
-# 3.84-3.85 GB with 64 MiB. The reference's peaks are 6.4 GB (R50-FCN) and 6.6 GB (Swin-T UPerNet).
-LOW_MEMORY_ALLOCATOR: Dict[str, Tuple[int, bool]] = {"resnet_v1c": (64 * 2 ** 20, False), "swin": (64 * 2 ** 20, False),
-                                                     "resnet": (32 * 2 ** 20, True)}
-
-
-def save_training_memory(model: nn.Module) -> List[str]:
-    """Training with less memory (``low_memory``), for more time, on any device: the backbone
-    stages of :data:`LOW_MEMORY_RECOMPUTED_STAGES` recompute their activations in the backward
-    pass (:func:`knet.models.layers.run_block`: the same values, gradients and BatchNorm
-    statistics), and so does a UPerNet head at stride 4 (:class:`~knet.models.heads.uper.UPerHead`'s
-    ``recompute_fusion``). On the CPU, :func:`prepare_cpu_training` with ``low_memory`` also gives large
-    freed buffers back to the system. Returns a line for the log, if anything changed."""
-    notes = []
-    backbone = getattr(model, "backbone", None)
-    backbone_config = getattr(getattr(model, "config", None), "backbone", None)
-    stages = LOW_MEMORY_RECOMPUTED_STAGES.get(getattr(backbone_config, "kind", ""), ())
-    if stages and hasattr(backbone, "recompute_stages") and not backbone.recompute_stages:
-        backbone.recompute_stages = stages
+    stages = tuple(getattr(cfg.backbone, "recompute_stages", ()))
+    if stages:
         notes.append(f"backbone stages {', '.join(map(str, stages))} recompute their activations in the backward pass")
-    heads = [m for m in model.modules() if isinstance(m, UPerHead) and not m.recompute_fusion]
-    for head in heads:
-        head.recompute_fusion = True
-    if heads:
-        notes.append("the UPerNet head rebuilds its stride-4 maps in the backward pass")
+    if getattr(getattr(cfg, "decode_head", None), "recompute_fusion", False):
+        notes.append(f"the kernel-generate head ({cfg.decode_head.kind}) rebuilds its stride-4 maps in the "
+                     "backward pass")
     return notes
 
 
@@ -372,6 +339,8 @@ class _Trainer:
             raise DataError(f"the training set of {options.data_root} has no labels (masks) to learn from")
         self.notes: List[str] = []  # lines for the log, written once it exists
         cfg = self.task.adopt_classes(cfg, train_dataset)
+        if options.low_memory:
+            cfg = low_memory_config(cfg)
         schedule, schedule_note = epochs_to_iterations(cfg.train, len(train_dataset), self.info.world_size)
         if schedule_note is not None:
             cfg = dataclasses.replace(cfg, train=schedule)
@@ -393,9 +362,9 @@ class _Trainer:
         seed_everything(self.options.seed)
         model = build_model(self.cfg).to(self.device)
         model.train()
-        self.notes.extend(prepare_cpu_training(model, self.device, self.options.low_memory))
-        if self.options.low_memory:
-            self.notes.extend(save_training_memory(model))
+        self.model = model  # given back with plain convolutions (run's finally), however setup ends
+        self.notes.extend(prepare_cpu_training(model, self.device, winograd=self.options.cpu_winograd))
+        self.notes.extend(_recompute_notes(self.cfg))
         if self.options.backbone_weights:
             from ..checkpoint.pretrained import load_backbone_weights
 
@@ -476,6 +445,13 @@ class _Trainer:
 
     # ---- the loop ----------------------------------------------------------------------
     def run(self) -> TrainResult:
+        try:
+            return self._run()
+        finally:
+            if getattr(self, "model", None) is not None:
+                finish_cpu_training(self.model)
+
+    def _run(self) -> TrainResult:
         self.setup()
         t, info, state = self.cfg.train, self.info, self.state
         progress = sys.stderr.isatty() if self.options.progress is None else self.options.progress

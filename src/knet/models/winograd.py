@@ -65,10 +65,8 @@ _A_T = [[1, 1, 1, 1, 1, 0],
 TRANSFORM_BUDGET_BYTES = 64 * 2 ** 20
 
 
-# Moving a (C, H, W) map into (H, W, C) order and back, as a few hundred copies of blocks: one
-# strided copy writes or reads with a stride of H W floats and ran at ~0.5 GB/s (2048 x 128 x 128,
-# UPerNet's bottleneck input: 250 ms; in 64-channel blocks 35 ms; the way back, 512 x 128 x 128:
-# 38 ms, in blocks of 4 rows and 128 channels 12 ms; Intel Xeon, 2 threads).
+# Moving a (C, H, W) map into (H, W, C) order and back, in blocks: one strided copy of the whole
+# map reads or writes with a stride of H W floats, several times slower than these blocks.
 _TO_LAST_CHANNELS = 64
 _TO_FIRST_ROWS, _TO_FIRST_CHANNELS = 4, 128
 
@@ -359,12 +357,18 @@ class _WinogradFunction(torch.autograd.Function):
 class WinogradConv2d(nn.Conv2d):
     """An ``nn.Conv2d`` (3x3, stride 1, ungrouped, padding equal to its dilation) that computes
     with Winograd F(4x4, 3x3), forward and backward. Same parameters and state-dict keys as the
-    convolution it replaces (:meth:`from_conv` shares them). Input (N, C, H, W); output
-    (N, K, H, W) in the input's memory layout (channels-last or contiguous). Without gradients it
-    uses the transformed filters (36, C, K) that :meth:`freeze` stored, if any (an inference
-    copy's, whose weight no longer changes), else transforms the weight on each call."""
+    convolution it replaces (:meth:`from_conv` shares them; :func:`remove_winograd` gives that
+    convolution back). Input (N, C, H, W); output (N, K, H, W) in the input's memory layout
+    (channels-last or contiguous). Without gradients it uses the transformed filters (36, C, K)
+    that :meth:`freeze` stored, if any (an inference copy's, whose weight no longer changes), else
+    transforms the weight on each call.
+
+    Winograd runs only on the CPU, in the dtype the module was built for (``winograd_dtype``,
+    float32), on a batched input, outside autocast; anywhere else (a model moved to CUDA, to
+    float64 or half, to ``meta``, ...) :meth:`forward` is the direct convolution of ``nn.Conv2d``."""
 
     transformed_weight: Optional[torch.Tensor]
+    winograd_dtype: torch.dtype = torch.float32
 
     @staticmethod
     def supports(conv: nn.Module) -> bool:
@@ -382,6 +386,9 @@ class WinogradConv2d(nn.Conv2d):
         new.weight, new.bias = conv.weight, conv.bias
         new.register_buffer("transformed_weight", None, persistent=False)
         new.train(conv.training)
+        new.winograd_dtype = conv.weight.dtype
+        # The module it replaces, outside the module tree (no state-dict keys): remove_winograd puts it back.
+        object.__setattr__(new, "_replaced_conv", conv)
         return new
 
     def freeze(self) -> None:
@@ -389,7 +396,16 @@ class WinogradConv2d(nn.Conv2d):
         for a copy whose weight will not change again."""
         self.transformed_weight = transform_weight(self.weight.detach().double()).to(self.weight.dtype).contiguous()
 
+    def runs_winograd(self, x: torch.Tensor) -> bool:
+        """Whether :meth:`forward` computes ``x`` with Winograd (else with the direct convolution)."""
+        weight = self.weight
+        return (x.device.type == "cpu" and weight.device.type == "cpu"
+                and x.dtype == weight.dtype == self.winograd_dtype and x.dim() == 4 and x.numel() > 0 and x.shape[1] == self.in_channels
+                and not torch.is_autocast_enabled("cpu") and self.supports(self))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.runs_winograd(x):
+            return self._conv_forward(x, self.weight, self.bias)
         dilation = self.dilation[0]
         if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
             out = _WinogradFunction.apply(x, self.weight, dilation)
@@ -403,16 +419,18 @@ class WinogradConv2d(nn.Conv2d):
 def use_winograd(model: nn.Module, min_channels: int = 128, freeze: bool = False) -> int:
     """Replace, in place, every float32 ``nn.Conv2d`` that :class:`WinogradConv2d` supports and
     whose input and output widths are at least ``min_channels`` (narrower ones are faster
-    direct), sharing its parameters; returns how many. ``freeze``: also store the transformed
+    direct), sharing its parameters; returns how many (:func:`remove_winograd` undoes it). ``freeze``: also store the transformed
     filters of every Winograd convolution in the model (:meth:`WinogradConv2d.freeze`), for an
     inference copy (``knet.models.fuse``); training on the CPU leaves it off."""
-    replaced = 0
+    replacements: Dict[int, WinogradConv2d] = {}  # a convolution shared by several parents stays shared
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if (type(child) is nn.Conv2d and WinogradConv2d.supports(child) and child.weight.dtype == torch.float32
                     and min(child.in_channels, child.out_channels) >= min_channels):
-                setattr(module, name, WinogradConv2d.from_conv(child))
-                replaced += 1
+                if id(child) not in replacements:
+                    replacements[id(child)] = WinogradConv2d.from_conv(child)
+                setattr(module, name, replacements[id(child)])
+    replaced = len(replacements)
     if freeze:
         for module in model.modules():
             if isinstance(module, WinogradConv2d):
@@ -420,4 +438,30 @@ def use_winograd(model: nn.Module, min_channels: int = 128, freeze: bool = False
     return replaced
 
 
-__all__ = ["INPUT_TILE", "OUTPUT_TILE", "WinogradConv2d", "transform_matrices", "transform_weight", "use_winograd"]
+def remove_winograd(model: nn.Module) -> int:
+    """Undo :func:`use_winograd` in place: every :class:`WinogradConv2d` of ``model`` becomes a plain
+    ``nn.Conv2d`` again (the module it replaced, when there is one, else a new one) holding the
+    same Parameter objects, in the same train/eval mode; the state-dict keys do not change.
+    Returns how many were replaced."""
+    restored: Dict[int, nn.Conv2d] = {}  # a module shared by several parents stays shared
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if not isinstance(child, WinogradConv2d):
+                continue
+            conv = restored.get(id(child))
+            if conv is None:
+                conv = child.__dict__.get("_replaced_conv")
+                if type(conv) is not nn.Conv2d:
+                    conv = nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size, stride=child.stride,
+                                     padding=child.padding, dilation=child.dilation, groups=child.groups,
+                                     bias=child.bias is not None, padding_mode=child.padding_mode, device="meta")
+                # the parameters as they are now (moved, converted or loaded with assign=True since)
+                conv.weight, conv.bias = child.weight, child.bias
+                conv.train(child.training)
+                restored[id(child)] = conv
+            setattr(module, name, conv)
+    return len(restored)
+
+
+__all__ = ["INPUT_TILE", "OUTPUT_TILE", "WinogradConv2d", "remove_winograd", "transform_matrices", "transform_weight",
+           "use_winograd"]

@@ -21,19 +21,21 @@ __all__ = ["BACKBONES", "ResNet", "ResNetV1c", "SwinTransformer", "build_backbon
 def _build_resnet_v1c(cfg: ResNetConfig) -> ResNetV1c:
     return ResNetV1c(depth=cfg.depth, stem_channels=cfg.stem_channels, base_channels=cfg.base_channels,
                      strides=tuple(cfg.strides), dilations=tuple(cfg.dilations),
-                     contract_dilation=cfg.contract_dilation, norm_eval=cfg.norm_eval)
+                     contract_dilation=cfg.contract_dilation, norm_eval=cfg.norm_eval,
+                     recompute_stages=tuple(cfg.recompute_stages))
 
 
 def _build_resnet(cfg: PlainResNetConfig) -> ResNet:
     return ResNet(depth=cfg.depth, base_channels=cfg.base_channels, dcn_stages=tuple(cfg.dcn_stages),
-                  deform_groups=cfg.deform_groups, frozen_stages=cfg.frozen_stages, norm_eval=cfg.norm_eval)
+                  deform_groups=cfg.deform_groups, frozen_stages=cfg.frozen_stages, norm_eval=cfg.norm_eval,
+                  recompute_stages=tuple(cfg.recompute_stages))
 
 
 def _build_swin(cfg: SwinConfig) -> SwinTransformer:
     return SwinTransformer(embed_dims=cfg.embed_dims, depths=tuple(cfg.depths), num_heads=tuple(cfg.num_heads),
                            window_size=cfg.window_size, patch_size=cfg.patch_size, mlp_ratio=cfg.mlp_ratio,
                            qkv_bias=cfg.qkv_bias, drop_rate=cfg.drop_rate, attn_drop_rate=cfg.attn_drop_rate,
-                           drop_path_rate=cfg.drop_path_rate)
+                           drop_path_rate=cfg.drop_path_rate, recompute_stages=tuple(cfg.recompute_stages))
 
 
 BACKBONES: Dict[str, Callable[[Any], nn.Module]] = {

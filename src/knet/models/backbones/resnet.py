@@ -96,13 +96,17 @@ class ResNet(nn.Module):
         norm_eval: keep every BatchNorm in eval mode (frozen statistics) while training.
         zero_init_residual: initialise each block's last BN weight to 0 (mmdetection's default when
             training from scratch; irrelevant once ImageNet weights are loaded).
+        recompute_stages: stages (0-3) whose blocks recompute their activations in the backward
+            pass instead of keeping them (:func:`~knet.models.layers.run_block`): less memory for
+            more time, the same values, gradients and BatchNorm statistics.
     """
 
     def __init__(self, depth: int = 50, stem_channels: Optional[int] = None, base_channels: int = 64,
                  deep_stem: bool = False, strides: Sequence[int] = (1, 2, 2, 2),
                  dilations: Sequence[int] = (1, 1, 1, 1), contract_dilation: bool = False,
                  dcn_stages: Sequence[bool] = (False, False, False, False), deform_groups: int = 1,
-                 frozen_stages: int = -1, norm_eval: bool = False, zero_init_residual: bool = False) -> None:
+                 frozen_stages: int = -1, norm_eval: bool = False, zero_init_residual: bool = False,
+                 recompute_stages: Sequence[int] = ()) -> None:
         super().__init__()
         if depth not in DEPTHS:
             raise ValueError(f"ResNet depth {depth} is not supported; valid: {sorted(DEPTHS)}")
@@ -111,13 +115,14 @@ class ResNet(nn.Module):
         for name, value in (("strides", strides), ("dilations", dilations), ("dcn_stages", dcn_stages)):
             if len(value) != 4:
                 raise ValueError(f"{name} needs one entry per stage (4), got {tuple(value)}")
+        if any(not 0 <= i < 4 for i in recompute_stages):
+            raise ValueError(f"recompute_stages must be stages 0-3, got {tuple(recompute_stages)}")
         stem_channels = base_channels if stem_channels is None else stem_channels
         self.deep_stem = deep_stem
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
-        # Stages (0-3) whose blocks recompute their activations in the backward pass instead of
-        # keeping them (:func:`~knet.models.layers.run_block`); a training-time choice, not saved.
-        self.recompute_stages: Tuple[int, ...] = ()
+        # A training-time choice, not in the state dict; may be changed after building.
+        self.recompute_stages: Tuple[int, ...] = tuple(recompute_stages)
         if deep_stem:
             half = stem_channels // 2
             self.stem = nn.Sequential(
@@ -205,7 +210,8 @@ class ResNetV1c(ResNet):
 
     def __init__(self, depth: int = 50, stem_channels: int = 64, base_channels: int = 64,
                  strides: Sequence[int] = (1, 2, 2, 2), dilations: Sequence[int] = (1, 1, 1, 1),
-                 contract_dilation: bool = False, norm_eval: bool = False, frozen_stages: int = -1) -> None:
+                 contract_dilation: bool = False, norm_eval: bool = False, frozen_stages: int = -1,
+                 recompute_stages: Sequence[int] = ()) -> None:
         super().__init__(depth=depth, stem_channels=stem_channels, base_channels=base_channels, deep_stem=True,
                          strides=strides, dilations=dilations, contract_dilation=contract_dilation,
-                         frozen_stages=frozen_stages, norm_eval=norm_eval)
+                         frozen_stages=frozen_stages, norm_eval=norm_eval, recompute_stages=recompute_stages)

@@ -307,11 +307,14 @@ class SwinTransformer(nn.Module):
     def __init__(self, embed_dims: int = 96, depths: Sequence[int] = (2, 2, 6, 2),
                  num_heads: Sequence[int] = (3, 6, 12, 24), window_size: int = 7, patch_size: int = 4,
                  mlp_ratio: float = 4, qkv_bias: bool = True, drop_rate: float = 0.0,
-                 attn_drop_rate: float = 0.0, drop_path_rate: float = 0.1) -> None:
+                 attn_drop_rate: float = 0.0, drop_path_rate: float = 0.1,
+                 recompute_stages: Sequence[int] = ()) -> None:
         super().__init__()
         if len(depths) != len(num_heads):
             raise ValueError(f"depths {tuple(depths)} and num_heads {tuple(num_heads)} differ in length")
         num_stages = len(depths)
+        if any(not 0 <= i < num_stages for i in recompute_stages):
+            raise ValueError(f"recompute_stages must be stages 0-{num_stages - 1}, got {tuple(recompute_stages)}")
         self.out_channels: List[int] = [embed_dims * 2 ** i for i in range(num_stages)]
         self.strides: List[int] = [patch_size * 2 ** i for i in range(num_stages)]
 
@@ -331,8 +334,9 @@ class SwinTransformer(nn.Module):
         for i, channels in enumerate(self.out_channels):
             self.add_module(f"norm{i}", nn.LayerNorm(channels))
         # Stages whose blocks recompute their activations in the backward pass instead of
-        # keeping them (:func:`~knet.models.layers.run_block`); a training-time choice, not saved.
-        self.recompute_stages: Tuple[int, ...] = ()
+        # keeping them (:func:`~knet.models.layers.run_block`): less memory for more time, the same
+        # values and gradients. A training-time choice, not in the state dict.
+        self.recompute_stages: Tuple[int, ...] = tuple(recompute_stages)
         self._init_weights()
 
     def _init_weights(self) -> None:

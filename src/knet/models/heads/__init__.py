@@ -33,7 +33,8 @@ def _aspp(cfg: ASPPHeadConfig, in_channels: Sequence[int], num_classes: int, ali
 
 
 def _uper(cfg: UPerHeadConfig, in_channels: Sequence[int], num_classes: int, align_corners: bool) -> SegHead:
-    return UPerHead(in_channels, cfg.channels, num_classes, cfg.pool_scales, cfg.dropout_ratio, align_corners)
+    return UPerHead(in_channels, cfg.channels, num_classes, cfg.pool_scales, cfg.dropout_ratio, align_corners,
+                    recompute_fusion=cfg.recompute_fusion)
 
 
 HEADS: Dict[str, Callable[..., SegHead]] = {"fcn": _fcn, "psp": _psp, "aspp": _aspp, "uper": _uper}

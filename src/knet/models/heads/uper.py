@@ -14,16 +14,16 @@ from .psp import PyramidPooling
 class UPerHead(SegHead):
     """Four stages -> (N, channels, h0, w0) features at the first stage's resolution.
 
-    ``recompute_fusion`` (off by default; ``knet train --low-memory`` sets it): when training with
-    gradients, the first stage's lateral convolution recomputes its activations in the backward
-    pass, and the (N, 4 x channels, h0, w0) concatenation the last convolution reads goes through
-    it one image at a time and is rebuilt there from the pyramid's maps (kept anyway) instead of
-    kept: at stride 4 these are the largest activations of the head, for one 1x1 convolution and
-    three upsamplings more a step."""
+    ``recompute_fusion`` (``UPerHeadConfig.recompute_fusion``; off by default, ``knet train
+    --low-memory`` turns it on): when training with gradients, the first stage's lateral
+    convolution recomputes its activations in the backward pass, and the (N, 4 x channels, h0, w0)
+    concatenation the last convolution reads goes through it one image at a time and is rebuilt
+    there from the pyramid's maps (kept anyway) instead of kept: at stride 4 these are the largest
+    activations of the head, for one 1x1 convolution and three upsamplings more a step."""
 
     def __init__(self, in_channels: Sequence[int], channels: int, num_classes: int,
                  pool_scales: Sequence[int] = (1, 2, 3, 6), dropout_ratio: float = 0.1,
-                 align_corners: bool = False) -> None:
+                 align_corners: bool = False, recompute_fusion: bool = False) -> None:
         super().__init__(channels, num_classes, dropout_ratio)
         self.align_corners = align_corners
         self.psp_modules = PyramidPooling(pool_scales, in_channels[-1], channels, align_corners)
@@ -31,7 +31,7 @@ class UPerHead(SegHead):
         self.lateral_convs = nn.ModuleList(ConvBNReLU(c, channels, 1) for c in in_channels[:-1])
         self.fpn_convs = nn.ModuleList(ConvBNReLU(channels, channels, 3, padding=1) for _ in in_channels[:-1])
         self.fpn_bottleneck = ConvBNReLU(len(in_channels) * channels, channels, 3, padding=1)
-        self.recompute_fusion = False
+        self.recompute_fusion = recompute_fusion  # a training-time choice, not in the state dict
 
     def forward_features(self, inputs: List[torch.Tensor]) -> torch.Tensor:
         top = inputs[-1]
