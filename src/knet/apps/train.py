@@ -55,6 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="mixed precision on CUDA (fp16 with loss scaling, or bf16)")
     options.add_device(parser)
     options.add_low_memory(parser)
+    options.add_no_winograd(parser)
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--workers", type=int, default=2, metavar="W", help="data loading workers per process (default 2)")
     options.add_overrides(parser)
@@ -85,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         val_split=args.val_split, device=args.device, amp=args.amp,
         seed=args.seed, workers=args.workers, keep=args.keep, resume=args.resume, load_from=args.load_from,
         backbone_weights=args.backbone_weights, quiet=args.quiet, progress=False if args.quiet else None,
-        low_memory=args.low_memory,
+        low_memory=args.low_memory, cpu_winograd=args.winograd,
     )
     result = train(cfg, train_options)
     if not args.quiet and dist_info_from_env().is_main:
