@@ -33,7 +33,7 @@ from knet.checkpoint import load_model, with_class_meta  # noqa: E402
 from knet.cli import main  # noqa: E402
 from knet.errors import KnetError  # noqa: E402
 from knet.export.onnx import SizeGenericAdaptiveAvgPool2d, export_onnx  # noqa: E402
-from knet.inference.onnx_runner import CONFIG_KEY, WINOGRAD_KEY, OnnxRunner  # noqa: E402
+from knet.inference.onnx_runner import CONFIG_KEY, TARGET_KEY, WINOGRAD_KEY, OnnxRunner  # noqa: E402
 from tests.conftest import golden_path, logits_tolerance  # noqa: E402
 
 # preset -> the reference's tiny checkpoint of it (shared/goldens): trained-like statistics, so
@@ -128,11 +128,12 @@ def test_the_file_carries_the_config_and_dynamic_sizes(exported):
     assert json.loads(metadata[CONFIG_KEY]) == json.loads(with_class_meta(model.config).to_json())
     assert metadata["knet.version"] == knet.__version__
     assert metadata[WINOGRAD_KEY] == "0"  # the tiny widths are below WINOGRAD_MIN_CHANNELS
+    assert metadata[TARGET_KEY] == "cpu" and "target cpu" in printed  # the default --target
     (image,) = proto.graph.input
     assert image.name == "images"
     assert [d.dim_param for d in image.type.tensor_type.shape.dim] == ["batch", "", "height", "width"]
     assert [o.name for o in proto.graph.output] == ["logits"]
-    assert OnnxRunner(path).config == with_class_meta(model.config)
+    assert OnnxRunner(path).config == with_class_meta(model.config) and OnnxRunner(path).target == "cpu"
 
 
 def test_sliding_windows_run_through_the_file(exported, one_thread):
@@ -363,32 +364,6 @@ def test_a_model_exported_with_winograd_matches_torch_and_quantizes_around_it(tm
     metadata = {p.key: p.value for p in onnx.load(str(tmp_path / "int8.onnx")).metadata_props}
     assert f"{count} Winograd 3x3 convolutions float32" in metadata[QUANTIZATION_KEY]
     assert result.pixel_agreement > 0.8 and result.mean_relative_error["logits"] < 0.05
-
-
-def test_int8_export_quantizes_every_convolution_on_a_cpu_with_8bit_dot_products(tmp_path, one_thread, monkeypatch,
-                                                                              capsys):
-    """``--quantize int8`` without ``--winograd``/``--no-winograd``: on a CPU with VNNI or AMX
-    every convolution becomes int8 (no Winograd node, and the log says why); without them the
-    Winograd convolutions stay float32 (the test above)."""
-    from knet.data.synthetic import make_scene
-    from knet.export import onnx as knet_onnx
-    from knet.export import quantize
-
-    monkeypatch.setattr(knet_onnx, "WINOGRAD_MIN_CHANNELS", 16)
-    monkeypatch.setattr(quantize, "cpu_has_int8_dot_product", lambda: False)
-    assert quantize.int8_keeps_winograd()
-    monkeypatch.setattr(quantize, "cpu_has_int8_dot_product", lambda: True)
-    assert not quantize.int8_keeps_winograd()
-    calibration = tmp_path / "calibration"
-    calibration.mkdir()
-    Image.fromarray(make_scene(np.random.default_rng(0), size=(48, 64))[0]).save(calibration / "0.png")
-    out = tmp_path / "int8.onnx"
-    assert main(["export", "--model", "knet-r50-fcn-tiny", "--checkpoint", str(golden_path(GOLDEN_WEIGHTS["knet-r50-fcn-tiny"])),
-                 "--out", str(out), "--quantize", "int8", "--calibration", str(calibration), "--no-check"]) == 0
-    assert "this CPU has 8-bit dot products (VNNI or AMX): every convolution is quantized" in capsys.readouterr().err
-    metadata = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
-    assert metadata.get(WINOGRAD_KEY, "0") == "0" and "Winograd" not in metadata[quantize.QUANTIZATION_KEY]
-    assert OnnxRunner(out, threads=1).config.name == "knet-r50-fcn-tiny"
 
 
 # ---- errors ----------------------------------------------------------------------------------

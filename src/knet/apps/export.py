@@ -14,6 +14,10 @@ after the export and prints the largest differences; the file is written atomica
 calibrated on up to ``--calibration-images`` images of the ``--calibration`` folder, and prints how
 far it is from the float model on them; its source may also be a float file that ``knet export``
 wrote (``--onnx``).
+
+``--target`` (:mod:`knet.export.targets`: ``cpu``, the default, ``cpu-vnni`` or ``gpu``) is the
+runtime the file is for and alone decides its layout, so the same command writes the same file on
+every machine; a one-line note says when the target is a CPU unlike this one.
 """
 from __future__ import annotations
 
@@ -39,11 +43,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tolerance", type=float, default=1e-2, metavar="T",
                         help="largest parity difference accepted, relative to the largest output (default 1e-2: "
                              "a wrong graph differs by the order of the outputs)")
+    from ..export.targets import DEFAULT_TARGET, TARGET_NAMES, TARGETS
+
+    parser.add_argument("--target", choices=TARGET_NAMES, default=None,
+                        help="the runtime the file is for, which alone decides its layout: "
+                             + "; ".join(f"{t.name}: {t.description}" for t in TARGETS.values())
+                             + f" (default: {DEFAULT_TARGET}; with --onnx, the target that file was exported for). "
+                               "Wide 3x3 convolutions are Winograd (float32) for cpu, and for cpu-vnni without "
+                               "--quantize; cpu-vnni int8 quantizes every convolution; gpu has no Winograd")
     parser.add_argument("--winograd", action=argparse.BooleanOptionalAction, default=None,
-                        help="wide 3x3 convolutions as Winograd matrix products (about half their time in ONNX "
-                             "Runtime on a CPU; --quantize keeps them float32), or every convolution a Conv node "
-                             "(default: Winograd, except with --quantize on a CPU with 8-bit dot products (VNNI, "
-                             "AMX), where int8 convolutions are faster)")
+                        help="override --target's layout: wide 3x3 convolutions as Winograd matrix products "
+                             "(--quantize keeps them float32), or every convolution a Conv node")
     parser.add_argument("--quantize", default=None, metavar="SCHEME",
                         help="int8: static quantization (QDQ) calibrated on --calibration images")
     parser.add_argument("--calibration", default=None, metavar="DIR",
@@ -80,23 +90,23 @@ def run(args: argparse.Namespace) -> int:
         raise KnetError(f"--opset {args.opset}: the exporter writes opset {MIN_OPSET} or newer")
 
     calibration = _calibration(args)
-    if args.winograd is None:
-        from ..export.quantize import int8_keeps_winograd
-
-        args.winograd = calibration is None or bool(args.onnx) or int8_keeps_winograd()
-        if not args.winograd:
-            print("this CPU has 8-bit dot products (VNNI or AMX): every convolution is quantized, none is "
-                  "written as Winograd (--winograd keeps them float32 Winograd)", file=sys.stderr)
     if args.onnx and calibration is None:
         raise KnetError("--onnx FILE is the source of --quantize only (the file is already exported)")
-    if args.onnx:
+    if args.onnx:  # the target defaults to the file's own
         _quantize(Path(args.onnx), out, calibration, args)
         return 0
+    from ..export.targets import DEFAULT_TARGET, get_target
+
+    target = get_target(args.target or DEFAULT_TARGET)
+    args.target = target.name
+    if args.winograd is None:
+        args.winograd = target.winograd(quantized=calibration is not None)
     if args.threads is not None:
         import torch
 
         torch.set_num_threads(args.threads)
     model = _load(args)
+    _note(target.name)  # after the checks: an error stays one line
     print(f"knet export: {model.config.name} ({model.config.task}) -> {out}", file=sys.stderr)
     if calibration is None:
         _export(model, out, args)
@@ -113,20 +123,31 @@ def _quantize(fp32: Path, out: Path, calibration, args: argparse.Namespace) -> N
 
     images = read_calibration_images(calibration)
     print(f"quantizing to int8, calibrated on {len(images)} images ...", file=sys.stderr)
-    result = quantize_int8(fp32, out, images, threads=args.threads)
+    result = quantize_int8(fp32, out, images, threads=args.threads, target=args.target)
+    if args.onnx:
+        _note(result.target)
     print(result.summary())
-    print(f"wrote {out} ({result.size_mb:.1f} MB, int8)")
+    print(f"wrote {out} ({result.size_mb:.1f} MB, int8, target {result.target})")
 
 
 def _export(model, out: Path, args: argparse.Namespace) -> None:
     from ..export.onnx import export_onnx
 
     result = export_onnx(model, out, opset=args.opset, check=args.check, tolerance=args.tolerance,
-                         winograd=args.winograd)
+                         winograd=args.winograd, target=args.target)
     for parity in result.parity:
         print(f"parity check, {parity.summary()}")
-    print(f"wrote {out} ({result.size_mb:.1f} MB, opset {result.opset}, {result.winograd} Winograd 3x3 convolutions, "
-          f"exported in {result.seconds:.1f} s)")
+    print(f"wrote {out} ({result.size_mb:.1f} MB, opset {result.opset}, target {result.target}, "
+          f"{result.winograd} Winograd 3x3 convolutions, exported in {result.seconds:.1f} s)")
+
+
+def _note(target: str) -> None:
+    """The one-line note when CPU target ``target`` is not this CPU (the file does not change)."""
+    from ..export.targets import target_note
+
+    note = target_note(target)
+    if note:
+        print(note, file=sys.stderr)
 
 
 def _calibration(args: argparse.Namespace):

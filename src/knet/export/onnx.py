@@ -12,22 +12,22 @@ whole-image forward:
   (N, K, H/4, W/4), what the post-processing reads (``KNetMaskSegmentor.inference``).
 
 Batch, height and width are dynamic: one file serves every size. ``metadata_props`` carry
-``knet.config`` (``config.to_json()``: task, class names, palette, normalisation, test scale) and
-``knet.version``; :class:`knet.inference.onnx_runner.OnnxRunner` reads them back.
+``knet.config`` (``config.to_json()``: task, class names, palette, normalisation, test scale),
+``knet.version`` and ``knet.target``; :class:`knet.inference.onnx_runner.OnnxRunner` reads them back.
 
 Exporter: ``torch.onnx.export(..., dynamo=True)`` (torch.export, then ONNX opset 18+). Adaptive
 average pooling (PSP/UPerNet pyramid pooling, the ASPP image pool) has no ONNX operator for sizes
 the bins do not divide, and torch's decomposition bakes the example's bins into the graph, so the
 export runs on a copy of the model whose pooling layers average with two bin-weight matrices built
 from the input's size (:class:`SizeGenericAdaptiveAvgPool2d`; the same bins, equal up to float
-rounding). With ``winograd`` (the default), the copy's BatchNorms are folded and its wide 3x3
-convolutions become knet's Winograd F(4x4, 3x3) operator, which the exporter writes as plain ONNX
-operators (:func:`winograd_onnx`): ONNX Runtime's own convolutions are direct, and UPerNet's
-2048 -> 512 bottleneck at 128x128, most of an UPerNet forward, ran in 0.78 s instead of 1.93 s
-that way. The number of such convolutions is stored as ``knet.winograd``; int8 quantization
-(:mod:`knet.export.quantize`) leaves them float32. A parity check
-(ONNX Runtime against the torch model on random inputs of two sizes) runs before the file is
-moved into place; a failed export or check leaves no file.
+rounding). The export ``target`` (:mod:`knet.export.targets`: ``cpu``, ``cpu-vnni``, ``gpu``),
+not the exporting machine, decides the layout: for the CPU targets the copy's BatchNorms are
+folded and its wide 3x3 convolutions become knet's Winograd F(4x4, 3x3) operator, which the
+exporter writes as plain ONNX operators (:func:`winograd_onnx`), because ONNX Runtime's own CPU
+convolutions are direct and Winograd needs fewer multiplications. The number of such convolutions
+is stored as ``knet.winograd``; int8 quantization (:mod:`knet.export.quantize`) leaves them
+float32. A parity check (ONNX Runtime against the torch model on random inputs of two sizes) runs
+before the file is moved into place; a failed export or check leaves no file.
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -48,12 +48,13 @@ from torch import nn
 from .. import __version__
 from ..config import MASK_TASKS
 from ..errors import KnetError
-from ..inference.onnx_runner import (CONFIG_KEY, INPUT_NAME, INSTALL_HINT, VERSION_KEY, WINOGRAD_KEY, OnnxRunner,
-                                     import_onnxruntime, output_names)
+from ..inference.onnx_runner import (CONFIG_KEY, INPUT_NAME, INSTALL_HINT, TARGET_KEY, VERSION_KEY, WINOGRAD_KEY,
+                                     OnnxRunner, import_onnxruntime, output_names)
 from ..models.fuse import fold_batch_norms
 from ..models.winograd import INPUT_TILE, OUTPUT_TILE, WinogradConv2d, transform_matrices
 from ..utils.atomic import atomic_path
 from ..utils.device import module_device
+from .targets import DEFAULT_TARGET, get_target
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -65,11 +66,8 @@ MIN_OPSET = 18
 EXAMPLE_SHAPE = (2, 3, 256, 320)
 SEMANTIC_CHECK_SHAPE = (1, 3, 75, 110)
 MASK_CHECK_SHAPE = (1, 3, 96, 64)
-# The narrowest 3x3 convolution written as Winograd (input and output channels). In ONNX Runtime
-# (2 threads, AMD EPYC; a first, slice-based layout of the same graph) Winograd took 0.47-0.58x
-# the direct convolution's time at 512 channels from 16x16 to 128x128 and 0.38x at 768 channels
-# on 16x16, but 1.5x at 256 channels on 32x32: the tile copies cost as much as the saved
-# multiplications there.
+# The narrowest 3x3 convolution written as Winograd (input and output channels): below it the
+# tile copies cost as much as the multiplications Winograd saves.
 WINOGRAD_MIN_CHANNELS = 512
 
 
@@ -237,6 +235,7 @@ class ExportResult:
     seconds: float
     size_mb: float
     winograd: int = 0  # 3x3 convolutions written as Winograd
+    target: str = DEFAULT_TARGET  # the export target (knet.export.targets)
     parity: List[ParityResult] = field(default_factory=list)
 
 
@@ -315,7 +314,8 @@ def check_parity(model: nn.Module, runner: OnnxRunner, shape: Sequence[int], see
 
 
 def export_onnx(model: nn.Module, path: PathLike, opset: int = MIN_OPSET, check: bool = True,
-                tolerance: float = 1e-2, verbose: bool = False, winograd: bool = True) -> ExportResult:
+                tolerance: float = 1e-2, verbose: bool = False, winograd: Optional[bool] = None,
+                target: str = DEFAULT_TARGET) -> ExportResult:
     """Export a knet model (``KNet`` or ``KNetMaskSegmentor`` with its ``config``) to ``path``.
 
     Args:
@@ -330,9 +330,12 @@ def export_onnx(model: nn.Module, path: PathLike, opset: int = MIN_OPSET, check:
             kernel-update stages (torch's own float32 result of a random full-size knet-r50-fcn
             is 1.7e-3 x max away from its float64 one); trained weights give ~1e-5.
         verbose: the exporter's progress lines.
-        winograd: wide 3x3 convolutions as Winograd (:func:`exportable_copy`): faster in ONNX
-            Runtime on the CPU; off for runtimes whose own convolutions are fast (TensorRT, ONNX
-            Runtime on CUDA), or for an int8 file whose every convolution is 8-bit.
+        winograd: wide 3x3 convolutions as Winograd (:func:`exportable_copy`); None (the
+            default) takes the target's float32 layout, True or False overrides it (False for the
+            source of a ``cpu-vnni`` int8 file, whose every convolution is 8-bit).
+        target: the runtime the file is for, one of :data:`knet.export.targets.TARGET_NAMES`
+            (``cpu``, ``cpu-vnni``, ``gpu``), stored in its metadata as ``knet.target``; the
+            exporting machine does not change the file.
 
     Returns:
         an :class:`ExportResult` (its ``parity`` empty without ``check``).
@@ -341,6 +344,9 @@ def export_onnx(model: nn.Module, path: PathLike, opset: int = MIN_OPSET, check:
 
     if opset < MIN_OPSET:
         raise KnetError(f"opset {opset}: the exporter writes opset {MIN_OPSET} or newer")
+    layout = get_target(target)
+    if winograd is None:
+        winograd = layout.winograd(quantized=False)
     config = getattr(model, "config", None)
     if config is None or not hasattr(model, "inference"):
         raise KnetError(f"cannot export a {type(model).__name__}: expected a knet model built from a config")
@@ -360,10 +366,11 @@ def export_onnx(model: nn.Module, path: PathLike, opset: int = MIN_OPSET, check:
     program.model.metadata_props[VERSION_KEY] = __version__
     winograd_convolutions = _winograd_in_graph(program.model.graph)
     program.model.metadata_props[WINOGRAD_KEY] = str(winograd_convolutions)
+    program.model.metadata_props[TARGET_KEY] = layout.name
     program.model.doc_string = f"knet {__version__}: {config.name} ({task})"
     path = Path(path)
     result = ExportResult(path=path, opset=opset, exporter="torch.onnx.export(dynamo=True)", seconds=0.0,
-                          size_mb=0.0, winograd=winograd_convolutions)
+                          size_mb=0.0, winograd=winograd_convolutions, target=layout.name)
     with atomic_path(path) as tmp:
         program.save(tmp, external_data=False)
         result.seconds = time.perf_counter() - start

@@ -7,7 +7,9 @@ per output channel, their input activations uint8 with ranges calibrated (min/ma
 that knet's own test pipeline feeds the model for a folder of images. Everything else (the kernel
 updates' layer norms, softmaxes, the final resize) stays float32. The file keeps the float model's
 metadata (knet's config) and adds ``knet.quantization``, so ``OnnxRunner``, ``knet predict
---onnx`` and ``knet test --onnx`` run it like the float file.
+--onnx`` and ``knet test --onnx`` run it like the float file. Which convolutions are int8 is the
+export target's choice (:mod:`knet.export.targets`, stored as ``knet.target``), never the
+exporting machine's: the Winograd convolutions of the float file stay float32.
 
 The accuracy against float32 is measured on the calibration images right after quantizing: the
 outputs' mean and max |int8 - fp32| relative to max |fp32|, and for semantic models the share of
@@ -27,9 +29,10 @@ import numpy as np
 from ..config import MASK_TASKS
 from ..data.io import IMAGE_SUFFIXES, read_image
 from ..errors import KnetError
-from ..inference.onnx_runner import CONFIG_KEY, INPUT_NAME, INSTALL_HINT, VERSION_KEY, WINOGRAD_KEY, OnnxRunner
+from ..inference.onnx_runner import (CONFIG_KEY, INPUT_NAME, INSTALL_HINT, TARGET_KEY, VERSION_KEY, WINOGRAD_KEY,
+                                     OnnxRunner)
 from ..utils.atomic import atomic_path
-from ..utils.device import cpu_has_int8_dot_product
+from .targets import DEFAULT_TARGET, get_target, matching_target
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -44,22 +47,17 @@ DEFAULT_CALIBRATION_IMAGES = 16
 WEIGHT_OPS = ("Conv", "MatMul", "Gemm")
 QUANTIZED_SCOPES = ("model.backbone", "model.neck", "model.decode_head.kernel_generate_head")
 EXCLUDED_SCOPES = ("model.decode_head.kernel_generate_head.conv_seg",)
-# The nodes of Winograd convolutions (knet export's default for wide 3x3 ones: the transform
-# convolutions and the products in the transformed domain) stay float32 too: Winograd's
-# transformed values span a wider range than 8 bits keep well, and in float32 they are already
-# 2-2.5x faster than the direct convolution; quantizing around them keeps the int8 file as fast as
-# the float one where they are most of the work (the UPerNets' heads).
+# The nodes of Winograd convolutions (the transform convolutions and the products in the
+# transformed domain) stay float32 too: Winograd's transformed values span a wider range than 8
+# bits keep well.
 WINOGRAD_NAMESPACE = "knet.models.winograd.WinogradConv2d"
 
 
 def int8_keeps_winograd() -> bool:
-    """Whether ``knet export --quantize int8`` writes the wide 3x3 convolutions as Winograd
-    (float32) by default: only on a CPU without 8-bit dot products. With them (VNNI, AMX), ONNX
-    Runtime's int8 direct convolutions are faster than float32 Winograd: Swin-T UPerNet's int8
-    file ran in 1.19 s with every convolution int8 against 1.78 s with Winograd (Intel Xeon with
-    AVX-512 VNNI and AMX, 2 threads, 512x512). Without them (AMD EPYC, AVX2) Winograd kept the
-    int8 file 2.4-3.7x the reference's speed."""
-    return not cpu_has_int8_dot_product()
+    """Whether an int8 file for the CPU target that fits this machine keeps Winograd convolutions
+    (:func:`~knet.export.targets.matching_target`): for benchmarks timing the machine they run on;
+    ``knet export`` decides from ``--target`` alone."""
+    return get_target(matching_target()).winograd(quantized=True)
 
 
 @dataclass
@@ -73,6 +71,7 @@ class QuantizationResult:
     mean_relative_error: Dict[str, float]  # per output: mean |int8 - fp32| / max |fp32|
     max_relative_error: Dict[str, float]  # per output: max |int8 - fp32| / max |fp32|
     pixel_agreement: Optional[float]  # semantic models: share of pixels with the fp32 argmax class
+    target: str = DEFAULT_TARGET  # the export target stored in the file (knet.export.targets)
 
     def summary(self) -> str:
         parts = [f"{name}: mean {self.mean_relative_error[name]:.2e}, max {self.max_relative_error[name]:.2e}"
@@ -141,7 +140,7 @@ def _quantization_module() -> Any:
 def quantize_int8(fp32_path: PathLike, out_path: PathLike, images: Sequence[np.ndarray], *,
                   test_scale: Optional[Tuple[int, int]] = None, per_channel: bool = True,
                   reduce_range: bool = False, scopes: Sequence[str] = QUANTIZED_SCOPES,
-                  threads: Optional[int] = None) -> QuantizationResult:
+                  threads: Optional[int] = None, target: Optional[str] = None) -> QuantizationResult:
     """Quantize a file written by :func:`knet.export.onnx.export_onnx` to int8 (QDQ).
 
     Args:
@@ -157,6 +156,10 @@ def quantize_int8(fp32_path: PathLike, out_path: PathLike, images: Sequence[np.n
             saturate (AVX2); off by default.
         scopes: the modules whose convolutions and linear layers are quantized.
         threads: ONNX Runtime's threads for the calibration and comparison runs.
+        target: the export target stored in the int8 file (``knet.target``; validated); None (the
+            default) keeps the float file's, ``cpu`` for a file without one. The layout is the
+            float file's either way (``export_onnx(..., target="cpu-vnni", winograd=False)`` is the
+            source of a ``cpu-vnni`` int8 file, as ``knet export --quantize int8`` writes it).
     """
     import onnx
 
@@ -165,8 +168,12 @@ def quantize_int8(fp32_path: PathLike, out_path: PathLike, images: Sequence[np.n
     quantization = _quantization_module()
     if not images:
         raise KnetError("int8 quantization needs at least one calibration image")
+    if target is not None:
+        get_target(target)
     source = onnx.load(str(fp32_path))
-    winograd = int(next((p.value for p in source.metadata_props if p.key == WINOGRAD_KEY), "0"))
+    source_metadata = {p.key: p.value for p in source.metadata_props}
+    winograd = int(source_metadata.get(WINOGRAD_KEY, "0"))
+    target = get_target(target or source_metadata.get(TARGET_KEY) or DEFAULT_TARGET).name
     recorder = _RecordingRunner(OnnxRunner(fp32_path, device="cpu", threads=threads))
     config = recorder.config
     pipeline = get_task(config.task).pipeline(recorder, test_scale=test_scale)
@@ -183,7 +190,7 @@ def quantize_int8(fp32_path: PathLike, out_path: PathLike, images: Sequence[np.n
             activation_type=quantization.QuantType.QUInt8, weight_type=quantization.QuantType.QInt8,
             calibrate_method=quantization.CalibrationMethod.MinMax)
         model = onnx.load(str(tmp))
-        metadata = {p.key: p.value for p in source.metadata_props}
+        metadata = dict(source_metadata, **{TARGET_KEY: target})
         metadata[QUANTIZATION_KEY] = (f"int8 static QDQ (onnxruntime {_ort_version()}): {len(nodes)} convolutions "
                                       "and matrix products by weights; "
                                       f"weights int8 {'per channel' if per_channel else 'per tensor'}"
@@ -191,7 +198,7 @@ def quantize_int8(fp32_path: PathLike, out_path: PathLike, images: Sequence[np.n
                                       f"over {len(images)} images"
                                       + (f"; {winograd} Winograd 3x3 convolutions float32" if winograd else ""))
         del model.metadata_props[:]
-        for key in (CONFIG_KEY, VERSION_KEY, QUANTIZATION_KEY):
+        for key in (CONFIG_KEY, VERSION_KEY, TARGET_KEY, QUANTIZATION_KEY):
             if key in metadata:
                 entry = model.metadata_props.add()
                 entry.key, entry.value = key, metadata[key]
@@ -199,7 +206,7 @@ def quantize_int8(fp32_path: PathLike, out_path: PathLike, images: Sequence[np.n
         size_mb = tmp.stat().st_size / 2**20
         quantized = OnnxRunner(tmp, device="cpu", threads=recorder.runner.threads)
         result = _compare(recorder, quantized, config.task in MASK_TASKS)
-    return QuantizationResult(out_path, size_mb, len(images), *result)
+    return QuantizationResult(out_path, size_mb, len(images), *result, target=target)
 
 
 def _namespace(node: Any) -> str:

@@ -37,6 +37,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 CONFIG_KEY = "knet.config"  # config.to_json(), task, class names, palette, normalisation included
 VERSION_KEY = "knet.version"  # the knet that wrote it
 WINOGRAD_KEY = "knet.winograd"  # how many 3x3 convolutions the export wrote as Winograd (matrix products)
+TARGET_KEY = "knet.target"  # the runtime the file was laid out for (knet.export.targets); absent in older files
 INPUT_NAME = "images"
 SEMANTIC_OUTPUTS = ("logits",)
 MASK_OUTPUTS = ("cls_logits", "mask_logits")
@@ -125,7 +126,9 @@ class OnnxRunner:
         except Exception as err:  # ONNX Runtime raises its own exception types for unreadable files
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise KnetError(f"{self.path}: ONNX Runtime cannot load it ({first})") from None
-        self.config: ModelConfig = read_config(self.session.get_modelmeta().custom_metadata_map, str(self.path))
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        self.config: ModelConfig = read_config(metadata, str(self.path))
+        self.target: Optional[str] = metadata.get(TARGET_KEY)  # None for a file written before targets
         self.output_names = output_names(self.config.task)
         inputs = [i.name for i in self.session.get_inputs()]
         outputs = [o.name for o in self.session.get_outputs()]
@@ -186,5 +189,5 @@ class OnnxRunner:
         return logits / counts
 
 
-__all__ = ["CONFIG_KEY", "VERSION_KEY", "WINOGRAD_KEY", "INPUT_NAME", "OnnxRunner", "import_onnxruntime",
-           "output_names", "read_config"]
+__all__ = ["CONFIG_KEY", "VERSION_KEY", "WINOGRAD_KEY", "TARGET_KEY", "INPUT_NAME", "OnnxRunner",
+           "import_onnxruntime", "output_names", "read_config"]
