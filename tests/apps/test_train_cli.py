@@ -166,6 +166,15 @@ def test_train_then_resume_without_checkpoint_and_plot(toy, tmp_path, capsys):
     assert main(train_args(toy, work, 3)) == 2
     assert "--resume" in capsys.readouterr().err
 
+    # Nor may a fresh run start from a checkpoint it would write over, by any name.
+    (tmp_path / "start.pth").symlink_to(work / "iter_3.pth")
+    before = (work / "iter_3.pth").read_bytes()
+    for load_from in (work / "iter_3.pth", tmp_path / "start.pth"):
+        assert main(train_args(toy, work, 3, "--load-from", str(load_from))) == 2
+        err = capsys.readouterr().err
+        assert "--work-dir: writing" in err and "would overwrite the input" in err and len(err.strip().splitlines()) == 1
+    assert (work / "iter_3.pth").read_bytes() == before
+
     # Resuming a finished run does nothing but say so.
     assert main(train_args(toy, work, 3, "--resume")) == 0
     assert "resumed from" in capsys.readouterr().out

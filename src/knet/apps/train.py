@@ -62,6 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     options.add_quiet(parser, "no console lines or progress bar")
 
 
+allocator_setting = options.training_allocator
+
+
 def run(args: argparse.Namespace) -> int:
     from ..config import parse_set_options
     from ..engine.training import TrainOptions, dist_info_from_env, train
@@ -81,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
     root = Path(args.data_root)
     if not root.is_dir():
         raise KnetError(f"--data-root {root}: no such folder")
+    _refuse_overwriting(args)
     train_options = TrainOptions(
         work_dir=args.work_dir, data_root=root, dataset=args.dataset, train_split=args.train_split,
         val_split=args.val_split, device=args.device, amp=args.amp,
@@ -97,3 +101,22 @@ def run(args: argparse.Namespace) -> int:
             summary += f"; best {result.best_metric} {result.best_value:.2f} ({result.best_checkpoint})"
         print(summary, flush=True)
     return 0
+
+
+# What a run writes into its work directory (see :mod:`knet.engine.training`).
+_WORK_DIR_FILES = ("config.json", "log.jsonl", "last_checkpoint", "iter_*.pth", "best_*_iter_*.pth")
+
+
+def _refuse_overwriting(args: argparse.Namespace) -> None:
+    """Before any work: the run may not write over the weights it starts from (``--resume``
+    continues its own run and is the one exception)."""
+    from fnmatch import fnmatch
+
+    from ..utils.outputs import input_files, refuse_overwriting_inputs
+
+    inputs = input_files([args.load_from, args.backbone_weights])
+    outputs = [("--work-dir", Path(args.work_dir) / name) for name in _WORK_DIR_FILES[:3]]
+    work_dir = Path(args.work_dir).resolve()
+    outputs += [("--work-dir", work_dir / f.resolve().name) for f in inputs if f.resolve().parent == work_dir
+                and any(fnmatch(f.resolve().name, pattern) for pattern in _WORK_DIR_FILES[3:])]
+    refuse_overwriting_inputs(outputs, inputs)
