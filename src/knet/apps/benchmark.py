@@ -402,7 +402,9 @@ def benchmark_train(model: Any, size: Any = None, batch_size: int = TRAIN_DEFAUL
     and the task's losses (the trainer's loss module), their sum, and
     :func:`knet.engine.optim.backward_step`: backward, gradient clipping at the recipe's
     ``train.clip_grad_norm``, and the step of the recipe's AdamW (:func:`knet.engine.optim.build_optimizer`,
-    at its base lr, with its parameter groups). The model is trained in place: its weights change.
+    at its base lr, with its parameter groups). The model is trained in place: its weights change
+    (with ``low_memory``, a copy built from its low-memory config is trained instead); on the CPU it
+    holds plain convolutions again afterwards, as after ``knet train``.
 
     Args:
         model: a :class:`knet.KNet` or a panoptic/instance model, moved to ``device``, in train mode.
@@ -410,8 +412,8 @@ def benchmark_train(model: Any, size: Any = None, batch_size: int = TRAIN_DEFAUL
         device: ``auto`` picks CUDA, then MPS, then the CPU.
         threads: ``torch.set_num_threads`` when given.
         iters, warmup: timed and untimed steps (the warm-up also creates AdamW's state).
-        low_memory: as ``knet train --low-memory`` (:func:`knet.engine.training.save_training_memory`,
-            and on the CPU the allocator setting of :func:`knet.engine.training.prepare_cpu_training`).
+        low_memory: as ``knet train --low-memory``: the model of :func:`knet.config.low_memory_config`
+            (recomputed backbone stages and head maps) with ``model``'s weights.
 
     Returns:
         a :class:`TrainBenchmarkResult`; peak memory as :func:`benchmark`'s (CUDA: the peak
@@ -421,7 +423,9 @@ def benchmark_train(model: Any, size: Any = None, batch_size: int = TRAIN_DEFAUL
     from torch import nn
 
     from ..engine.optim import backward_step, build_optimizer
-    from ..engine.training import _LossForward, prepare_cpu_training, save_training_memory
+    from ..config import low_memory_config
+    from ..engine.training import _LossForward, finish_cpu_training, prepare_cpu_training
+    from ..models.segmentor import build_model
     from ..tasks import get_task
     from ..utils.device import resolve_device
 
@@ -431,10 +435,12 @@ def benchmark_train(model: Any, size: Any = None, batch_size: int = TRAIN_DEFAUL
     dev = resolve_device(device)
     config = model.config
     task = get_task(config.task)
-    model = model.to(dev).train()
-    prepare_cpu_training(model, dev, low_memory)  # what knet train does on this device
     if low_memory:
-        save_training_memory(model)
+        weights = model.state_dict()
+        model = build_model(low_memory_config(config))
+        model.load_state_dict(weights)
+    model = model.to(dev).train()
+    prepare_cpu_training(model, dev)  # what knet train does on this device
     optimizer = build_optimizer(model, config.train)
     params = [p for p in model.parameters() if p.requires_grad]
     net = _LossForward(model, task)
@@ -445,7 +451,10 @@ def benchmark_train(model: Any, size: Any = None, batch_size: int = TRAIN_DEFAUL
         losses = net(images, targets)
         backward_step(sum(losses.values()), optimizer, params, config.train.clip_grad_norm)
 
-    step_ms, total = _timed(step, dev, warmup, iters)
+    try:
+        step_ms, total = _timed(step, dev, warmup, iters)
+    finally:
+        finish_cpu_training(model)
     return TrainBenchmarkResult(
         model=name or getattr(config, "name", type(model).__name__),
         device=str(dev),
