@@ -427,6 +427,22 @@ def test_export_errors_are_one_line_and_write_nothing(tmp_path, capsys):
     assert not out.exists() and list(tmp_path.glob(".m.onnx*")) == []
 
 
+def test_export_refuses_an_out_that_would_replace_an_input(tmp_path, capsys):
+    torch.manual_seed(0)
+    knet.save_pretrained(knet.build_model("knet-r50-fcn-tiny"), tmp_path / "fcn")
+    (tmp_path / "photos").mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "photos" / "a.png")
+    (tmp_path / "link").symlink_to(tmp_path / "fcn")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    weights = ["export", "--pretrained", str(tmp_path / "fcn"), "--out"]
+    for argv in (weights + [str(tmp_path / "link" / "model.safetensors")],
+                 weights + [str(tmp_path / "fcn" / "x" / ".." / "config.json")],
+                 weights + [str(tmp_path / "photos" / "a.png"), "--quantize", "int8", "--calibration",
+                            str(tmp_path / "photos")]):
+        _one_line_error(capsys, main(argv), "--out: writing", "would overwrite the input")
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
 # ---- int8 ------------------------------------------------------------------------------------
 def test_int8_quantization_keeps_the_config_and_stays_close(exported, tmp_path, one_thread):
     """Static int8 of the tiny R50-FCN, calibrated on generated scenes: the file carries knet's

@@ -90,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         raise KnetError(f"--opset {args.opset}: the exporter writes opset {MIN_OPSET} or newer")
 
     calibration = _calibration(args)
+    _refuse_overwriting(out, args)
     if args.onnx and calibration is None:
         raise KnetError("--onnx FILE is the source of --quantize only (the file is already exported)")
     if args.onnx:  # the target defaults to the file's own
@@ -106,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     model = _load(args)
-    _note(target.name)  # after the checks: an error stays one line
+    _note(target.name, quantized=calibration is not None)  # after the checks: an error stays one line
     print(f"knet export: {model.config.name} ({model.config.task}) -> {out}", file=sys.stderr)
     if calibration is None:
         _export(model, out, args)
@@ -125,7 +126,7 @@ def _quantize(fp32: Path, out: Path, calibration, args: argparse.Namespace) -> N
     print(f"quantizing to int8, calibrated on {len(images)} images ...", file=sys.stderr)
     result = quantize_int8(fp32, out, images, threads=args.threads, target=args.target)
     if args.onnx:
-        _note(result.target)
+        _note(result.target, quantized=True)
     print(result.summary())
     print(f"wrote {out} ({result.size_mb:.1f} MB, int8, target {result.target})")
 
@@ -141,11 +142,11 @@ def _export(model, out: Path, args: argparse.Namespace) -> None:
           f"{result.winograd} Winograd 3x3 convolutions, exported in {result.seconds:.1f} s)")
 
 
-def _note(target: str) -> None:
+def _note(target: str, quantized: bool) -> None:
     """The one-line note when CPU target ``target`` is not this CPU (the file does not change)."""
     from ..export.targets import target_note
 
-    note = target_note(target)
+    note = target_note(target, quantized)
     if note:
         print(note, file=sys.stderr)
 
@@ -166,3 +167,11 @@ def _calibration(args: argparse.Namespace):
         raise KnetError("--quantize int8 needs --calibration DIR, a folder of images to calibrate on")
     options.check_positive("calibration-images", args.calibration_images)
     return calibration_files(args.calibration, args.calibration_images or DEFAULT_CALIBRATION_IMAGES)
+
+
+def _refuse_overwriting(out: Path, args: argparse.Namespace) -> None:
+    """Before any work: ``--out`` may not replace the weights, the source file or a calibration image."""
+    from ..utils.outputs import refuse_overwriting_inputs
+
+    images = sorted(p for p in Path(args.calibration).rglob("*") if p.is_file()) if args.calibration else []
+    refuse_overwriting_inputs([("--out", out)], [args.checkpoint, getattr(args, "pretrained", None), args.onnx, *images])

@@ -63,14 +63,15 @@ def matching_target() -> str:
     return "cpu-vnni" if cpu_has_int8_dot_product() else "cpu"
 
 
-def target_note(name: str) -> Optional[str]:
-    """A one-line note when CPU target ``name`` does not fit this CPU (None when it does, or for a
-    GPU target): the file is the same either way."""
+def target_note(name: str, quantized: bool = False) -> Optional[str]:
+    """A one-line note when CPU target ``name`` does not fit this CPU and its file's layout differs
+    from the fitting target's (None otherwise, and for a GPU target): the file is the same either
+    way."""
     target = get_target(name)
     if target.int8_dot_product is None:
         return None
     here = matching_target()
-    if here == target.name:
+    if target.winograd(quantized) == get_target(here).winograd(quantized):
         return None
     has = "has none" if target.int8_dot_product else "has them (VNNI/AMX)"
     return (f"note: --target {target.name} is for {target.description} and this CPU {has}; the file is the same "
