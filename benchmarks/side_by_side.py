@@ -207,8 +207,10 @@ def main() -> None:
     from knet import build_model
     from knet.checkpoint import load_model
     from knet.inference.pipeline import TorchRunner
+    from knet.utils.memory import apply_cli_allocator
 
     torch.set_num_threads(args.threads)
+    apply_cli_allocator()  # knet's columns time what `knet predict` / `test` run: the CLI's allocator policy
     reference_python: Optional[Path] = args.reference_python
     if args.tiny:
         print("reference: not run (the -tiny presets have no reference config): knet's columns only")
