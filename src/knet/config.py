@@ -708,13 +708,25 @@ def _apply(data: Dict[str, Any], cls: type, key: str, value: Any) -> None:
 
 def _switch_kind(node: Dict[str, Any], group: str, kind: Any) -> None:
     """Set the ``kind`` of a kind-keyed group's dict, dropping the settings the new kind does not
-    have (an unknown kind is reported when the dict is read)."""
+    have and those left at the old kind's default, which the new kind's default replaces (an
+    unknown kind is reported when the dict is read)."""
+    old_cls = KIND_KEYED[group].get(node.get("kind"))
     node["kind"] = kind
     new_cls = KIND_KEYED[group].get(kind)
     if new_cls is not None:
         own = {f.name for f in dataclasses.fields(new_cls)}
-        for name in [name for name in node if name not in own]:
-            del node[name]
+        old_defaults = {f.name: f.default for f in dataclasses.fields(old_cls)
+                        if f.default is not dataclasses.MISSING} if old_cls is not None else {}
+        for name in [name for name in node if name != "kind"]:
+            if name not in own or (name in old_defaults and _same_value(node[name], old_defaults[name])):
+                del node[name]
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    """Equality of config values, a list equal to a tuple of the same items."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b))
+    return a == b
 
 
 def _kind_keyed_group(tp: Any) -> Optional[str]:
