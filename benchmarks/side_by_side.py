@@ -195,6 +195,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--reference-python", type=Path, default=REPO.parent / ".refenv" / "bin" / "python")
     parser.add_argument("--work-dir", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON (benchmarks/results/)")
     args = parser.parse_args()
     if args.inputs < 1:
         parser.error(f"--inputs must be at least 1, got {args.inputs}")
@@ -252,6 +253,7 @@ def main() -> None:
                 for name, runner in runners.items():
                     times[name].append(timed(lambda: runner(x), args.repeats))
             row = {"model": preset, **{name: statistics.median(v) for name, v in times.items()}}
+            row["per_round"] = {name: list(v) for name, v in times.items()}
             if reference_python is not None:
                 ref = reference_logits(reference_python, short, size, args.inputs, args.threads,
                                        work / f"{short}.logits.npz", compile=args.compile)
@@ -282,7 +284,8 @@ def main() -> None:
                                           low_memory=kind != "knet")
                     steps[kind].append(mine["median_s"])
                     memory[kind] = max(memory.get(kind, 0.0), mine["peak_rss_mib"])
-            row = {"model": preset, **{k: statistics.median(v) for k, v in steps.items()}, "memory": memory}
+            row = {"model": preset, **{k: statistics.median(v) for k, v in steps.items()}, "memory": memory,
+                   "per_round": {k: list(v) for k, v in steps.items()}}
             if reference_python is not None:
                 ref = np.load(saved_train)
                 mine = knet_losses(model, {"x": ref["x"], "labels": ref["labels"]})
@@ -294,6 +297,8 @@ def main() -> None:
         del model
 
     print_tables(infer_rows, train_rows, args, size, reference_python is not None)
+    if args.out:
+        write_results(args.out, infer_rows, train_rows, args, size, reference_python is not None)
 
 
 def onnx_runners(model, preset: str, work: Path, size: int, threads: int) -> Dict:
@@ -302,23 +307,53 @@ def onnx_runners(model, preset: str, work: Path, size: int, threads: int) -> Dic
     generated scenes), cached in ``work``."""
     from knet.data.synthetic import make_scene
     from knet.export.onnx import export_onnx
-    from knet.export.quantize import int8_keeps_winograd, quantize_int8
+    from knet.export.quantize import quantize_int8
+    from knet.export.targets import get_target, matching_target
     from knet.inference.onnx_runner import OnnxRunner
 
     fp32, int8 = work / f"{preset}.onnx", work / f"{preset}-int8.onnx"
     if not fp32.exists():
         export_onnx(model, fp32)
     if not int8.exists():
-        # As `knet export --quantize int8` on this CPU: without 8-bit dot products the Winograd
-        # convolutions stay float32, with them every convolution is quantized.
-        source = fp32 if int8_keeps_winograd() else work / f"{preset}-plain.onnx"
+        # As `knet export --quantize int8 --target` of this CPU: without 8-bit dot products the
+        # Winograd convolutions stay float32, with them every convolution is quantized.
+        target = matching_target()
+        source = fp32 if get_target(target).winograd(quantized=True) else work / f"{preset}-plain.onnx"
         if not source.exists():
             export_onnx(model, source, winograd=False)
         rng = np.random.default_rng(0)
         print(quantize_int8(source, int8, [make_scene(rng, size=(size, size))[0] for _ in range(4)],
-                            threads=threads).summary(), flush=True)
+                            threads=threads, target=target).summary(), flush=True)
     return {"onnx fp32": OnnxRunner(fp32, device="cpu", threads=threads),
             "onnx int8": OnnxRunner(int8, device="cpu", threads=threads)}
+
+
+def write_results(path: Path, infer_rows: List[Dict], train_rows: List[Dict], args: argparse.Namespace,
+                  size: int, with_reference: bool) -> None:
+    """The run as JSON: the machine (CPU model and flags, versions, commit), the settings, and every
+    row with its per-round times (the spread) and medians."""
+    import torch
+
+    import knet
+    from knet.utils.device import cpu_has_int8_dot_product
+
+    flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("flags")), []) if Path("/proc/cpuinfo").exists() else []
+    git = lambda *a: subprocess.run(["git", "-C", str(REPO), *a], capture_output=True, text=True).stdout.strip()
+    record = {
+        "benchmark": "side_by_side",
+        "machine": {"cpu": cpu_model(), "cpu_flags": sorted(f for f in flags if f.startswith(("avx512", "amx", "avx_vnni"))),
+                    "int8_dot_product": cpu_has_int8_dot_product(), "threads": args.threads,
+                    "python": platform.python_version(), "torch": torch.__version__, "knet": knet.__version__,
+                    "commit": git("rev-parse", "--short", "HEAD"),
+                    "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no"))},
+        "settings": {"size": size, "rounds": args.rounds, "repeats": args.repeats, "train_steps": args.train_steps,
+                     "inputs": args.inputs, "reference": with_reference},
+        "inference": infer_rows, "training": train_rows,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1, default=float) + "\n")
+    print(f"wrote {path}")
 
 
 def print_tables(infer_rows: List[Dict], train_rows: List[Dict], args: argparse.Namespace, size: int,
@@ -330,7 +365,7 @@ def print_tables(infer_rows: List[Dict], train_rows: List[Dict], args: argparse.
           f"{size}x{size}; medians over {args.rounds} alternating rounds"
           + ("" if with_reference else "; reference not run"))
     if infer_rows:
-        columns = [k for k in infer_rows[0] if k not in ("model", "diffs")]
+        columns = [k for k in infer_rows[0] if k not in ("model", "diffs", "per_round")]
         header = ["model"] + [f"{c} (s)" if c == "reference" or not with_reference else f"{c} (s, ratio)"
                               for c in columns]
         if with_reference:

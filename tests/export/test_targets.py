@@ -134,7 +134,7 @@ def test_the_mismatch_note_and_nothing_otherwise(files, monkeypatch):
         monkeypatch.setattr(targets, "cpu_has_int8_dot_product", lambda vnni=vnni: vnni)
         assert {name for name in targets.TARGET_NAMES if targets.target_note(name, quantized=True)} == expected
         assert not any(targets.target_note(name) for name in targets.TARGET_NAMES)  # float32: one layout
-        assert quantize.int8_keeps_winograd() is not vnni  # the benchmarks' "as on this machine"
+        assert targets.matching_target() == ("cpu-vnni" if vnni else "cpu")
     assert all(len(targets.target_note(name, quantized=True).splitlines()) == 1 for name in expected)
 
 

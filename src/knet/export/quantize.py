@@ -53,13 +53,6 @@ EXCLUDED_SCOPES = ("model.decode_head.kernel_generate_head.conv_seg",)
 WINOGRAD_NAMESPACE = "knet.models.winograd.WinogradConv2d"
 
 
-def int8_keeps_winograd() -> bool:
-    """Whether an int8 file for the CPU target that fits this machine keeps Winograd convolutions
-    (:func:`~knet.export.targets.matching_target`): for benchmarks timing the machine they run on;
-    ``knet export`` decides from ``--target`` alone."""
-    return get_target(matching_target()).winograd(quantized=True)
-
-
 @dataclass
 class QuantizationResult:
     """What :func:`quantize_int8` wrote and how far its outputs are from the float model's on the
