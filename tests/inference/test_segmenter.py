@@ -9,7 +9,7 @@ from PIL import Image
 
 import knet
 from knet.inference.segmenter import SegmentationResult, add_legend, class_shares, to_rgb_array
-from knet.engine import inference
+from knet.inference import pipeline as inference
 from knet.errors import DataError, KnetError
 
 NUM_CLASSES = 3

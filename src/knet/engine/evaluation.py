@@ -21,7 +21,6 @@ from torch import nn
 from ..data.transforms import Size
 from ..errors import DataError, KnetError
 from ..inference.pipeline import as_runner
-from ..metrics.semantic import SegmentationMetric, compute_metrics, confusion_matrix, format_table  # noqa: F401
 from ..tasks import Evaluator, Task, get_task
 from ..utils.atomic import atomic_write_text
 from ..utils.device import resolve_device

@@ -213,11 +213,6 @@ class TrainResult:
     resumed_from: Optional[Path] = None
     reinitialized: List[str] = field(default_factory=list)
 
-    @property
-    def best_miou(self) -> Optional[float]:
-        """The best validation mIoU (semantic runs; kept for the 0.1 API)."""
-        return self.best_value if self.best_metric == "mIoU" else None
-
 
 def prepare_cpu_training(model: nn.Module, device: torch.device, *, winograd: bool = True) -> List[str]:
     """For training on the CPU; returns a line for the log per change. On other devices, or
