@@ -3,6 +3,7 @@
     python benchmarks/side_by_side.py                         # R50-FCN, R50-UPerNet, Swin-T UPerNet at 512
     python benchmarks/side_by_side.py --models fcn --onnx --compile
     python benchmarks/side_by_side.py --tiny                  # the -tiny presets, knet's columns only
+    python benchmarks/side_by_side.py --no-train --save benchmarks/results/side_by_side_inference.json
 
 For each model the reference (``../shared/reference``, in the venv its ``setup.sh`` makes, default
 ``../.refenv``) writes its randomly initialised weights and knet loads them, so both run the same
@@ -195,7 +196,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--reference-python", type=Path, default=REPO.parent / ".refenv" / "bin" / "python")
     parser.add_argument("--work-dir", type=Path, default=None)
-    parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON (benchmarks/results/)")
+    parser.add_argument("--save", type=Path, default=None, metavar="JSON",
+                        help="also write the results as JSON (benchmarks/results/<name>.json)")
     args = parser.parse_args()
     if args.inputs < 1:
         parser.error(f"--inputs must be at least 1, got {args.inputs}")
@@ -297,8 +299,8 @@ def main() -> None:
         del model
 
     print_tables(infer_rows, train_rows, args, size, reference_python is not None)
-    if args.out:
-        write_results(args.out, infer_rows, train_rows, args, size, reference_python is not None)
+    if args.save:
+        write_results(args.save, infer_rows, train_rows, args, size, reference_python is not None)
 
 
 def onnx_runners(model, preset: str, work: Path, size: int, threads: int) -> Dict:
