@@ -1,0 +1,424 @@
+"""Inference and training-step benchmarks of a model: throughput, latency, peak memory and
+multiply-accumulates (what ``knet benchmark`` prints; :mod:`knet.apps.benchmark` is the verb).
+
+:func:`benchmark` times the model forward of the predict path (``model.inference`` in whole or
+slide mode on a normalised batch of ``width x height`` images, through the test pipeline's runner)
+after warm-up, one synchronised call per iteration, and counts the multiply-accumulates of one
+forward with :class:`torch.utils.flop_counter.FlopCounterMode` (MACs = FLOPs / 2; convolutions and
+matrix products, which are all but a sliver of the work). Given a model runner (an
+:class:`~knet.inference.onnx_runner.OnnxRunner`) it times that runner and counts no MACs.
+
+:func:`benchmark_train` times full training steps: the task's batch on the device, the forward
+pass with every stage, the task's losses, the backward pass and the clipped AdamW step of the
+preset's recipe -- the trainer's own pieces (:mod:`knet.engine.training`, :mod:`knet.engine.optim`)
+-- on a synthetic batch (:func:`synthetic_train_batch`).
+"""
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from ..errors import KnetError
+
+# The iteration counts of each kind of benchmark: a training step costs several forwards, so
+# the training benchmark times fewer of them.
+INFERENCE_DEFAULTS = {"batch_size": 1, "iters": 20, "warmup": 3}
+TRAIN_DEFAULTS = {"batch_size": 2, "iters": 10, "warmup": 2}
+
+
+@dataclass
+class BenchmarkResult:
+    """What :func:`benchmark` measured; ``to_dict`` gives the ``--json`` object."""
+
+    model: str
+    device: str
+    threads: int
+    batch_size: int
+    size: Any  # N for square N x N inputs, else [width, height]
+    mode: str
+    iters: int
+    images_per_s: float
+    latency_ms: Dict[str, float]
+    peak_memory_mb: float
+    gmacs: Optional[float]  # None for an ONNX Runtime session (not counted)
+
+    def to_dict(self) -> Dict[str, Any]:
+        data = asdict(self)
+        return {key: data[key] for key in (
+            "model", "device", "threads", "batch_size", "size", "mode", "iters", "images_per_s",
+            "latency_ms", "peak_memory_mb", "gmacs")}
+
+    def summary(self) -> str:
+        """Human-readable lines, as ``knet benchmark`` prints them without ``--json``."""
+        lat = self.latency_ms
+        return "\n".join([
+            f"model           {self.model} ({self.mode}, {_size_text(self.size)}, batch {self.batch_size})",
+            f"device          {self.device} ({self.threads} thread{'s' if self.threads != 1 else ''})",
+            f"throughput      {self.images_per_s:.2f} images/s over {self.iters} iterations",
+            f"latency (batch) p50 {lat['p50']:.1f} ms   p90 {lat['p90']:.1f} ms   p99 {lat['p99']:.1f} ms",
+            f"peak memory     {self.peak_memory_mb:.1f} MB",
+            (f"compute         {self.gmacs:.2f} GMACs per forward of the batch" if self.gmacs is not None
+             else "compute         not counted (ONNX Runtime)"),
+        ])
+
+
+@dataclass
+class TrainBenchmarkResult:
+    """What :func:`benchmark_train` measured; ``to_dict`` gives ``knet benchmark --train --json``'s object (the
+    inference keys without ``latency_ms`` and ``gmacs``, with ``step_ms``; ``mode`` is ``train``)."""
+
+    model: str
+    device: str
+    threads: int
+    batch_size: int
+    size: Any  # N for square N x N inputs, else [width, height]
+    iters: int
+    images_per_s: float
+    step_ms: Dict[str, float]  # p50, p90, p99 of one training step of the batch
+    peak_memory_mb: float
+    mode: str = "train"
+
+    def to_dict(self) -> Dict[str, Any]:
+        data = asdict(self)
+        return {key: data[key] for key in (
+            "model", "device", "threads", "batch_size", "size", "mode", "iters", "images_per_s", "step_ms",
+            "peak_memory_mb")}
+
+    def summary(self) -> str:
+        """Human-readable lines, as ``knet benchmark --train`` prints them without ``--json``."""
+        step = self.step_ms
+        return "\n".join([
+            f"model           {self.model} (training step, {_size_text(self.size)}, batch {self.batch_size})",
+            f"device          {self.device} ({self.threads} thread{'s' if self.threads != 1 else ''})",
+            f"throughput      {self.images_per_s:.2f} images/s over {self.iters} steps",
+            f"step time       p50 {step['p50']:.1f} ms   p90 {step['p90']:.1f} ms   p99 {step['p99']:.1f} ms",
+            f"peak memory     {self.peak_memory_mb:.1f} MB",
+        ])
+
+
+def _peak_host_memory_mb() -> float:
+    """Peak resident set size of this process in MB.
+
+    On Linux, the high-water mark of this program's own memory (``VmHWM``): ``ru_maxrss`` also
+    counts the process it was started from, whose high-water mark Linux carries across fork and
+    exec (a benchmark started by a process holding a model would report that process's size).
+    Elsewhere ``ru_maxrss`` (macOS reports bytes)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def _model_macs(model: Any, x: Any, mode: str) -> float:
+    """The model's own multiply-accumulates for ``x``: counted on an inference copy with direct
+    convolutions (the runner's Winograd ones do fewer), so the figure is the architecture's."""
+    from ..models.fuse import inference_copy
+
+    plain = inference_copy(model, winograd=False)
+    return count_macs(lambda: plain.inference(x, mode=mode))
+
+
+def count_macs(forward: Callable[[], Any]) -> float:
+    """Multiply-accumulates of one call of ``forward`` (FLOPs / 2 as counted by
+    :class:`torch.utils.flop_counter.FlopCounterMode`: convolutions, matrix products, attention)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        forward()
+    return counter.get_total_flops() / 2
+
+
+def _percentile(values: List[float], q: float) -> float:
+    import numpy as np
+
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
+
+
+def _size_text(size: Any) -> str:
+    width, height = (size, size) if isinstance(size, int) else size
+    return f"{width}x{height}"
+
+
+def default_size(config: Any) -> Tuple[int, int]:
+    """(width, height) timed when no size is given: a semantic preset's training crop, or a
+    panoptic/instance preset's test scale padded to its size divisor (COCO: 1344 x 800)."""
+    crop = getattr(config.data, "crop_size", None)
+    if crop is not None:
+        return tuple(crop)
+    divisor = int(getattr(config.data, "size_divisor", 1))
+    return tuple(-(-int(side) // divisor) * divisor for side in config.data.test_scale)
+
+
+def _check_values(model: Any, size: Any, batch_size: int, threads: Optional[int], iters: int,
+                  warmup: int) -> Tuple[int, int]:
+    """(width, height) of ``size`` (None: :func:`default_size` of the model's config) after the
+    checks both benchmarks make; sets the torch threads when ``threads`` is given."""
+    import torch
+
+    if size is None:
+        size = default_size(model.config)
+    width, height = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    for label, value, low in (("size", min(width, height), 1), ("batch size", batch_size, 1), ("iters", iters, 1),
+                              ("warmup", warmup, 0)):
+        if value < low:
+            raise KnetError(f"{label} must be at least {low}, got {value}")
+    if threads is not None:
+        if threads < 1:
+            raise KnetError(f"threads must be at least 1, got {threads}")
+        torch.set_num_threads(threads)
+    return width, height
+
+
+def _synchronize(dev: Any) -> None:
+    """Wait for the device's queued work (timing an accelerator's asynchronous calls)."""
+    import torch
+
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    elif dev.type == "mps":
+        torch.mps.synchronize()
+
+
+def _timed(call: Callable[[], Any], dev: Any, warmup: int, iters: int) -> Tuple[List[float], float]:
+    """``warmup`` untimed then ``iters`` timed calls of ``call``, each waited for on ``dev`` (the
+    CUDA peak-memory counter reset between the two): the per-call milliseconds and the total
+    seconds of the timed calls."""
+    import torch
+
+    for _ in range(warmup):
+        call()
+    _synchronize(dev)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    times = []
+    total_start = time.perf_counter()
+    for _ in range(iters):
+        start = time.perf_counter()
+        call()
+        _synchronize(dev)
+        times.append((time.perf_counter() - start) * 1000.0)
+    return times, time.perf_counter() - total_start
+
+
+def _peak_memory_mb(dev: Any) -> float:
+    """The accelerator's peak allocation (CUDA since the last reset; MPS: the driver's current
+    allocation), the process's peak resident memory on the CPU."""
+    import torch
+
+    if dev.type == "cuda":
+        return torch.cuda.max_memory_allocated(dev) / 2**20
+    if dev.type == "mps":
+        return torch.mps.driver_allocated_memory() / 2**20
+    return _peak_host_memory_mb()
+
+
+def benchmark(model: Any, size: Any = None, batch_size: int = 1, device: str = "auto",
+              threads: Optional[int] = None, iters: int = 20, warmup: int = 3, mode: str = "whole",
+              name: Optional[str] = None, compile: bool = False) -> BenchmarkResult:
+    """Time the predict path's forward on random normalised ``(batch_size, 3, height, width)``
+    inputs: the test pipeline's runner (:class:`~knet.inference.pipeline.TorchRunner`, an inference
+    copy of the model with its BatchNorms folded; ``compile``: through ``torch.compile``, compiled
+    in the warm-up).
+
+    Args:
+        model: a :class:`knet.KNet` or a panoptic/instance model (anything with
+            ``inference(x, mode=...)``), moved to ``device``; or a model runner
+            (an :class:`~knet.inference.onnx_runner.OnnxRunner`: called as it is, on its own device
+            and threads; its MACs are not counted).
+        size: N (N x N), (width, height), or None for :func:`default_size` of the model's config.
+        device: ``auto`` picks CUDA, then MPS, then the CPU.
+        threads: ``torch.set_num_threads`` when given.
+        iters, warmup: timed and untimed iterations.
+
+    Returns:
+        a :class:`BenchmarkResult`. Peak memory is the accelerator's peak allocation on CUDA
+        (and MPS), the process's peak resident memory on the CPU.
+    """
+    import torch
+
+    from torch import nn
+
+    from ..inference.pipeline import TorchRunner
+    from ..utils.device import resolve_device
+
+    width, height = _check_values(model, size, batch_size, threads, iters, warmup)
+    is_torch = isinstance(model, nn.Module)
+    if is_torch:
+        dev = resolve_device(device)
+        runner = TorchRunner(model.to(dev), compile=compile)  # the predict path: a BN-folded copy
+    else:
+        if compile:
+            raise KnetError("compile applies to torch models, not to a model runner (an ONNX Runtime session)")
+        dev = resolve_device(model.device)  # a runner names its device ("cpu")
+        runner = model
+    x = torch.randn(batch_size, 3, height, width, device=dev)
+
+    def forward() -> Any:
+        return runner(x, mode)
+
+    with torch.inference_mode():
+        macs = _model_macs(model, x, mode) if is_torch else None
+        latencies, total = _timed(forward, dev, warmup, iters)
+    peak = _peak_memory_mb(dev)
+    config = getattr(model, "config", None)
+    return BenchmarkResult(
+        model=name or getattr(config, "name", type(model).__name__),
+        device=str(dev) if is_torch else f"{dev} ({', '.join(model.providers)})",
+        threads=torch.get_num_threads() if is_torch else model.threads,
+        batch_size=batch_size,
+        size=width if width == height else [width, height],
+        mode=mode,
+        iters=iters,
+        images_per_s=round(batch_size * iters / total, 3),
+        latency_ms={q: round(_percentile(latencies, float(q[1:])), 3) for q in ("p50", "p90", "p99")},
+        peak_memory_mb=round(peak, 1),
+        gmacs=round(macs / 1e9, 3) if macs is not None else None,
+    )
+
+
+def synthetic_train_batch(config: Any, task: Any, batch_size: int, height: int, width: int, seed: int = 0) -> Any:
+    """A collated training batch of ``batch_size`` synthetic samples of ``height x width``, as the
+    task's ``collate`` makes it from its ``train_sample`` outputs (:meth:`knet.tasks.Task.collate`).
+
+    Semantic models: random normalised images (3, H, W) and labels (H, W) drawn uniformly from the
+    model's classes. Panoptic/instance models (:class:`~knet.data.mask_transforms.MaskSample`):
+    images padded to the config's size divisor as the training transform pads them, 2-5
+    non-overlapping rectangles as things of random thing classes and, for a panoptic model, a
+    semantic map of horizontal bands of random stuff classes under the things (``data.ignore_index`` in the padding).
+    """
+    import numpy as np
+    import torch
+
+    from ..config import KNetMaskConfig
+
+    rng = np.random.default_rng(seed)
+    if not isinstance(config, KNetMaskConfig):
+        samples = [(torch.from_numpy(rng.standard_normal((3, height, width), dtype=np.float32)),
+                    torch.from_numpy(rng.integers(0, config.num_classes, (height, width), dtype=np.int64)))
+                   for _ in range(batch_size)]
+        return task.collate(samples)
+
+    from ..data.mask_transforms import MaskSample
+
+    divisor = int(config.data.size_divisor)
+    pad_h, pad_w = -(-height // divisor) * divisor, -(-width // divisor) * divisor
+    samples = []
+    for _ in range(batch_size):
+        image = np.zeros((3, pad_h, pad_w), dtype=np.float32)
+        image[:, :height, :width] = rng.standard_normal((3, height, width), dtype=np.float32)
+        occupied = np.zeros((pad_h, pad_w), dtype=bool)
+        masks = []
+        for _ in range(int(rng.integers(2, 6))):
+            box_h = int(rng.integers(max(1, height // 8), max(2, height // 2) + 1))
+            box_w = int(rng.integers(max(1, width // 8), max(2, width // 2) + 1))
+            y0, x0 = int(rng.integers(0, height - box_h + 1)), int(rng.integers(0, width - box_w + 1))
+            mask = np.zeros((pad_h, pad_w), dtype=bool)
+            mask[y0:y0 + box_h, x0:x0 + box_w] = True
+            mask &= ~occupied  # things do not overlap, as in COCO panoptic
+            if mask.any():
+                occupied |= mask
+                masks.append(mask)
+        labels = rng.integers(0, config.num_thing_classes, len(masks), dtype=np.int64)
+        sem_seg = None
+        if config.num_stuff_classes > 0:
+            sem_seg = np.full((pad_h, pad_w), config.data.ignore_index, dtype=np.uint8)
+            bands = np.linspace(0, height, int(rng.integers(2, 4)) + 1).astype(int)
+            for top, bottom in zip(bands[:-1], bands[1:]):
+                sem_seg[top:bottom, :width] = config.num_thing_classes + int(rng.integers(config.num_stuff_classes))
+            for mask, label in zip(masks, labels):
+                sem_seg[mask] = label
+        stacked = np.stack(masks).astype(np.uint8) if masks else np.zeros((0, pad_h, pad_w), dtype=np.uint8)
+        samples.append(MaskSample(image=image, masks=stacked, labels=labels, sem_seg=sem_seg,
+                                  img_shape=(height, width), flipped=False, scale_factor=(1.0, 1.0)))
+    return task.collate(samples)
+
+
+def benchmark_train(model: Any, size: Any = None, batch_size: int = TRAIN_DEFAULTS["batch_size"],
+                    device: str = "auto", threads: Optional[int] = None, iters: int = TRAIN_DEFAULTS["iters"],
+                    warmup: int = TRAIN_DEFAULTS["warmup"], name: Optional[str] = None,
+                    low_memory: bool = False) -> TrainBenchmarkResult:
+    """Time full training steps of ``model`` on a synthetic batch (:func:`synthetic_train_batch`).
+
+    One step is what the trainer's ``step`` does (:mod:`knet.engine.training`) but for the lr
+    schedule, the cross-rank loss average and the NaN check: the task's ``batch_inputs`` (the batch
+    to the device; panoptic/instance: the targets at stride 4), the forward pass with every stage
+    and the task's losses (the trainer's loss module), their sum, and
+    :func:`knet.engine.optim.backward_step`: backward, gradient clipping at the recipe's
+    ``train.clip_grad_norm``, and the step of the recipe's AdamW (:func:`knet.engine.optim.build_optimizer`,
+    at its base lr, with its parameter groups). The model is trained in place: its weights change
+    (with ``low_memory``, a copy built from its low-memory config is trained instead); on the CPU it
+    holds plain convolutions again afterwards, as after ``knet train``.
+
+    Args:
+        model: a :class:`knet.KNet` or a panoptic/instance model, moved to ``device``, in train mode.
+        size: N (N x N), (width, height), or None for :func:`default_size` of the model's config.
+        device: ``auto`` picks CUDA, then MPS, then the CPU.
+        threads: ``torch.set_num_threads`` when given.
+        iters, warmup: timed and untimed steps (the warm-up also creates AdamW's state).
+        low_memory: as ``knet train --low-memory``: the model of :func:`knet.config.low_memory_config`
+            (recomputed backbone stages and head maps) with ``model``'s weights.
+
+    Returns:
+        a :class:`TrainBenchmarkResult`; peak memory as :func:`benchmark`'s (CUDA: the peak
+        allocation over the timed steps; CPU: the process's peak resident memory).
+    """
+    import torch
+    from torch import nn
+
+    from ..config import low_memory_config
+    from ..models.segmentor import build_model
+    from ..tasks import get_task
+    from ..utils.device import resolve_device
+    from .optim import backward_step, build_optimizer
+    from .training import _LossForward, finish_cpu_training, prepare_cpu_training
+
+    if not isinstance(model, nn.Module):
+        raise KnetError("benchmark_train times a PyTorch model's training step; an ONNX Runtime session cannot train")
+    width, height = _check_values(model, size, batch_size, threads, iters, warmup)
+    dev = resolve_device(device)
+    config = model.config
+    task = get_task(config.task)
+    if low_memory:
+        weights = model.state_dict()
+        model = build_model(low_memory_config(config))
+        model.load_state_dict(weights)
+    model = model.to(dev).train()
+    prepare_cpu_training(model, dev)  # what knet train does on this device
+    optimizer = build_optimizer(model, config.train)
+    params = [p for p in model.parameters() if p.requires_grad]
+    net = _LossForward(model, task)
+    batch = synthetic_train_batch(config, task, batch_size, height, width)
+
+    def step() -> None:
+        images, targets = task.batch_inputs(batch, config, dev)
+        losses = net(images, targets)
+        backward_step(sum(losses.values()), optimizer, params, config.train.clip_grad_norm)
+
+    try:
+        step_ms, total = _timed(step, dev, warmup, iters)
+    finally:
+        finish_cpu_training(model)
+    return TrainBenchmarkResult(
+        model=name or getattr(config, "name", type(model).__name__),
+        device=str(dev),
+        threads=torch.get_num_threads(),
+        batch_size=batch_size,
+        size=width if width == height else [width, height],
+        iters=iters,
+        images_per_s=round(batch_size * iters / total, 3),
+        step_ms={q: round(_percentile(step_ms, float(q[1:])), 3) for q in ("p50", "p90", "p99")},
+        peak_memory_mb=round(_peak_memory_mb(dev), 1),
+    )
+
+
+__all__ = ["BenchmarkResult", "INFERENCE_DEFAULTS", "TRAIN_DEFAULTS", "TrainBenchmarkResult", "benchmark",
+           "benchmark_train", "count_macs", "default_size", "synthetic_train_batch"]
