@@ -5,7 +5,7 @@
     knet.load_checkpoint(model, "file.pth")       # reference .pth or a native directory
     model.eval(); logits = model(x)               # (N,3,H,W) normalised -> (N,150,H,W)
 """
-__version__ = "0.1.0"
+__version__ = "1.0.0"
 
 from .config import KNetConfig, KNetMaskConfig  # noqa: E402
 from .presets import get_config, list_presets  # noqa: E402

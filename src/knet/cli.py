@@ -23,7 +23,7 @@ VERBS = {
     "demo": ("demo", "train, evaluate and run a tiny K-Net on generated scenes (nothing to download)"),
     "benchmark": ("benchmark", "measure the speed and memory of a model: inference, or training steps (--train)"),
     "export": ("export", "write a model as an ONNX file (run it with knet predict --onnx)"),
-    "serve": ("serve", "a web page and an HTTP API that segment images (needs: pip install \"knet[serve]\")"),
+    "serve": ("serve", "a web page and an HTTP API that segment images (needs: pip install \"knet-seg[serve]\")"),
 }
 
 

@@ -23,7 +23,7 @@ def test_help_shows_how_to_run_it(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for fragment in ("--pretrained DIR", "--checkpoint PATH", "--onnx FILE", "--host HOST", "--port PORT",
                      "--device", "--tta", "--max-pixels N", "--max-upload-mb MB", "--queue-size N", "--batch-size",
-                     "0: a free port", 'pip install "knet[serve]"', "example: knet serve --pretrained"):
+                     "0: a free port", 'pip install "knet-seg[serve]"', "example: knet serve --pretrained"):
         assert fragment in text, fragment
 
 
@@ -39,7 +39,7 @@ def test_without_the_extra_the_error_names_it(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "uvicorn" else real(name, *a))
     assert main(["serve", "--pretrained", str(tmp_path)]) == 2
     assert _one_line_error(capsys) == ('knet serve: error: knet serve needs the serve extra (uvicorn missing): '
-                                       'pip install "knet[serve]"')
+                                       'pip install "knet-seg[serve]"')
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -23,8 +23,8 @@ import pytest
 import torch
 from PIL import Image
 
-pytest.importorskip("onnxscript", reason="the ONNX extra is not installed (pip install 'knet[onnx]')")
-pytest.importorskip("onnxruntime", reason="the ONNX extra is not installed (pip install 'knet[onnx]')")
+pytest.importorskip("onnxscript", reason="the ONNX extra is not installed (pip install 'knet-seg[onnx]')")
+pytest.importorskip("onnxruntime", reason="the ONNX extra is not installed (pip install 'knet-seg[onnx]')")
 
 import onnx  # noqa: E402
 
@@ -494,12 +494,12 @@ def test_knet_export_quantize_int8_from_the_command_line(exported, tmp_path, cap
 def test_missing_onnx_packages_name_the_extra(tmp_path, picture, monkeypatch, capsys):
     plain = _plain_onnx(tmp_path / "plain.onnx")
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` raises ImportError
-    with pytest.raises(KnetError, match=r'ONNX Runtime is not installed: pip install "knet\[onnx\]"'):
+    with pytest.raises(KnetError, match=r'ONNX Runtime is not installed: pip install "knet-seg\[onnx\]"'):
         OnnxRunner(plain)
     code = main(["predict", "--onnx", str(plain), str(picture), "--out-dir", str(tmp_path / "o")])
-    _one_line_error(capsys, code, 'pip install "knet[onnx]"')
+    _one_line_error(capsys, code, 'pip install "knet-seg[onnx]"')
     monkeypatch.setitem(sys.modules, "onnxscript", None)
-    with pytest.raises(KnetError, match=r'ONNX export needs onnxscript: pip install "knet\[onnx\]"'):
+    with pytest.raises(KnetError, match=r'ONNX export needs onnxscript: pip install "knet-seg\[onnx\]"'):
         export_onnx(knet.build_model("knet-r50-fcn-tiny"), tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
 

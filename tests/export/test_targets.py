@@ -15,8 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-pytest.importorskip("onnxscript", reason="the ONNX extra is not installed (pip install 'knet[onnx]')")
-pytest.importorskip("onnxruntime", reason="the ONNX extra is not installed (pip install 'knet[onnx]')")
+pytest.importorskip("onnxscript", reason="the ONNX extra is not installed (pip install 'knet-seg[onnx]')")
+pytest.importorskip("onnxruntime", reason="the ONNX extra is not installed (pip install 'knet-seg[onnx]')")
 
 import onnx  # noqa: E402
 

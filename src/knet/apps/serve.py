@@ -1,6 +1,6 @@
 """``knet serve``: a web page and an HTTP API that segment images with one model, on this machine.
 
-    pip install "knet[serve]"                                   # FastAPI, uvicorn, python-multipart
+    pip install "knet-seg[serve]"                               # FastAPI, uvicorn, python-multipart
     knet serve --pretrained models/knet-r50-fcn                 # then open http://127.0.0.1:8000/
     knet serve --model knet-r50-fpn-panoptic --checkpoint knet_s3_r50_fpn_1x_coco-panoptic.pth --port 0
     knet serve --onnx knet-r50-fcn.onnx --host 0.0.0.0          # reachable from the network: no login!
@@ -31,8 +31,8 @@ DEFAULT_BATCH = 4
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = ("example: knet serve --pretrained models/knet-r50-fcn, then open the printed address. "
-                     f"Needs the serve extra: pip install \"knet[serve]\". --batch-size defaults to {DEFAULT_BATCH} "
-                     "here: that many queued images share a run of the model.")
+                     "Needs the serve extra: pip install \"knet-seg[serve]\". "
+                     f"--batch-size defaults to {DEFAULT_BATCH} here: that many queued images share a run of the model.")
     options.add_model(parser)
     options.add_weights(parser, required=True, pretrained=True, onnx=True)
     parser.set_defaults(score_thr=0.3)  # instance models: what the answers show (the Segmenter's default)
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     missing = _missing_packages()
     if missing:
         raise KnetError(f"knet serve needs the serve extra ({', '.join(missing)} missing): "
-                        "pip install \"knet[serve]\"")
+                        "pip install \"knet-seg[serve]\"")
     if args.threads is not None:
         import torch
 

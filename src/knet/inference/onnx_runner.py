@@ -42,7 +42,7 @@ INPUT_NAME = "images"
 SEMANTIC_OUTPUTS = ("logits",)
 MASK_OUTPUTS = ("cls_logits", "mask_logits")
 
-INSTALL_HINT = 'pip install "knet[onnx]"'
+INSTALL_HINT = 'pip install "knet-seg[onnx]"'
 
 
 def output_names(task: str) -> Tuple[str, ...]:

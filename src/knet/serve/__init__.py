@@ -1,6 +1,6 @@
 """``knet serve``: a web page and an HTTP API that segment images with one model.
 
-Needs the ``serve`` extra (``pip install "knet[serve]"``: FastAPI, uvicorn, python-multipart).
+Needs the ``serve`` extra (``pip install "knet-seg[serve]"``: FastAPI, uvicorn, python-multipart).
 
 - :mod:`knet.serve.app`: the FastAPI application (:func:`create_app`), its routes and error answers;
 - :mod:`knet.serve.service`: checking, decoding, segmenting and rendering one batch of uploads;
