@@ -7,31 +7,47 @@
 """
 __version__ = "1.0.0"
 
+from typing import TYPE_CHECKING  # noqa: E402
+
 from .config import KNetConfig, KNetMaskConfig  # noqa: E402
 from .presets import get_config, list_presets  # noqa: E402
 
+if TYPE_CHECKING:
+    # What type checkers and IDEs see of the lazy names below (tests/test_package.py keeps both in step).
+    from .checkpoint import from_pretrained, load_checkpoint, save_pretrained
+    from .engine.evaluation import evaluate
+    from .inference.segmenter import Segmenter
+    from .models.mask_segmentor import KNetMaskSegmentor
+    from .models.segmentor import KNet, build_model
+
+# The heavy parts (torch models, data, engine) load on first use so that importing knet,
+# `knet --version` and `knet --help` stay fast: name -> (module, attribute).
+_LAZY = {
+    "build_model": ("knet.models.segmentor", "build_model"),
+    "KNet": ("knet.models.segmentor", "KNet"),
+    "KNetMaskSegmentor": ("knet.models.mask_segmentor", "KNetMaskSegmentor"),
+    "load_checkpoint": ("knet.checkpoint", "load_checkpoint"),
+    "from_pretrained": ("knet.checkpoint", "from_pretrained"),
+    "save_pretrained": ("knet.checkpoint", "save_pretrained"),
+    "evaluate": ("knet.engine.evaluation", "evaluate"),
+    "Segmenter": ("knet.inference.segmenter", "Segmenter"),
+}
+
 
 def __getattr__(name):
-    # The heavy parts (torch models, data, engine) load on first use so that importing knet,
-    # `knet --version` and `knet --help` stay fast.
-    lazy = {
-        "build_model": ("knet.models.segmentor", "build_model"),
-        "KNet": ("knet.models.segmentor", "KNet"),
-        "load_checkpoint": ("knet.checkpoint", "load_checkpoint"),
-        "from_pretrained": ("knet.checkpoint", "from_pretrained"),
-        "save_pretrained": ("knet.checkpoint", "save_pretrained"),
-        "evaluate": ("knet.engine.evaluation", "evaluate"),
-        "Segmenter": ("knet.inference.segmenter", "Segmenter"),
-    }
-    if name in lazy:
+    if name in _LAZY:
         import importlib
 
-        module_name, attr = lazy[name]
+        module_name, attr = _LAZY[name]
         return getattr(importlib.import_module(module_name), attr)
     raise AttributeError(f"module 'knet' has no attribute {name!r}")
 
 
+def __dir__():
+    return list(__all__)
+
+
 __all__ = [
     "__version__", "KNetConfig", "KNetMaskConfig", "get_config", "list_presets", "build_model", "KNet",
-    "load_checkpoint", "from_pretrained", "save_pretrained", "evaluate", "Segmenter",
+    "KNetMaskSegmentor", "load_checkpoint", "from_pretrained", "save_pretrained", "evaluate", "Segmenter",
 ]
