@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import cv2
@@ -31,6 +32,9 @@ def _check_outputs(out: Path, num_shown: int) -> dict:
     assert cv2.imread(str(out / "curves.png")) is not None
     report = (out / "report.md").read_text()
     assert f"mIoU {metrics['mIoU']:.2f}%" in report
+    assert "<stem>.json" not in report  # a semantic run writes label maps and overlays only
+    gallery = cv2.imread(str(out / "gallery.png"))
+    assert (gallery[:22] < 128).any() and (gallery[:22] == 255).mean() > 0.6  # the column titles' band
     for name in metrics["per_class"]:
         assert f"| {name} |" in report
     return metrics
@@ -100,6 +104,8 @@ def test_full_demo_reaches_the_expected_miou(tmp_path):
     assert main(["demo", "--out-dir", str(out), "--quiet"]) == 0
     metrics = _check_outputs(out, num_shown=6)
     assert metrics["mIoU"] >= EXPECTED_MIOU
+    if os.environ.get("KNET_UPDATE_SCREENSHOT") == "1":  # the documentation's picture of the demo
+        shutil.copyfile(out / "gallery.png", Path(__file__).resolve().parents[2] / "docs" / "images" / "demo_gallery.png")
 
 
 # ---- panoptic and instance ------------------------------------------------------------------
@@ -119,6 +125,7 @@ def _check_mask_outputs(out: Path, task: str, num_shown: int) -> dict:
     assert len(panoptic_pngs) == (num_shown if task == "panoptic" else 0)
     gallery = cv2.imread(str(out / "gallery.png"))
     assert gallery.shape[1] == 3 * metrics["image_size"] + 12  # image | ground truth | prediction
+    assert gallery.shape[0] == 22 + 3 * metrics["image_size"] + 12  # the titles, then one row per scene
     report = (out / "report.md").read_text()
     if task == "panoptic":
         assert metrics["class_names"] == TOY_CLASSES and set(metrics["per_class"]) == set(TOY_CLASSES)

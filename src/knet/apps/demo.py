@@ -300,8 +300,26 @@ def _write_manifest(out: Path, complete: bool, files: List[str]) -> None:
     atomic_write_text(out / MANIFEST, json.dumps({"complete": complete, "files": files}, indent=1) + "\n")
 
 
+GALLERY_COLUMNS = ("image", "ground truth", "prediction")
+
+
+def _gallery_header(width: int, column_width: int, gap: int) -> np.ndarray:
+    """A white band naming the gallery's columns."""
+    import cv2
+
+    header = np.full((22, width, 3), 255, np.uint8)
+    for index, title in enumerate(GALLERY_COLUMNS):
+        (unit_w, _), _ = cv2.getTextSize(title, cv2.FONT_HERSHEY_SIMPLEX, 1.0, 1)
+        scale = min(0.45, 0.95 * column_width / unit_w)  # each title stays within its column
+        (text_w, _), _ = cv2.getTextSize(title, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+        x = index * (column_width + gap) + max(0, (column_width - text_w) // 2)
+        cv2.putText(header, title, (x, 15), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    return header
+
+
 def _gallery(task: Any, config: Any, images: List[np.ndarray], truths: List[Any], predictions: List[Any]) -> np.ndarray:
-    """One row per scene: the image | the ground truth | the prediction, both drawn over the image."""
+    """A header naming the columns, then one row per scene: the image | the ground truth | the
+    prediction, both drawn over the image."""
     gap = 6
     rows = []
     for image, truth, prediction in zip(images, truths, predictions):
@@ -309,7 +327,8 @@ def _gallery(task: Any, config: Any, images: List[np.ndarray], truths: List[Any]
         rows.append(np.concatenate([image, spacer, task.visualize(image, truth, config, 0.6), spacer,
                                     task.visualize(image, prediction, config, 0.6)], axis=1))
         rows.append(np.full((gap, rows[-1].shape[1], 3), 255, np.uint8))
-    return np.concatenate(rows[:-1], axis=0)
+    header = _gallery_header(rows[0].shape[1], images[0].shape[1], gap)
+    return np.concatenate([header] + rows[:-1], axis=0)
 
 
 def _numpy(prediction: Any) -> Any:
@@ -462,9 +481,7 @@ def _run_demo(settings: DemoSettings) -> Dict[str, Any]:
                         "settings",
         "curves.png": f"training loss and validation {task.best_metric} against the iteration",
         "gallery.png": "held-out scenes, left to right: image, ground truth, prediction",
-        "predictions/": "what `knet predict` writes per scene (`<name>.png`, `<name>.json`: label map, or panoptic "
-                        "PNG and segments, or instances) and overlays (`<name>_overlay.png`, each instance in its "
-                        "own colour)",
+        "predictions/": f"what `knet predict` writes per scene: {task.output_files}",
         "model/": "the trained model (`model.safetensors` + `config.json`) for `knet predict --pretrained`",
         "train/": "training work dir: `log.jsonl`, `config.json`, the last and best checkpoints",
         "data/": f"the generated dataset ({recipe.dataset_kind} layout)",
