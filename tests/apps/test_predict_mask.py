@@ -13,7 +13,7 @@ from pycocotools import mask as mask_utils
 
 import knet
 from knet.cli import main
-from knet.inference.mask_results import decode_panoptic_png
+from knet.inference.results import decode_panoptic_png
 from tests.conftest import golden_path
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -12,7 +12,7 @@ from knet.errors import KnetError
 from knet.inference.mask_pipeline import MaskTestPipeline
 from knet.inference.pipeline import TorchRunner
 from knet.inference.pipeline import TorchRunner
-from knet.postprocess import InstanceResult, PanopticResult, reference_encoding
+from knet.postprocess import InstancePrediction, PanopticPrediction, reference_encoding
 from knet.tasks import get_task
 from tests.conftest import golden_path
 
@@ -62,7 +62,7 @@ def test_results_are_the_official_ones(golden):
     name, _, _, ref, results = golden
     for i, result in enumerate(results):
         if "panoptic" in name:
-            assert isinstance(result, PanopticResult)
+            assert isinstance(result, PanopticPrediction)
             # The same segments (official numbering: id - 1 in score order), labels and proposals.
             assert [s.id - 1 for s in result.segments] == ref[f"pipe_seg_ids_{i}"].tolist()
             assert [s.label for s in result.segments] == ref[f"pipe_seg_labels_{i}"].tolist()
@@ -73,7 +73,7 @@ def test_results_are_the_official_ones(golden):
             assert pan.shape == ref[f"pipe_pan_{i}"].shape
             assert (pan != ref[f"pipe_pan_{i}"]).mean() <= 0.005
         else:
-            assert isinstance(result, InstanceResult)
+            assert isinstance(result, InstancePrediction)
             np.testing.assert_array_equal(result.labels.numpy(), ref[f"pipe_ins_labels_{i}"])
             np.testing.assert_array_equal(result.proposal_indices.numpy(), ref[f"pipe_ins_proposal_inds_{i}"])
             assert np.abs(result.scores.numpy() - ref[f"pipe_ins_scores_{i}"]).max() <= 1e-4

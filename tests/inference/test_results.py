@@ -1,4 +1,4 @@
-"""Panoptic and instance results: the COCO panoptic PNG/JSON and the RLE results decode back to the
+"""The Segmenter's panoptic and instance results: the COCO panoptic PNG/JSON and the RLE results decode back to the
 segments, the Hugging Face dict, overlays."""
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from knet.inference.mask_results import (ClassMeta, InstanceSegmentationResult, PanopticSegmentationResult,
-                                         decode_panoptic_png, encode_panoptic_png)
-from knet.postprocess import InstanceResult, PanopticResult, PanopticSegment
+from knet.inference.results import ClassMeta, InstanceResult, PanopticResult, decode_panoptic_png, encode_panoptic_png
+from knet.postprocess import InstancePrediction, PanopticPrediction, PanopticSegment
 
 META = ClassMeta(names=["person", "car", "sky"], category_ids=[1, 3, 187], isthing=[True, True, False],
                  palette=[(220, 20, 60), (0, 0, 142), (70, 130, 180)])
@@ -28,8 +27,8 @@ def _panoptic():
     segment_map[25:35, 30:50] = 3         # a car; the rest is void
     segments = [PanopticSegment(1, 2, 0.9, 0, 11, False), PanopticSegment(2, 0, 0.8, 0, 3, True),
                 PanopticSegment(3, 1, 0.7, 0, 5, True)]
-    return PanopticSegmentationResult.from_prediction(_image(), PanopticResult(torch.from_numpy(segment_map), segments),
-                                                      META, "x.png")
+    return PanopticResult.from_prediction(_image(), PanopticPrediction(torch.from_numpy(segment_map), segments),
+                                          META, "x.png")
 
 
 def test_panoptic_png_json_decode_back(tmp_path):
@@ -64,9 +63,9 @@ def test_instance_json_is_coco_rle_and_respects_the_score_threshold(tmp_path):
     masks[0, 5:15, 5:15] = True
     masks[1, 20:30, 20:40] = True
     masks[2, 0:4, 0:4] = True
-    prediction = InstanceResult(torch.from_numpy(masks), torch.tensor([1, 0, 0]), torch.tensor([0.9, 0.5, 0.1]),
+    prediction = InstancePrediction(torch.from_numpy(masks), torch.tensor([1, 0, 0]), torch.tensor([0.9, 0.5, 0.1]),
                                 torch.tensor([4, 2, 7]))
-    result = InstanceSegmentationResult.from_prediction(_image(), prediction, META, score_thr=0.3)
+    result = InstanceResult.from_prediction(_image(), prediction, META, score_thr=0.3)
     paths = result.write(tmp_path / "y")
     assert [p.name for p in paths] == ["y.json", "y_overlay.png"]
     entries = json.loads((tmp_path / "y.json").read_text())

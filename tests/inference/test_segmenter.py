@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 import knet
-from knet.inference.segmenter import SegmentationResult, add_legend, class_shares, to_rgb_array
+from knet.inference.results import SegmentationResult, SemanticResult, add_legend, class_shares
+from knet.inference.segmenter import to_rgb_array
 from knet.inference import pipeline as inference
 from knet.errors import DataError, KnetError
 
@@ -36,7 +37,7 @@ def picture() -> np.ndarray:
 
 def test_result_of_an_array(segmenter, model, picture):
     result = segmenter(picture)
-    assert isinstance(result, SegmentationResult)
+    assert isinstance(result, SemanticResult) and isinstance(result, SegmentationResult)
     assert result.labels.shape == (30, 50) and result.labels.dtype == np.uint8
     assert result.source is None
     expected = inference.TestPipeline(model).predict([picture])[0].numpy()
@@ -51,7 +52,7 @@ def test_result_of_an_array(segmenter, model, picture):
     for share in shares:
         assert share.fraction == pytest.approx((result.labels == share.index).mean())
         assert share.name == f"class_{share.index}"  # generic names for a model without any
-    assert "SegmentationResult" in repr(result)
+    assert "SemanticResult" in repr(result)
 
 
 def test_path_pil_and_list_inputs_agree(segmenter, picture, tmp_path):

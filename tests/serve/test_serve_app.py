@@ -16,7 +16,7 @@ from PIL import Image
 
 import knet
 from knet.cli import main
-from knet.inference.mask_results import decode_panoptic_png
+from knet.inference.results import decode_panoptic_png
 from knet.serve import ServeSettings, create_app
 from knet.serve.app import STATIC
 from serve_helpers import encoded, scene

@@ -17,7 +17,7 @@ from knet.data.datasets import build_dataset
 from knet.data.io import read_image
 from knet.data.synthetic_coco import make_synthetic_coco
 from knet.metrics import PanopticQuality
-from knet.postprocess import InstanceResult, PanopticResult, PanopticSegment
+from knet.postprocess import InstancePrediction, PanopticPrediction, PanopticSegment
 from knet.tasks import get_task
 
 
@@ -34,14 +34,14 @@ def _dataset(toy, task, split="val", training=False):
     return build_dataset(task.dataset_kinds[0], toy.root, split, **task.dataset_options(config, training))
 
 
-def _renumbered(truth: PanopticResult) -> PanopticResult:
+def _renumbered(truth: PanopticPrediction) -> PanopticPrediction:
     """The ground truth as the model numbers its segments: ids 1, 2, ... (COCO's are random 24-bit)."""
     segment_map = torch.zeros_like(truth.segment_map)
     segments = []
     for new_id, segment in enumerate(truth.segments, 1):
         segment_map[truth.segment_map == segment.id] = new_id
         segments.append(PanopticSegment(new_id, segment.label, 0.9, segment.area, -1, segment.is_thing))
-    return PanopticResult(segment_map, segments)
+    return PanopticPrediction(segment_map, segments)
 
 
 def test_datasets_and_classes_are_the_tasks(toy):
@@ -87,7 +87,7 @@ def test_ground_truth_as_predictions_scores_pq_100(toy):
         segments = [s for s in truth.segments if s is not first_stuff]
         thing = next(s for s in segments if s.is_thing)
         segments[segments.index(thing)] = PanopticSegment(thing.id, (thing.label + 1) % 3, 0.9, thing.area, -1, True)
-        evaluator.process([item], [PanopticResult(segment_map, segments)])
+        evaluator.process([item], [PanopticPrediction(segment_map, segments)])
     worse = evaluator.evaluate()
     assert worse["PQ"] < 100.0 and worse["PQ_st"] < 100.0 and worse["RQ_th"] < 100.0
 
@@ -109,9 +109,9 @@ def test_ground_truth_as_predictions_scores_ap_100(toy):
     evaluator.reset()  # half the scores flipped: the ranking, hence AP, suffers
     for item in items:
         truth = task.ground_truth(item)
-        noise = InstanceResult(truth.masks.roll(7, dims=2), truth.labels, torch.full_like(truth.scores, 2.0),
+        noise = InstancePrediction(truth.masks.roll(7, dims=2), truth.labels, torch.full_like(truth.scores, 2.0),
                                truth.proposal_indices)
-        evaluator.process([item], [InstanceResult(torch.cat([truth.masks, noise.masks]),
+        evaluator.process([item], [InstancePrediction(torch.cat([truth.masks, noise.masks]),
                                                   torch.cat([truth.labels, noise.labels]),
                                                   torch.cat([truth.scores, noise.scores]),
                                                   torch.cat([truth.proposal_indices, noise.proposal_indices]))])

@@ -8,7 +8,7 @@ import torch
 
 import knet
 from knet.losses import prepare_targets
-from knet.postprocess import InstanceResult, PanopticResult, PanopticSegment
+from knet.postprocess import InstancePrediction, PanopticPrediction, PanopticSegment
 from knet.tasks import TASKS, InstanceTask, PanopticTask, get_task
 from tests.conftest import golden_path
 
@@ -76,7 +76,7 @@ def test_panoptic_drawing_colours_each_segment_and_outlines_it():
     config = knet.get_config("knet-r50-fpn-panoptic-tiny").replace(
         num_thing_classes=2, num_stuff_classes=1, class_names=["cat", "dog", "sky"], isthing=None, category_ids=None,
         palette=[[200, 0, 0], [0, 200, 0], [0, 0, 200]])
-    out = get_task("panoptic").visualize(image, PanopticResult(segment_map, segments), config, opacity=0.5)
+    out = get_task("panoptic").visualize(image, PanopticPrediction(segment_map, segments), config, opacity=0.5)
     assert out.dtype == np.uint8 and out.shape == image.shape
     assert out[29, 39].tolist() == [100, 100, 100]  # void: the image
     assert out[20, 10].tolist() == [50, 50, 150]  # inside the stuff segment: 50% of its class colour
@@ -91,7 +91,7 @@ def test_instance_drawing_shows_confident_instances_best_on_top():
     masks[0, 5:20, 5:20] = True
     masks[1, 10:25, :] = True
     masks[2, 27:30, 27:30] = True
-    result = InstanceResult(masks, torch.tensor([1, 0, 2]), torch.tensor([0.9, 0.5, 0.1]), torch.tensor([4, 2, 7]))
+    result = InstancePrediction(masks, torch.tensor([1, 0, 2]), torch.tensor([0.9, 0.5, 0.1]), torch.tensor([4, 2, 7]))
     config = knet.get_config("knet-r50-fpn-instance-tiny").replace(
         num_thing_classes=3, class_names=["a", "b", "c"], isthing=None, category_ids=None,
         palette=[[0, 200, 0], [200, 0, 0], [0, 0, 200]])

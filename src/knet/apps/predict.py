@@ -12,7 +12,7 @@ For each image, under ``--out-dir``, semantic models write:
 
 Panoptic models write the COCO panoptic PNG ``<stem>.png`` (id = R + 256 G + 256^2 B, 0 = void),
 ``<stem>.json`` (``segments_info``) and the overlay; instance models ``<stem>.json`` (COCO results
-with RLE masks, scores >= ``--score-thr``) and the overlay (see :mod:`knet.inference.mask_results`).
+with RLE masks, scores >= ``--score-thr``) and the overlay (see :mod:`knet.inference.results`).
 
 Images inside a folder (searched recursively) keep their path relative to that folder, and glob
 matches their path relative to the glob's first directory without wildcards, so equal stems in
@@ -39,7 +39,7 @@ from ..inference.files import PredictItem, predict
 from ..utils.outputs import refuse_overwriting_inputs
 from . import options
 _MAGIC = set("*?[")
-# What a result may write per image, after its output name (see :mod:`knet.inference.mask_results`).
+# What a result may write per image, after its output name (see :mod:`knet.inference.results`).
 OUTPUT_SUFFIXES = (".png", "_overlay.png", ".npy", ".json")
 
 

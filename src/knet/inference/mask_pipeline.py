@@ -27,17 +27,17 @@ from ..config import MASK_TASKS, KNetMaskConfig
 from ..data.mask_transforms import TestInput, prepare_test_image, rescale_image
 from ..data.transforms import Size
 from ..errors import KnetError
-from ..postprocess import InstanceResult, PanopticResult, instance_inference, panoptic_inference
+from ..postprocess import InstancePrediction, PanopticPrediction, instance_inference, panoptic_inference
 from .pipeline import as_runner, check_images
 
-MaskResult = Union[PanopticResult, InstanceResult]
+MaskPrediction = Union[PanopticPrediction, InstancePrediction]
 
 
 class MaskTestPipeline:
     """The reference's test pipeline for a panoptic or instance model (see the module docstring).
 
-    ``predict(images)`` maps uint8 (H, W, 3) RGB images to one :class:`PanopticResult` (panoptic
-    models) or :class:`InstanceResult` (instance models) each, at the image's size, on the model's
+    ``predict(images)`` maps uint8 (H, W, 3) RGB images to one :class:`PanopticPrediction` (panoptic
+    models) or :class:`InstancePrediction` (instance models) each, at the image's size, on the model's
     device. Thresholds come from ``config.postprocess``.
 
     Args:
@@ -102,7 +102,7 @@ class MaskTestPipeline:
                 outputs[i] = (cls_logits[row], mask_logits[row], prepared[i])
         return outputs  # type: ignore[return-value]
 
-    def postprocess(self, cls_logits: torch.Tensor, mask_logits: torch.Tensor, prepared: TestInput) -> MaskResult:
+    def postprocess(self, cls_logits: torch.Tensor, mask_logits: torch.Tensor, prepared: TestInput) -> MaskPrediction:
         """Step 5 for one image: its logits -> its result at the original size."""
         post = self.config.postprocess
         shapes = (prepared.img_shape, prepared.pad_shape, prepared.ori_shape)
@@ -115,8 +115,8 @@ class MaskTestPipeline:
                                   mask_thr=post.mask_thr)
 
     # ---- public ------------------------------------------------------------------------------
-    def predict(self, images: Sequence[np.ndarray]) -> List[MaskResult]:
-        """Per uint8 (H, W, 3) RGB image its :class:`PanopticResult` or :class:`InstanceResult`."""
+    def predict(self, images: Sequence[np.ndarray]) -> List[MaskPrediction]:
+        """Per uint8 (H, W, 3) RGB image its :class:`PanopticPrediction` or :class:`InstancePrediction`."""
         return [self.postprocess(cls_logits, mask_logits, prepared)
                 for cls_logits, mask_logits, prepared in self.logits(images)]
 

@@ -1,13 +1,13 @@
 """From the mask models' logits to final results: panoptic segment maps and instance lists."""
 from __future__ import annotations
 
-from .instance import InstanceResult, instance_inference, rescale_masks
-from .panoptic import (PanopticResult, PanopticSegment, merge_panoptic, panoptic_candidates, panoptic_inference,
+from .instance import InstancePrediction, instance_inference, rescale_masks
+from .panoptic import (PanopticPrediction, PanopticSegment, merge_panoptic, panoptic_candidates, panoptic_inference,
                        reference_encoding)
 
 __all__ = [
-    "InstanceResult",
-    "PanopticResult",
+    "InstancePrediction",
+    "PanopticPrediction",
     "PanopticSegment",
     "instance_inference",
     "merge_panoptic",

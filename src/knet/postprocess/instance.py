@@ -29,7 +29,7 @@ def rescale_masks(mask_logits: torch.Tensor, img_shape: Sequence[int], batch_inp
 
 
 @dataclass
-class InstanceResult:
+class InstancePrediction:
     """The instances of one image, in descending score order.
 
     masks: (k, ori_h, ori_w) bool; labels: (k,) int64 class indices; scores: (k,) float
@@ -45,7 +45,7 @@ class InstanceResult:
 
 def instance_inference(cls_logits: torch.Tensor, mask_logits: torch.Tensor, img_shape: Sequence[int],
                        batch_input_shape: Sequence[int], ori_shape: Sequence[int], max_per_img: int = 100,
-                       mask_thr: float = 0.5) -> InstanceResult:
+                       mask_thr: float = 0.5) -> InstancePrediction:
     """One image's last-stage predictions -> its top-scoring instances.
 
     cls_logits: (N, num_classes) class logits of the N kernels; mask_logits: (N, h, w) their
@@ -58,4 +58,4 @@ def instance_inference(cls_logits: torch.Tensor, mask_logits: torch.Tensor, img_
     proposal_indices = indices // num_classes
     labels = indices % num_classes
     probs = rescale_masks(mask_logits[proposal_indices], img_shape, batch_input_shape, ori_shape)
-    return InstanceResult(masks=probs > mask_thr, labels=labels, scores=scores, proposal_indices=proposal_indices)
+    return InstancePrediction(masks=probs > mask_thr, labels=labels, scores=scores, proposal_indices=proposal_indices)

@@ -29,7 +29,7 @@ class PanopticSegment:
 
 
 @dataclass
-class PanopticResult:
+class PanopticPrediction:
     """segment_map: (H, W) int32, 0 = void, else the ``id`` of one of ``segments`` (ids numbered
     1, 2, ... in descending score order)."""
 
@@ -62,7 +62,7 @@ def panoptic_candidates(cls_logits: torch.Tensor, mask_logits: torch.Tensor, img
 
 def merge_panoptic(masks: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor, num_thing_classes: int = 80,
                    instance_score_thr: float = 0.3, overlap_thr: float = 0.6,
-                   mask_thr: float = 0.5) -> PanopticResult:
+                   mask_thr: float = 0.5) -> PanopticPrediction:
     """Pre-merge candidates -> panoptic segment map.
 
     masks: (K, H, W) probabilities; labels: (K,) (< num_thing_classes: thing); scores: (K,).
@@ -90,13 +90,13 @@ def merge_panoptic(masks: torch.Tensor, labels: torch.Tensor, scores: torch.Tens
         segment_id = len(segments) + 1
         segment_map[won] = segment_id
         segments.append(PanopticSegment(segment_id, label, score, won_area, k, is_thing))
-    return PanopticResult(segment_map, segments)
+    return PanopticPrediction(segment_map, segments)
 
 
 def panoptic_inference(cls_logits: torch.Tensor, mask_logits: torch.Tensor, img_shape: Sequence[int],
                        batch_input_shape: Sequence[int], ori_shape: Sequence[int], num_thing_classes: int = 80,
                        instance_score_thr: float = 0.3, overlap_thr: float = 0.6,
-                       mask_thr: float = 0.5) -> PanopticResult:
+                       mask_thr: float = 0.5) -> PanopticPrediction:
     """One image's last-stage predictions -> its panoptic result at the original size
     (:func:`panoptic_candidates` then :func:`merge_panoptic`; shapes as there)."""
     masks, labels, scores = panoptic_candidates(cls_logits, mask_logits, img_shape, batch_input_shape, ori_shape,
@@ -104,7 +104,7 @@ def panoptic_inference(cls_logits: torch.Tensor, mask_logits: torch.Tensor, img_
     return merge_panoptic(masks, labels, scores, num_thing_classes, instance_score_thr, overlap_thr, mask_thr)
 
 
-def reference_encoding(result: PanopticResult, void_label: int = 133, offset: int = 1000) -> torch.Tensor:
+def reference_encoding(result: PanopticPrediction, void_label: int = 133, offset: int = 1000) -> torch.Tensor:
     """The reference's (mmdet 2.x) panoptic map: label + (id - 1) * offset per pixel, void_label
     where void. (H, W) int64."""
     lookup = torch.full((len(result.segments) + 1,), void_label, dtype=torch.int64, device=result.segment_map.device)

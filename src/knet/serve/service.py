@@ -20,9 +20,9 @@ import numpy as np
 
 from ..data.io import decode_image, encode_image
 from ..errors import DataError, KnetError
-from ..inference.mask_results import (ClassMeta, InstanceSegmentationResult, PanopticSegmentationResult,
-                                      encode_panoptic_png, instance_colour)
-from ..inference.segmenter import ClassShare, SegmentationResult, Segmenter
+from ..inference.results import (ClassMeta, ClassShare, InstanceResult, PanopticResult, SemanticResult,
+                                 encode_panoptic_png, instance_colour)
+from ..inference.segmenter import Segmenter
 
 FORMATS = ("json", "png")
 
@@ -188,7 +188,7 @@ class SegmentService:
         ``<stem>_overlay.png``), or the JSON object of :func:`result_json`."""
         model = self.segmenter.config.name
         if job.format == "png":
-            if isinstance(result, SegmentationResult):
+            if isinstance(result, SemanticResult):
                 picture = result.overlay(opacity=job.opacity, legend=True)
             else:
                 picture = result.overlay(opacity=job.opacity)
@@ -220,15 +220,15 @@ def result_json(result: Any, meta: ClassMeta, stem: str) -> Dict[str, Any]:
 
     ``file_name``: ``<stem>.png``, the name ``knet predict`` gives the PNG.
     """
-    if isinstance(result, SegmentationResult):
+    if isinstance(result, SemanticResult):
         height, width = result.labels.shape
         return {"width": width, "height": height, "file_name": f"{stem}.png",
                 "classes": [_class_json(c) for c in result.classes], "label_map": b64_png(result.labels)}
-    if isinstance(result, PanopticSegmentationResult):
+    if isinstance(result, PanopticResult):
         segment_map = result.segment_map
         segments = [{**info, "colour": list(colour)}
                     for info, colour in zip(result.to_coco(f"{stem}.png")["segments_info"], result.colours())]
-    elif isinstance(result, InstanceSegmentationResult):
+    elif isinstance(result, InstanceResult):
         segment_map, segments = _instance_map(result)
     else:
         raise KnetError(f"cannot answer with a {type(result).__name__}")
@@ -244,7 +244,7 @@ def _class_json(share: ClassShare) -> Dict[str, Any]:
             "colour": list(share.colour)}
 
 
-def _instance_map(result: InstanceSegmentationResult) -> Tuple[np.ndarray, List[Dict[str, Any]]]:
+def _instance_map(result: InstanceResult) -> Tuple[np.ndarray, List[Dict[str, Any]]]:
     """The instances shown (score >= the result's threshold) as an id map, the best on top as in
     the overlay, and their JSON entries with the overlay's colours."""
     keep = result.kept(result.score_thr)

@@ -17,6 +17,7 @@ from ..errors import KnetError
 if TYPE_CHECKING:  # no torch at import: the ONNX Runtime path of a semantic model runs without it
     import torch
 
+    from ..inference.results import SegmentationResult
     from ..models.outputs import KNetOutput
 
 # Averages a tensor over the processes of a distributed run (the identity in one process).
@@ -115,9 +116,9 @@ class Task:
         raise NotImplementedError
 
     def results(self, pipeline: Any, images: List[np.ndarray], sources: List[Optional[str]],
-                config: KNetConfig, score_thr: float = 0.3) -> List[Any]:
+                config: KNetConfig, score_thr: float = 0.3) -> List[SegmentationResult]:
         """The :class:`knet.Segmenter`'s result objects of ``images`` (uint8 (H, W, 3) RGB) run
-        through ``pipeline``; each has ``write(base, opacity, save_probs)`` and ``overlay()``.
+        through ``pipeline``, this task's kind of :class:`~knet.inference.results.SegmentationResult`.
         ``score_thr``: the lowest score an instance needs to be shown and written."""
         raise NotImplementedError
 

@@ -14,7 +14,7 @@ import torch
 
 from ..metrics import MaskAP
 from ..metrics.mask_ap import METRIC_NAMES
-from ..postprocess import InstanceResult
+from ..postprocess import InstancePrediction
 from ..utils.tables import percent_cell, round_percent, text_table
 from .base import Evaluator
 from .mask import MaskTask, dataset_class_meta, distributed, from_main, gather_objects
@@ -22,7 +22,7 @@ from .mask import MaskTask, dataset_class_meta, distributed, from_main, gather_o
 
 class InstanceEvaluator(Evaluator):
     """COCO mask AP (AP, AP50, AP75, APs, APm, APl; percent, 2 decimals) of
-    :class:`~knet.postprocess.InstanceResult` predictions, through pycocotools' ``COCOeval``
+    :class:`~knet.postprocess.InstancePrediction` predictions, through pycocotools' ``COCOeval``
     (:class:`knet.metrics.MaskAP`) over the images processed. Ranks gather their run-length
     encoded detections; rank 0 evaluates and hands the numbers to the others.
 
@@ -37,7 +37,7 @@ class InstanceEvaluator(Evaluator):
     def reset(self) -> None:
         self.metric.reset()
 
-    def process(self, items: Sequence[Dict[str, Any]], predictions: Sequence[InstanceResult]) -> None:
+    def process(self, items: Sequence[Dict[str, Any]], predictions: Sequence[InstancePrediction]) -> None:
         for item, prediction in zip(items, predictions):
             self.metric.update(item["image_id"], prediction.masks, prediction.labels, prediction.scores)
 
@@ -72,11 +72,11 @@ class InstanceFormatter(Evaluator):
     def reset(self) -> None:
         self.results, self.num_images = [], 0
 
-    def process(self, items: Sequence[Dict[str, Any]], predictions: Sequence[InstanceResult]) -> None:
-        from ..inference.mask_results import InstanceSegmentationResult
+    def process(self, items: Sequence[Dict[str, Any]], predictions: Sequence[InstancePrediction]) -> None:
+        from ..inference.results import InstanceResult
 
         for item, prediction in zip(items, predictions):
-            result = InstanceSegmentationResult.from_prediction(item["image"], prediction, self.meta, score_thr=0.0)
+            result = InstanceResult.from_prediction(item["image"], prediction, self.meta, score_thr=0.0)
             self.results += result.to_coco(image_id=item["image_id"])
             self.num_images += 1
 
@@ -102,10 +102,10 @@ class InstanceTask(MaskTask):
 
     def results(self, pipeline: Any, images: List[np.ndarray], sources: List[Optional[str]],
                 config: Any, score_thr: float = 0.3) -> List[Any]:
-        from ..inference.mask_results import ClassMeta, InstanceSegmentationResult
+        from ..inference.results import ClassMeta, InstanceResult
 
         meta = ClassMeta.of(config)
-        return [InstanceSegmentationResult.from_prediction(image, prediction, meta, source, score_thr)
+        return [InstanceResult.from_prediction(image, prediction, meta, source, score_thr)
                 for image, prediction, source in zip(images, pipeline.predict(images), sources)]
 
     def evaluator(self, config: Any, dataset: Any, device: Any = "cpu") -> InstanceEvaluator:
@@ -115,23 +115,23 @@ class InstanceTask(MaskTask):
     def formatter(self, config: Any, dataset: Any, out_dir: Path) -> InstanceFormatter:
         return InstanceFormatter(dataset, out_dir)
 
-    def ground_truth(self, item: Dict[str, Any]) -> Optional[InstanceResult]:
-        """The item's (non-crowd) instances as an :class:`~knet.postprocess.InstanceResult` (score 1)."""
+    def ground_truth(self, item: Dict[str, Any]) -> Optional[InstancePrediction]:
+        """The item's (non-crowd) instances as an :class:`~knet.postprocess.InstancePrediction` (score 1)."""
         if item.get("masks") is None:
             return None
         masks = torch.from_numpy(np.asarray(item["masks"], dtype=bool))
         count = masks.shape[0]
-        return InstanceResult(masks, torch.as_tensor(np.asarray(item["labels"], dtype=np.int64)),
+        return InstancePrediction(masks, torch.as_tensor(np.asarray(item["labels"], dtype=np.int64)),
                               torch.ones(count), torch.arange(count))
 
     def visualize(self, image: np.ndarray, prediction: Any, config: Any, opacity: float = 0.5,
                   score_thr: float = 0.3) -> np.ndarray:
-        """uint8 (H, W, 3): the instances of an :class:`~knet.postprocess.InstanceResult` scoring at
+        """uint8 (H, W, 3): the instances of an :class:`~knet.postprocess.InstancePrediction` scoring at
         least ``score_thr`` (mmdetection's display default) over ``image``, each in its own colour,
         outlined and labelled."""
-        from ..inference.mask_results import ClassMeta, InstanceSegmentationResult
+        from ..inference.results import ClassMeta, InstanceResult
 
-        result = InstanceSegmentationResult.from_prediction(image, prediction, ClassMeta.of(config), None, score_thr)
+        result = InstanceResult.from_prediction(image, prediction, ClassMeta.of(config), None, score_thr)
         return result.overlay(opacity)
 
     def format_metrics(self, metrics: Dict[str, Any]) -> str:

@@ -154,9 +154,9 @@ def _map_tensors(nested: Any, fn: Any) -> Any:
 
 
 def dataset_class_meta(dataset: Any) -> Any:
-    """The :class:`~knet.inference.mask_results.ClassMeta` of a COCO dataset's classes (names,
+    """The :class:`~knet.inference.results.ClassMeta` of a COCO dataset's classes (names,
     category ids, thing flags, colours), for results written in the dataset's ids."""
-    from ..inference.mask_results import ClassMeta
+    from ..inference.results import ClassMeta
 
     return ClassMeta([str(n) for n in dataset.class_names], [int(i) for i in dataset.category_ids],
                      [bool(t) for t in dataset.isthing], [tuple(int(v) for v in c) for c in dataset.palette])

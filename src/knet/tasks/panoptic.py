@@ -15,7 +15,7 @@ import torch
 from ..config import KNetMaskConfig
 from ..metrics import PanopticQuality
 from ..metrics.panoptic_quality import STAT_NAMES
-from ..postprocess import PanopticResult, PanopticSegment
+from ..postprocess import PanopticPrediction, PanopticSegment
 from ..utils.tables import percent_cell, round_percent, text_table
 from .base import Evaluator
 from .mask import MaskTask, dataset_class_meta, distributed, gather_objects
@@ -25,7 +25,7 @@ SUMMARY_KEYS = ("PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "
 
 class PanopticEvaluator(Evaluator):
     """PQ / SQ / RQ (all, things, stuff, per class; percent, 2 decimals) of
-    :class:`~knet.postprocess.PanopticResult` predictions against the items' ``pan_map`` and
+    :class:`~knet.postprocess.PanopticPrediction` predictions against the items' ``pan_map`` and
     ``segments`` (a COCO panoptic dataset's items), panopticapi's definition
     (:class:`knet.metrics.PanopticQuality`). A prediction's label ``l`` is category
     ``categories[l]["id"]``. Ranks sum their statistics.
@@ -43,7 +43,7 @@ class PanopticEvaluator(Evaluator):
     def reset(self) -> None:
         self.metric.reset()
 
-    def process(self, items: Sequence[Dict[str, Any]], predictions: Sequence[PanopticResult]) -> None:
+    def process(self, items: Sequence[Dict[str, Any]], predictions: Sequence[PanopticPrediction]) -> None:
         for item, prediction in zip(items, predictions):
             segments = [{"id": int(s.id), "category_id": self.category_ids[int(s.label)]}
                         for s in prediction.segments]
@@ -91,12 +91,12 @@ class PanopticFormatter(Evaluator):
     def reset(self) -> None:
         self.annotations = []
 
-    def process(self, items: Sequence[Dict[str, Any]], predictions: Sequence[PanopticResult]) -> None:
+    def process(self, items: Sequence[Dict[str, Any]], predictions: Sequence[PanopticPrediction]) -> None:
         from ..data.io import write_image
-        from ..inference.mask_results import PanopticSegmentationResult, encode_panoptic_png
+        from ..inference.results import PanopticResult, encode_panoptic_png
 
         for item, prediction in zip(items, predictions):
-            result = PanopticSegmentationResult.from_prediction(item["image"], prediction, self.meta)
+            result = PanopticResult.from_prediction(item["image"], prediction, self.meta)
             name = Path(item["image_path"]).stem + ".png"
             write_image(self.out_dir / "panoptic" / name, encode_panoptic_png(result.segment_map))
             self.annotations.append({"image_id": item["image_id"], **result.to_coco(name)})
@@ -123,10 +123,10 @@ class PanopticTask(MaskTask):
 
     def results(self, pipeline: Any, images: List[np.ndarray], sources: List[Optional[str]],
                 config: KNetMaskConfig, score_thr: float = 0.3) -> List[Any]:
-        from ..inference.mask_results import ClassMeta, PanopticSegmentationResult
+        from ..inference.results import ClassMeta, PanopticResult
 
         meta = ClassMeta.of(config)
-        return [PanopticSegmentationResult.from_prediction(image, prediction, meta, source)
+        return [PanopticResult.from_prediction(image, prediction, meta, source)
                 for image, prediction, source in zip(images, pipeline.predict(images), sources)]
 
     def evaluator(self, config: KNetMaskConfig, dataset: Any, device: Any = "cpu") -> PanopticEvaluator:
@@ -135,8 +135,8 @@ class PanopticTask(MaskTask):
     def formatter(self, config: KNetMaskConfig, dataset: Any, out_dir: Path) -> PanopticFormatter:
         return PanopticFormatter(dataset, out_dir)
 
-    def ground_truth(self, item: Dict[str, Any]) -> Optional[PanopticResult]:
-        """The item's panoptic labels as a :class:`~knet.postprocess.PanopticResult` (its COCO
+    def ground_truth(self, item: Dict[str, Any]) -> Optional[PanopticPrediction]:
+        """The item's panoptic labels as a :class:`~knet.postprocess.PanopticPrediction` (its COCO
         segment ids, score 1)."""
         if item.get("pan_map") is None:
             return None
@@ -144,15 +144,15 @@ class PanopticTask(MaskTask):
         segments = [PanopticSegment(id=int(s["id"]), label=int(s["label"]), score=1.0,
                                     area=int((pan_map == s["id"]).sum()), proposal=-1, is_thing=bool(s["isthing"]))
                     for s in item["segments"]]
-        return PanopticResult(torch.from_numpy(pan_map.astype(np.int32)), segments)
+        return PanopticPrediction(torch.from_numpy(pan_map.astype(np.int32)), segments)
 
     def visualize(self, image: np.ndarray, prediction: Any, config: Any, opacity: float = 0.5) -> np.ndarray:
-        """uint8 (H, W, 3): every segment of a :class:`~knet.postprocess.PanopticResult` over
+        """uint8 (H, W, 3): every segment of a :class:`~knet.postprocess.PanopticPrediction` over
         ``image`` in its own colour, outlined and labelled (see
-        :meth:`knet.inference.mask_results.PanopticSegmentationResult.overlay`)."""
-        from ..inference.mask_results import ClassMeta, PanopticSegmentationResult
+        :meth:`knet.inference.results.PanopticResult.overlay`)."""
+        from ..inference.results import ClassMeta, PanopticResult
 
-        return PanopticSegmentationResult.from_prediction(image, prediction, ClassMeta.of(config)).overlay(opacity)
+        return PanopticResult.from_prediction(image, prediction, ClassMeta.of(config)).overlay(opacity)
 
     def format_metrics(self, metrics: Dict[str, Any]) -> str:
         """Per class PQ / SQ / RQ (things, then stuff) and the All / Things / Stuff summary."""

@@ -139,10 +139,10 @@ class SemanticTask(Task):
 
     def results(self, pipeline: Any, images: List[np.ndarray], sources: List[Optional[str]],
                 config: KNetConfig, score_thr: float = 0.3) -> List[Any]:
-        from ..inference.segmenter import SegmentationResult
+        from ..inference.results import SemanticResult
 
         scores = [s if isinstance(s, np.ndarray) else s.detach().float().cpu() for s in pipeline.scores(images)]
-        return [SegmentationResult(image, s, pipeline.tta, config.class_names or [], config.palette or [], source)
+        return [SemanticResult(image, s, pipeline.tta, config.class_names or [], config.palette or [], source)
                 for image, s, source in zip(images, scores, sources)]
 
     # ---- evaluation --------------------------------------------------------------------
