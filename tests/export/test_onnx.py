@@ -491,6 +491,31 @@ def test_knet_export_quantize_int8_from_the_command_line(exported, tmp_path, cap
     assert "--onnx FILE is the source of --quantize only" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # an export and a quantization: ~10 s on one core
+def test_int8_export_is_quiet(tmp_path, one_thread, capsys, caplog):
+    """From a model: the temporary float file's path is not printed, and ONNX Runtime's notes
+    ("Please consider to run pre-processing") go to knet's logger at debug level only."""
+    import logging
+
+    from knet.data.synthetic import make_scene
+
+    (tmp_path / "calibration").mkdir()
+    Image.fromarray(make_scene(np.random.default_rng(1), size=(48, 64))[0]).save(tmp_path / "calibration" / "0.png")
+    knet.save_pretrained(knet.build_model("knet-r50-fcn-tiny"), tmp_path / "model")
+    root = logging.getLogger()
+    before = (list(root.handlers), list(root.filters), root.level)
+    caplog.set_level(logging.DEBUG, logger="knet")
+    out = tmp_path / "int8.onnx"
+    assert main(["export", "--checkpoint", str(tmp_path / "model"), "--no-check", "--out", str(out), "--quantize",
+                 "int8", "--calibration", str(tmp_path / "calibration"), "--threads", "1"]) == 0
+    captured = capsys.readouterr()
+    printed = captured.out + captured.err
+    assert f"wrote {out}" in printed and "knet-export-" not in printed and "pre-processing" not in printed
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.records
+    assert any(r.name == "knet.export.quantize" and "pre-processing" in r.getMessage() for r in caplog.records)
+    assert (list(root.handlers), list(root.filters), root.level) == before
+
+
 def test_missing_onnx_packages_name_the_extra(tmp_path, picture, monkeypatch, capsys):
     plain = _plain_onnx(tmp_path / "plain.onnx")
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` raises ImportError

@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     with tempfile.TemporaryDirectory(prefix="knet-export-") as folder:
         fp32 = Path(folder) / "fp32.onnx"
-        _export(model, fp32, args)
+        _export(model, fp32, args, temporary=True)
         _quantize(fp32, out, calibration, args)
     return 0
 
@@ -131,14 +131,16 @@ def _quantize(fp32: Path, out: Path, calibration, args: argparse.Namespace) -> N
     print(f"wrote {out} ({result.size_mb:.1f} MB, int8, target {result.target})")
 
 
-def _export(model, out: Path, args: argparse.Namespace) -> None:
+def _export(model, out: Path, args: argparse.Namespace, temporary: bool = False) -> None:
     from ..export.onnx import export_onnx
 
     result = export_onnx(model, out, opset=args.opset, check=args.check, tolerance=args.tolerance,
                          winograd=args.winograd, target=args.target)
     for parity in result.parity:
         print(f"parity check, {parity.summary()}")
-    print(f"wrote {out} ({result.size_mb:.1f} MB, opset {result.opset}, target {result.target}, "
+    # the float file of --quantize is a temporary step: its path means nothing to the user
+    what = "exported the float32 model" if temporary else f"wrote {out}"
+    print(f"{what} ({result.size_mb:.1f} MB, opset {result.opset}, target {result.target}, "
           f"{result.winograd} Winograd 3x3 convolutions, exported in {result.seconds:.1f} s)")
 
 

@@ -18,8 +18,11 @@ pixels whose argmax class is unchanged (at the model's input resolution). A held
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -35,6 +38,7 @@ from ..utils.atomic import atomic_path
 from .targets import DEFAULT_TARGET, get_target, matching_target
 
 PathLike = Union[str, "os.PathLike[str]"]
+logger = logging.getLogger(__name__)
 
 QUANTIZATION_KEY = "knet.quantization"
 SCHEMES = ("int8",)
@@ -130,6 +134,39 @@ def _quantization_module() -> Any:
     return quantization
 
 
+class _OnnxRuntimeNotes(logging.Filter):
+    """Moves ONNX Runtime's quantization notes (logged on the root logger, e.g. "Please consider to
+    run pre-processing before quantization") to knet's logger at debug level; errors pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR or "onnxruntime" not in Path(record.pathname).parts:
+            return True
+        logger.debug("onnxruntime: %s", record.getMessage())
+        return False
+
+
+@contextlib.contextmanager
+def _quiet_onnxruntime() -> Iterator[None]:
+    """ONNX Runtime's quantization notes are for its developers, not knet's users: scoped to knet's
+    own call, they go to ``logging.getLogger("knet")`` at debug level and its Python warnings are
+    ignored; the root logger is left as it was."""
+    root = logging.getLogger()
+    notes = _OnnxRuntimeNotes()
+    # without a handler on the root logger, logging.warning() would install one (basicConfig) for good
+    placeholder = logging.NullHandler() if not root.handlers else None
+    if placeholder is not None:
+        root.addHandler(placeholder)
+    root.addFilter(notes)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module=r"onnxruntime(\..*)?$")
+            yield
+    finally:
+        root.removeFilter(notes)
+        if placeholder is not None:
+            root.removeHandler(placeholder)
+
+
 def quantize_int8(fp32_path: PathLike, out_path: PathLike, images: Sequence[np.ndarray], *,
                   test_scale: Optional[Tuple[int, int]] = None, per_channel: bool = True,
                   reduce_range: bool = False, scopes: Sequence[str] = QUANTIZED_SCOPES,
@@ -176,12 +213,13 @@ def quantize_int8(fp32_path: PathLike, out_path: PathLike, images: Sequence[np.n
     out_path = Path(out_path)
     with atomic_path(out_path) as tmp:
         nodes = weight_nodes(source, scopes)
-        quantization.quantize_static(
-            str(fp32_path), str(tmp), _InputReader(recorder.inputs), quant_format=quantization.QuantFormat.QDQ,
-            op_types_to_quantize=list(WEIGHT_OPS), nodes_to_quantize=nodes, per_channel=per_channel,
-            reduce_range=reduce_range,
-            activation_type=quantization.QuantType.QUInt8, weight_type=quantization.QuantType.QInt8,
-            calibrate_method=quantization.CalibrationMethod.MinMax)
+        with _quiet_onnxruntime():
+            quantization.quantize_static(
+                str(fp32_path), str(tmp), _InputReader(recorder.inputs), quant_format=quantization.QuantFormat.QDQ,
+                op_types_to_quantize=list(WEIGHT_OPS), nodes_to_quantize=nodes, per_channel=per_channel,
+                reduce_range=reduce_range,
+                activation_type=quantization.QuantType.QUInt8, weight_type=quantization.QuantType.QInt8,
+                calibrate_method=quantization.CalibrationMethod.MinMax)
         model = onnx.load(str(tmp))
         metadata = dict(source_metadata, **{TARGET_KEY: target})
         metadata[QUANTIZATION_KEY] = (f"int8 static QDQ (onnxruntime {_ort_version()}): {len(nodes)} convolutions "
