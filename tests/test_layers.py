@@ -99,6 +99,14 @@ def test_library_never_imports_the_command_line():
     assert offenders == []
 
 
+def test_models_never_import_losses():
+    # A model returns outputs and its task turns them into losses, so no model module calls a loss.
+    offenders = [f"{path.relative_to(PACKAGE.parent)}:{line} imports {target}"
+                 for path in SOURCES if module_name(path).startswith("knet.models")
+                 for line, target in imports_of(path) if target == "knet.losses" or target.startswith("knet.losses.")]
+    assert offenders == []
+
+
 def test_the_check_sees_lazy_and_relative_imports():
     # The walker itself: an import inside a function, relative to the package, is found.
     path = PACKAGE / "engine" / "evaluation.py"

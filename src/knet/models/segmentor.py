@@ -9,7 +9,6 @@ from torch import nn
 
 from ..config import KNetConfig, KNetMaskConfig, ModelConfig
 from ..errors import KnetError
-from ..losses.semantic import semantic_losses
 from ..presets import get_config
 from ..utils.windows import sliding_windows
 from .backbones import build_backbone
@@ -23,10 +22,10 @@ from .outputs import KNetOutput
 class KNet(nn.Module):
     """K-Net semantic segmentor.
 
-    Eval mode: ``model(x)`` maps normalised images (N,3,H,W) to class logits (N,C,H,W) at the
-    input size. Train mode: ``model(x, labels)`` with labels (N,H,W) int64 (255 = ignore) returns
-    the named losses ``decode.loss_ce.s0`` (initial prediction), ``.s1``..``.sS`` (each stage) and
-    ``aux.loss_ce`` (auxiliary head, weight applied); their sum is the training objective.
+    ``model(x)`` maps normalised images (N,3,H,W) to class logits (N,C,H,W) at the input size;
+    :meth:`outputs` gives every prediction (each stage's, the auxiliary head's). The model computes
+    no losses: the semantic task does, from the outputs
+    (``knet.tasks.get_task("semantic").losses(model.outputs(x), labels, model.config)``).
     """
 
     def __init__(self, config: KNetConfig) -> None:
@@ -34,7 +33,6 @@ class KNet(nn.Module):
         self.config = config
         self.num_classes = config.num_classes
         self.align_corners = config.align_corners
-        self.ignore_index = config.data.ignore_index
         self.backbone = build_backbone(config.backbone)
         in_channels = list(self.backbone.out_channels)
         self.decode_head = IterativeDecodeHead(config.decode_head, config.kernel_update, in_channels,
@@ -97,14 +95,7 @@ class KNet(nn.Module):
             return self.slide_inference(x, crop, step)
         raise KnetError(f"inference mode {mode!r} is not one of: whole, slide")
 
-    # ---- training ----------------------------------------------------------------------
-    def forward_train(self, x: torch.Tensor, labels: torch.Tensor) -> Dict[str, torch.Tensor]:
-        return semantic_losses(self.outputs(x, with_aux=True), labels, self.ignore_index,
-                               self.config.auxiliary_head.loss_weight, self.align_corners)
-
-    def forward(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None) -> Union[torch.Tensor, Dict[str, torch.Tensor]]:
-        if labels is not None:
-            return self.forward_train(x, labels)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.encode_decode(x)
 
 
