@@ -187,8 +187,20 @@ def test_progress_bar_and_console_lines(toy, tmp_path, capsys):
     captured = capsys.readouterr()
     assert "train:" in captured.err and "2/2" in captured.err  # the bar, on stderr
     line = [l for l in captured.out.splitlines() if l.startswith("iter 2/2")][0]
-    for part in ("loss", "decode.loss_ce.s0", "decode.loss_ce.s3", "aux.loss_ce", "lr", "s/it", "eta"):
+    for part in ("loss", "decode.loss_ce.s3", "aux.loss_ce", "lr", "s/it", "eta", "mem"):
         assert part in line, part
+    assert "decode.loss_ce.s0" not in line  # the earlier stages are in log.jsonl only
+
+
+def test_console_line_keeps_the_last_stage_main_terms():
+    semantic = ["loss", "decode.loss_ce.s0", "decode.loss_ce.s1", "decode.loss_ce.s2", "decode.loss_ce.s3",
+                "aux.loss_ce"]
+    assert T._console_loss_names(semantic) == ["decode.loss_ce.s3", "aux.loss_ce"]
+    panoptic = ["loss"] + [f"s{k}_loss_{t}" for k in range(3) for t in ("cls", "mask", "dice", "rank")] + [
+        "loss_rpn_mask", "loss_rpn_dice", "loss_rpn_rank", "loss_rpn_seg"]
+    assert len(panoptic) == 17
+    assert T._console_loss_names(panoptic) == ["s2_loss_cls", "s2_loss_mask", "s2_loss_dice"]
+    assert T._console_loss_names(["loss", "loss_a", "loss_b"]) == ["loss_a", "loss_b"]  # no stages: every term
 
 
 @pytest.mark.skipif(not __import__("importlib").util.find_spec("tensorboard"), reason="tensorboard is not installed")

@@ -37,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import math
+import re
 import sys
 import time
 from contextlib import nullcontext
@@ -545,7 +546,7 @@ class _Trainer:
         record.update({"grad_norm": round(avg["grad_norm"], 4), "time": round(avg["time"], 4),
                        "data_time": round(avg["data_time"], 4), "memory": memory_mb(self.device)})
         self.log.record(record)
-        named = "  ".join(f"{k} {avg[k]:.4f}" for k in loss_names if k != "loss")
+        named = "  ".join(f"{k} {avg[k]:.4f}" for k in _console_loss_names(loss_names))
         self.log.info(f"iter {done}/{t.iters}  loss {avg['loss']:.4f}  {named}  lr {lr:.3e}  "
                       f"time {avg['time']:.3f}s/it  data {avg['data_time']:.3f}s  "
                       f"eta {format_eta(per_iter * (t.iters - done))}  mem {record['memory']:.0f}M")
@@ -590,6 +591,36 @@ class _Trainer:
             best_path = self.checkpoints.save_best(checkpoint, done, copy_of=saved)
             self.result.best_checkpoint = best_path
             self.log.info(f"new best {self.state.best_metric} {self.state.best_value:.2f}: {best_path}")
+
+
+# The terms of a stage that the console line shows (log.jsonl keeps every term).
+_CONSOLE_STAGE_TERMS = ("loss_ce", "loss_cls", "loss_mask", "loss_dice")
+
+
+def _stage_term(name: str) -> Optional[Tuple[int, str]]:
+    """(stage, term) of a per-stage loss name: ``s2_loss_cls`` (mask models), ``decode.loss_ce.s3``
+    (semantic models); None for the others."""
+    match = re.fullmatch(r"s(\d+)_(\w+)", name)
+    if match:
+        return int(match[1]), match[2]
+    match = re.fullmatch(r"(?:.+\.)?(\w+)\.s(\d+)", name)
+    if match:
+        return int(match[2]), match[1]
+    return None
+
+
+def _console_loss_names(names: List[str]) -> List[str]:
+    """The loss terms of a training log line on the console, besides the total ``loss``: the last
+    stage's main terms (its classification, mask and dice terms; a semantic model's decode term)
+    and the auxiliary head's. A panoptic model has 17 terms, which made a line of ~600 characters."""
+    names = [n for n in names if n != "loss"]
+    stages = {n: _stage_term(n) for n in names}
+    if not any(stages.values()):
+        return names
+    last = max(stage[0] for stage in stages.values() if stage)
+    return [n for n, stage in stages.items()
+            if (stage is not None and stage[0] == last and stage[1] in _CONSOLE_STAGE_TERMS)
+            or (stage is None and n.startswith("aux."))]
 
 
 def _knet_version() -> str:
