@@ -240,12 +240,13 @@ def test_a_semantic_onnx_model_deploys_without_torch(exported, tmp_path):
 @pytest.mark.slow
 @ALL_EXPORTS
 def test_panoptic_pipeline_on_the_onnx_runner(exported, one_thread):
-    from knet.inference.mask_pipeline import MaskTestPipeline
+    from knet.tasks import get_task
 
     model, path = exported("knet-r50-fpn-panoptic-tiny")
+    task = get_task("panoptic")
     image = np.random.default_rng(1).integers(0, 256, size=(70, 100, 3), dtype=np.uint8)
-    expected = MaskTestPipeline(model, test_scale=(128, 96)).logits([image])[0]
-    got = MaskTestPipeline(OnnxRunner(path, threads=1), test_scale=(128, 96)).logits([image])[0]
+    expected = task.pipeline(model, test_scale=(128, 96)).logits([image])[0]
+    got = task.pipeline(OnnxRunner(path, threads=1), test_scale=(128, 96)).logits([image])[0]
     for e, g in zip(expected[:2], got[:2]):
         assert float((g - e).abs().max()) <= logits_tolerance(e)
 

@@ -36,7 +36,7 @@ def golden(request):
     torch.set_num_threads(1)
     try:
         model, images, ref = _load(request.param)
-        pipeline = MaskTestPipeline(model)
+        pipeline = get_task(model.config.task).pipeline(model)
         results = pipeline.predict(images)
     finally:
         torch.set_num_threads(threads)
@@ -83,7 +83,7 @@ def test_results_are_the_official_ones(golden):
 
 def test_a_batch_gives_the_batch_of_one_results(one_thread):
     model, images, _ = _load("knet-det-instance")
-    pipeline = MaskTestPipeline(model)
+    pipeline = get_task("instance").pipeline(model)
     # Images 0 and 2 share their padded size and run as one batch of two; image 1 runs alone.
     inputs = [images[0], images[1], np.ascontiguousarray(images[0][::-1])]
     batched = pipeline.logits(inputs)
@@ -112,10 +112,10 @@ def test_the_task_builds_the_pipeline_and_takes_the_one_runner_interface(one_thr
     assert result.masks.shape == (10, 30, 50) and result.scores.shape == (10,)
     assert bool((result.scores[:-1] >= result.scores[1:]).all())
     with pytest.raises(KnetError, match="whole images"):
-        MaskTestPipeline(model, mode="slide")
+        task.pipeline(model, mode="slide")
     with pytest.raises(KnetError, match="whole images"):
-        MaskTestPipeline(model, tta=True)
+        task.pipeline(model, tta=True)
     with pytest.raises(KnetError, match="panoptic or instance model"):
-        MaskTestPipeline(knet.build_model("knet-r50-fcn-tiny"))
+        task.pipeline(knet.build_model("knet-r50-fcn-tiny"))
     with pytest.raises(KnetError, match="uint8"):
         pipeline.predict([image.astype(np.float32)])

@@ -287,59 +287,12 @@ def benchmark(model: Any, size: Any = None, batch_size: int = 1, device: str = "
 
 def synthetic_train_batch(config: Any, task: Any, batch_size: int, height: int, width: int, seed: int = 0) -> Any:
     """A collated training batch of ``batch_size`` synthetic samples of ``height x width``, as the
-    task's ``collate`` makes it from its ``train_sample`` outputs (:meth:`knet.tasks.Task.collate`).
-
-    Semantic models: random normalised images (3, H, W) and labels (H, W) drawn uniformly from the
-    model's classes. Panoptic/instance models (:class:`~knet.data.mask_transforms.MaskSample`):
-    images padded to the config's size divisor as the training transform pads them, 2-5
-    non-overlapping rectangles as things of random thing classes and, for a panoptic model, a
-    semantic map of horizontal bands of random stuff classes under the things (``data.ignore_index`` in the padding).
-    """
+    task's ``collate`` makes it (:meth:`knet.tasks.Task.synthetic_batch`: semantic models random
+    normalised images and labels over their classes; panoptic/instance models random
+    non-overlapping rectangles as things over bands of stuff), drawn from a generator seeded with ``seed``."""
     import numpy as np
-    import torch
 
-    from ..config import KNetMaskConfig
-
-    rng = np.random.default_rng(seed)
-    if not isinstance(config, KNetMaskConfig):
-        samples = [(torch.from_numpy(rng.standard_normal((3, height, width), dtype=np.float32)),
-                    torch.from_numpy(rng.integers(0, config.num_classes, (height, width), dtype=np.int64)))
-                   for _ in range(batch_size)]
-        return task.collate(samples)
-
-    from ..data.mask_transforms import MaskSample
-
-    divisor = int(config.data.size_divisor)
-    pad_h, pad_w = -(-height // divisor) * divisor, -(-width // divisor) * divisor
-    samples = []
-    for _ in range(batch_size):
-        image = np.zeros((3, pad_h, pad_w), dtype=np.float32)
-        image[:, :height, :width] = rng.standard_normal((3, height, width), dtype=np.float32)
-        occupied = np.zeros((pad_h, pad_w), dtype=bool)
-        masks = []
-        for _ in range(int(rng.integers(2, 6))):
-            box_h = int(rng.integers(max(1, height // 8), max(2, height // 2) + 1))
-            box_w = int(rng.integers(max(1, width // 8), max(2, width // 2) + 1))
-            y0, x0 = int(rng.integers(0, height - box_h + 1)), int(rng.integers(0, width - box_w + 1))
-            mask = np.zeros((pad_h, pad_w), dtype=bool)
-            mask[y0:y0 + box_h, x0:x0 + box_w] = True
-            mask &= ~occupied  # things do not overlap, as in COCO panoptic
-            if mask.any():
-                occupied |= mask
-                masks.append(mask)
-        labels = rng.integers(0, config.num_thing_classes, len(masks), dtype=np.int64)
-        sem_seg = None
-        if config.num_stuff_classes > 0:
-            sem_seg = np.full((pad_h, pad_w), config.data.ignore_index, dtype=np.uint8)
-            bands = np.linspace(0, height, int(rng.integers(2, 4)) + 1).astype(int)
-            for top, bottom in zip(bands[:-1], bands[1:]):
-                sem_seg[top:bottom, :width] = config.num_thing_classes + int(rng.integers(config.num_stuff_classes))
-            for mask, label in zip(masks, labels):
-                sem_seg[mask] = label
-        stacked = np.stack(masks).astype(np.uint8) if masks else np.zeros((0, pad_h, pad_w), dtype=np.uint8)
-        samples.append(MaskSample(image=image, masks=stacked, labels=labels, sem_seg=sem_seg,
-                                  img_shape=(height, width), flipped=False, scale_factor=(1.0, 1.0)))
-    return task.collate(samples)
+    return task.synthetic_batch(config, batch_size, height, width, np.random.default_rng(seed))
 
 
 def benchmark_train(model: Any, size: Any = None, batch_size: int = TRAIN_DEFAULTS["batch_size"],

@@ -46,10 +46,9 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..config import MASK_TASKS
 from ..errors import KnetError
 from ..inference.onnx_runner import (CONFIG_KEY, INPUT_NAME, INSTALL_HINT, TARGET_KEY, VERSION_KEY, WINOGRAD_KEY,
-                                     OnnxRunner, import_onnxruntime, output_names)
+                                     OnnxRunner, import_onnxruntime)
 from ..models.fuse import fold_batch_norms
 from ..models.winograd import INPUT_TILE, OUTPUT_TILE, WinogradConv2d, transform_matrices
 from ..utils.atomic import atomic_path
@@ -61,11 +60,9 @@ PathLike = Union[str, "os.PathLike[str]"]
 MIN_OPSET = 18
 # The example traced. Every count derived from its size must be at least 2 (Swin's 7x7 windows
 # at stride 32 need sides above 224): a count of 1 is traced as a broadcast, and the file would
-# then serve only the sizes that give 1. It and a second size (for semantic models not a
-# multiple of 32) at batch 1 are the parity check's inputs.
+# then serve only the sizes that give 1. It and the task's second size (``Task.onnx_check_shape``)
+# are the parity check's inputs.
 EXAMPLE_SHAPE = (2, 3, 256, 320)
-SEMANTIC_CHECK_SHAPE = (1, 3, 75, 110)
-MASK_CHECK_SHAPE = (1, 3, 96, 64)
 # The narrowest 3x3 convolution written as Winograd (input and output channels): below it the
 # tile copies cost as much as the multiplications Winograd saves.
 WINOGRAD_MIN_CHANNELS = 512
@@ -341,6 +338,7 @@ def export_onnx(model: nn.Module, path: PathLike, opset: int = MIN_OPSET, check:
         an :class:`ExportResult` (its ``parity`` empty without ``check``).
     """
     from ..checkpoint import with_class_meta
+    from ..tasks import get_task
 
     if opset < MIN_OPSET:
         raise KnetError(f"opset {opset}: the exporter writes opset {MIN_OPSET} or newer")
@@ -352,14 +350,14 @@ def export_onnx(model: nn.Module, path: PathLike, opset: int = MIN_OPSET, check:
         raise KnetError(f"cannot export a {type(model).__name__}: expected a knet model built from a config")
     _require_exporter()
     config = with_class_meta(config)
-    task = config.task
+    task = get_task(config.task)
     exported = exportable_copy(model, winograd=winograd)
     example = torch.randn(*EXAMPLE_SHAPE, generator=torch.Generator().manual_seed(0))
     start = time.perf_counter()
     with _quiet(verbose):
         program = torch.onnx.export(
             _Forward(exported), (example,), dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
-            output_names=list(output_names(task)), dynamic_shapes=_dynamic_shapes(), optimize=True,
+            output_names=list(task.onnx_outputs), dynamic_shapes=_dynamic_shapes(), optimize=True,
             verbose=verbose, external_data=False, custom_translation_table=TRANSLATIONS)
     _check_dynamic(program)
     program.model.metadata_props[CONFIG_KEY] = config.to_json()
@@ -367,7 +365,7 @@ def export_onnx(model: nn.Module, path: PathLike, opset: int = MIN_OPSET, check:
     winograd_convolutions = _winograd_in_graph(program.model.graph)
     program.model.metadata_props[WINOGRAD_KEY] = str(winograd_convolutions)
     program.model.metadata_props[TARGET_KEY] = layout.name
-    program.model.doc_string = f"knet {__version__}: {config.name} ({task})"
+    program.model.doc_string = f"knet {__version__}: {config.name} ({task.name})"
     path = Path(path)
     result = ExportResult(path=path, opset=opset, exporter="torch.onnx.export(dynamo=True)", seconds=0.0,
                           size_mb=0.0, winograd=winograd_convolutions, target=layout.name)
@@ -377,8 +375,7 @@ def export_onnx(model: nn.Module, path: PathLike, opset: int = MIN_OPSET, check:
         result.size_mb = tmp.stat().st_size / 2**20
         if check:
             runner = OnnxRunner(tmp, device="cpu")
-            second = MASK_CHECK_SHAPE if task in MASK_TASKS else SEMANTIC_CHECK_SHAPE
-            for shape in (EXAMPLE_SHAPE, second):
+            for shape in (EXAMPLE_SHAPE, task.onnx_check_shape):
                 parity = check_parity(model, runner, shape)
                 result.parity.append(parity)
                 if not parity.relative <= tolerance:

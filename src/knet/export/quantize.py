@@ -29,7 +29,6 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..config import MASK_TASKS
 from ..data.io import IMAGE_SUFFIXES, read_image
 from ..errors import KnetError
 from ..inference.onnx_runner import (CONFIG_KEY, INPUT_NAME, INSTALL_HINT, TARGET_KEY, VERSION_KEY, WINOGRAD_KEY,
@@ -206,7 +205,8 @@ def quantize_int8(fp32_path: PathLike, out_path: PathLike, images: Sequence[np.n
     target = get_target(target or source_metadata.get(TARGET_KEY) or DEFAULT_TARGET).name
     recorder = _RecordingRunner(OnnxRunner(fp32_path, device="cpu", threads=threads))
     config = recorder.config
-    pipeline = get_task(config.task).pipeline(recorder, test_scale=test_scale)
+    task = get_task(config.task)
+    pipeline = task.pipeline(recorder, test_scale=test_scale)
     for image in images:  # one at a time: each input its own calibration sample
         pipeline.predict([image])
 
@@ -236,7 +236,7 @@ def quantize_int8(fp32_path: PathLike, out_path: PathLike, images: Sequence[np.n
         onnx.save(model, str(tmp))
         size_mb = tmp.stat().st_size / 2**20
         quantized = OnnxRunner(tmp, device="cpu", threads=recorder.runner.threads)
-        result = _compare(recorder, quantized, config.task in MASK_TASKS)
+        result = _compare(recorder, quantized, task.dense_logits)
     return QuantizationResult(out_path, size_mb, len(images), *result, target=target)
 
 
@@ -274,8 +274,9 @@ def _ort_version() -> str:
 
 
 def _compare(recorder: _RecordingRunner, quantized: OnnxRunner,
-             is_mask_task: bool) -> Tuple[Dict[str, float], Dict[str, float], Optional[float]]:
-    """int8 against the recorded fp32 outputs on the recorded inputs."""
+             dense_logits: bool) -> Tuple[Dict[str, float], Dict[str, float], Optional[float]]:
+    """int8 against the recorded fp32 outputs on the recorded inputs; ``dense_logits`` (the task's):
+    also the share of pixels whose argmax class agrees."""
     import torch
 
     sums: Dict[str, float] = {}
@@ -289,7 +290,7 @@ def _compare(recorder: _RecordingRunner, quantized: OnnxRunner,
             diff = np.abs(g - e)
             sums[name] = sums.get(name, 0.0) + float(diff.mean()) / scale
             maxima[name] = max(maxima.get(name, 0.0), float(diff.max()) / scale)
-        if not is_mask_task:
+        if dense_logits:
             agree += int((got[0].argmax(axis=1) == expected[0].argmax(axis=1)).sum())
             pixels += expected[0].shape[0] * expected[0].shape[2] * expected[0].shape[3]
     count = max(len(recorder.inputs), 1)

@@ -8,8 +8,8 @@ For uint8 RGB images of any size, step by step as the reference's configs:
 2. normalise ((x - mean) / std, RGB, float32);
 3. pad bottom/right to a multiple of 32 with 0 (after normalising: 0 is the mean colour);
 4. the model -> the last stage's class logits (K, C) and stride-4 mask logits (K, H/4, W/4);
-5. post-processing (:mod:`knet.postprocess`) at the original size: a panoptic segment map or the
-   top-scoring instances.
+5. the task's post-processing (:meth:`knet.tasks.mask.MaskTask.postprocess`, :mod:`knet.postprocess`)
+   at the original size: a panoptic segment map or the top-scoring instances.
 
 Batching: only images whose padded sizes are equal are stacked, so every image sees exactly the
 input it would alone (K-Net's kernels pool features over every pixel, padding included, so padding
@@ -18,7 +18,7 @@ an image further would change its result).
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -27,10 +27,12 @@ from ..config import MASK_TASKS, KNetMaskConfig
 from ..data.mask_transforms import TestInput, prepare_test_image, rescale_image
 from ..data.transforms import Size
 from ..errors import KnetError
-from ..postprocess import InstancePrediction, PanopticPrediction, instance_inference, panoptic_inference
+from ..postprocess import InstancePrediction, PanopticPrediction
 from .pipeline import as_runner, check_images
 
 MaskPrediction = Union[PanopticPrediction, InstancePrediction]
+# One image's (class logits, mask logits, TestInput, config) -> its prediction.
+Postprocess = Callable[[torch.Tensor, torch.Tensor, TestInput, KNetMaskConfig], MaskPrediction]
 
 
 class MaskTestPipeline:
@@ -38,13 +40,15 @@ class MaskTestPipeline:
 
     ``predict(images)`` maps uint8 (H, W, 3) RGB images to one :class:`PanopticPrediction` (panoptic
     models) or :class:`InstancePrediction` (instance models) each, at the image's size, on the model's
-    device. Thresholds come from ``config.postprocess``.
+    device. Build it with the task (``knet.tasks.get_task(config.task).pipeline(model)``), which
+    passes its post-processing; thresholds come from ``config.postprocess``.
 
     Args:
         model: a ``KNetMaskSegmentor`` built from a config (run where its parameters are, in eval
             mode; its train/eval flag is restored afterwards) or a model runner (see
             :class:`~knet.inference.pipeline.TorchRunner`: its call gives the last stage's class
             logits and stride-4 mask logits).
+        postprocess: the task's step 5 (:meth:`knet.tasks.mask.MaskTask.postprocess`).
         test_scale: (width, height) to fit; default the config's ``data.test_scale``.
         size_divisor: pad to multiples of it; default the config's ``data.size_divisor``.
         mode, crop_size, stride, tta: the semantic pipeline's options, accepted so that generic
@@ -53,8 +57,8 @@ class MaskTestPipeline:
 
     __test__ = False  # not a pytest test class despite its name
 
-    def __init__(self, model: Any, test_scale: Optional[Size] = None, size_divisor: Optional[int] = None,
-                 mode: str = "whole", crop_size: Optional[Size] = None, stride: Optional[Size] = None,
+    def __init__(self, model: Any, postprocess: Postprocess, test_scale: Optional[Size] = None,
+                 size_divisor: Optional[int] = None, mode: str = "whole", crop_size: Optional[Size] = None, stride: Optional[Size] = None,
                  tta: bool = False) -> None:
         if mode != "whole" or crop_size is not None or stride is not None or tta:
             raise KnetError("panoptic and instance models run on whole images: sliding-window inference and "
@@ -66,7 +70,7 @@ class MaskTestPipeline:
             raise KnetError(f"the mask test pipeline needs a panoptic or instance model, got a "
                             f"{getattr(config, 'task', type(config).__name__)} model")
         self.config: KNetMaskConfig = config
-        self.task = config.task
+        self._postprocess = postprocess
         self.test_scale: Size = tuple(test_scale) if test_scale is not None else tuple(config.data.test_scale)
         self.size_divisor = int(size_divisor) if size_divisor is not None else int(config.data.size_divisor)
         if len(self.test_scale) != 2 or min(self.test_scale) <= 0:
@@ -104,15 +108,7 @@ class MaskTestPipeline:
 
     def postprocess(self, cls_logits: torch.Tensor, mask_logits: torch.Tensor, prepared: TestInput) -> MaskPrediction:
         """Step 5 for one image: its logits -> its result at the original size."""
-        post = self.config.postprocess
-        shapes = (prepared.img_shape, prepared.pad_shape, prepared.ori_shape)
-        if self.task == "panoptic":
-            # The mask area of a candidate is counted at the reference's fixed 0.5 (post.mask_thr
-            # is the instance models' threshold).
-            return panoptic_inference(cls_logits, mask_logits, *shapes, num_thing_classes=self.config.num_thing_classes,
-                                      instance_score_thr=post.instance_score_thr, overlap_thr=post.overlap_thr)
-        return instance_inference(cls_logits, mask_logits, *shapes, max_per_img=post.max_per_img,
-                                  mask_thr=post.mask_thr)
+        return self._postprocess(cls_logits, mask_logits, prepared, self.config)
 
     # ---- public ------------------------------------------------------------------------------
     def predict(self, images: Sequence[np.ndarray]) -> List[MaskPrediction]:

@@ -27,8 +27,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..config import MASK_TASKS, ModelConfig, config_from_dict
+from ..config import ModelConfig, config_from_dict
 from ..errors import KnetError
+from ..tasks import get_task
 from ..utils.windows import sliding_windows
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -39,15 +40,8 @@ VERSION_KEY = "knet.version"  # the knet that wrote it
 WINOGRAD_KEY = "knet.winograd"  # how many 3x3 convolutions the export wrote as Winograd (matrix products)
 TARGET_KEY = "knet.target"  # the runtime the file was laid out for (knet.export.targets); absent in older files
 INPUT_NAME = "images"
-SEMANTIC_OUTPUTS = ("logits",)
-MASK_OUTPUTS = ("cls_logits", "mask_logits")
 
 INSTALL_HINT = 'pip install "knet-seg[onnx]"'
-
-
-def output_names(task: str) -> Tuple[str, ...]:
-    """The output names of an exported model of ``task``."""
-    return MASK_OUTPUTS if task in MASK_TASKS else SEMANTIC_OUTPUTS
 
 
 def import_onnxruntime() -> Any:
@@ -102,7 +96,8 @@ class OnnxRunner:
     normalised float32 images (N, 3, h, w) gives a semantic model's logits (N, C, h, w), whole or
     sliding-window, or a panoptic/instance model's ``(cls_logits (N, K, C), mask_logits (N, K,
     h/4, w/4))`` (h, w multiples of 32), each float32: numpy arrays for a numpy input, CPU torch
-    tensors for a torch one.
+    tensors for a torch one. ``task`` is the model's :class:`~knet.tasks.Task`: it names the
+    file's outputs (``onnx_outputs``) and says whether it runs in sliding windows (``dense_logits``).
     """
 
     takes_numpy = True  # the pipelines may hand it numpy arrays (no torch needed)
@@ -129,7 +124,8 @@ class OnnxRunner:
         metadata = self.session.get_modelmeta().custom_metadata_map
         self.config: ModelConfig = read_config(metadata, str(self.path))
         self.target: Optional[str] = metadata.get(TARGET_KEY)  # None for a file written before targets
-        self.output_names = output_names(self.config.task)
+        self.task = get_task(self.config.task)
+        self.output_names: Tuple[str, ...] = self.task.onnx_outputs
         inputs = [i.name for i in self.session.get_inputs()]
         outputs = [o.name for o in self.session.get_outputs()]
         if inputs != [INPUT_NAME] or outputs != list(self.output_names):
@@ -152,22 +148,20 @@ class OnnxRunner:
 
     def __call__(self, x: Any, mode: str = "whole", crop_size: Optional[Sequence[int]] = None,
                  stride: Optional[Sequence[int]] = None) -> Any:
-        if self.config.task in MASK_TASKS:
-            if mode != "whole":
-                raise KnetError(f"inference mode {mode!r}: panoptic and instance models run on whole images")
-            cls_logits, mask_logits = self.run(x)
-            return cls_logits, mask_logits
+        if mode not in ("whole", "slide"):
+            raise KnetError(f"inference mode {mode!r} is not one of: whole, slide")
         if mode == "whole":
-            return self.run(x)[0]
-        if mode == "slide":
-            crop = tuple(crop_size or self.config.data.crop_size[::-1])
-            step = tuple(stride or (max(1, crop[0] * 2 // 3), max(1, crop[1] * 2 // 3)))
-            if isinstance(x, np.ndarray):
-                return self.slide(x, crop, step)
-            import torch
+            outputs = self.run(x)
+            return outputs[0] if len(outputs) == 1 else tuple(outputs)
+        if not self.task.dense_logits:
+            raise KnetError(f"inference mode {mode!r}: {self.config.task} models run on whole images")
+        crop = tuple(crop_size or self.config.data.crop_size[::-1])
+        step = tuple(stride or (max(1, crop[0] * 2 // 3), max(1, crop[1] * 2 // 3)))
+        if isinstance(x, np.ndarray):
+            return self.slide(x, crop, step)
+        import torch
 
-            return torch.from_numpy(self.slide(x.detach().to("cpu", torch.float32).numpy(), crop, step))
-        raise KnetError(f"inference mode {mode!r} is not one of: whole, slide")
+        return torch.from_numpy(self.slide(x.detach().to("cpu", torch.float32).numpy(), crop, step))
 
     def slide(self, x: np.ndarray, crop_size: Tuple[int, int], stride: Tuple[int, int],
               crops_per_batch: int = 8) -> np.ndarray:
@@ -190,4 +184,4 @@ class OnnxRunner:
 
 
 __all__ = ["CONFIG_KEY", "VERSION_KEY", "WINOGRAD_KEY", "TARGET_KEY", "INPUT_NAME", "OnnxRunner",
-           "import_onnxruntime", "output_names", "read_config"]
+           "import_onnxruntime", "read_config"]

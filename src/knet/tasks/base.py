@@ -58,6 +58,13 @@ class Task:
             several.
         has_probabilities: whether its results carry per-class probabilities (``--save-probs``).
         output_files: what a result writes per image, for ``knet predict``'s summary line.
+        dense_logits: whether the model's inference output is per-pixel class logits (N, C, H, W):
+            such a model also runs in sliding windows (an ONNX Runtime one too), and an int8 file of
+            it is scored by the share of pixels keeping their class.
+        onnx_outputs: the output names of the model's ONNX file (``knet export``), in the order
+            ``model.inference`` returns them.
+        onnx_check_shape: (N, 3, H, W) of the export's second parity check: a size the task's
+            pipeline gives its model other than the traced example's.
     """
 
     name: str = ""
@@ -67,6 +74,9 @@ class Task:
     dataset_kinds: Tuple[str, ...] = ()
     has_probabilities: bool = False
     output_files: str = ""
+    dense_logits: bool = False
+    onnx_outputs: Tuple[str, ...] = ()
+    onnx_check_shape: Tuple[int, int, int, int] = (1, 3, 64, 64)
 
     # ---- datasets ----------------------------------------------------------------------
     def dataset_options(self, config: Any, training: bool) -> Dict[str, Any]:
@@ -107,6 +117,13 @@ class Task:
         """The named losses of a forward pass with every stage; their sum is the objective.
         ``reduce_mean`` averages a tensor over the processes of a distributed run, for losses
         normalised by a count over the whole batch (None: one process)."""
+        raise NotImplementedError
+
+    def synthetic_batch(self, config: Any, batch_size: int, height: int, width: int,
+                        rng: np.random.Generator) -> Any:
+        """A collated training batch (:meth:`collate`) of ``batch_size`` random samples of
+        ``height x width`` drawn from ``rng``, with labels of this task's kind: what
+        :func:`knet.engine.benchmark.benchmark_train` trains on."""
         raise NotImplementedError
 
     # ---- inference ---------------------------------------------------------------------

@@ -14,7 +14,7 @@ import torch
 
 from ..metrics import MaskAP
 from ..metrics.mask_ap import METRIC_NAMES
-from ..postprocess import InstancePrediction
+from ..postprocess import InstancePrediction, instance_inference
 from ..utils.tables import percent_cell, round_percent, text_table
 from .base import Evaluator
 from .mask import MaskTask, dataset_class_meta, distributed, from_main, gather_objects
@@ -99,6 +99,13 @@ class InstanceTask(MaskTask):
     output_files = "COCO instance results (<stem>.json) and overlays (<stem>_overlay.png)"
     summary_metrics = ("AP", "AP50", "AP75")
     dataset_kinds = ("coco_instance",)
+
+    def postprocess(self, cls_logits: torch.Tensor, mask_logits: torch.Tensor, prepared: Any,
+                    config: Any) -> InstancePrediction:
+        """The top-scoring instances (:func:`knet.postprocess.instance_inference`)."""
+        post = config.postprocess
+        return instance_inference(cls_logits, mask_logits, prepared.img_shape, prepared.pad_shape, prepared.ori_shape,
+                                  max_per_img=post.max_per_img, mask_thr=post.mask_thr)
 
     def results(self, pipeline: Any, images: List[np.ndarray], sources: List[Optional[str]],
                 config: Any, score_thr: float = 0.3) -> List[Any]:

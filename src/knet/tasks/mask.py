@@ -37,6 +37,10 @@ class MaskTask(Task):
     mmdetection test pipeline (:class:`~knet.inference.mask_pipeline.MaskTestPipeline`)."""
 
     class_dependent_keys = MASK_CLASS_DEPENDENT_KEYS
+    onnx_outputs = ("cls_logits", "mask_logits")
+    onnx_check_shape = (1, 3, 96, 64)  # multiples of 32, as the pipeline pads
+    # Whether the model also segments stuff (its criterion matches the stuff kernels too).
+    panoptic = False
 
     # ---- datasets ----------------------------------------------------------------------
     def dataset_options(self, config: KNetMaskConfig, training: bool) -> Dict[str, Any]:
@@ -125,7 +129,7 @@ class MaskTask(Task):
         loss = config.loss
         criterion = KNetDetCriterion(
             num_thing_classes=config.num_thing_classes, num_stuff_classes=config.num_stuff_classes,
-            num_proposals=config.kernel_head.num_proposals, panoptic=config.task == "panoptic",
+            num_proposals=config.kernel_head.num_proposals, panoptic=self.panoptic,
             num_stages=config.kernel_update.num_stages, stage_loss_weights=loss.stage_weights,
             cls_loss_weight=loss.cls_weight, mask_loss_weight=loss.mask_weight, dice_loss_weight=loss.dice_weight,
             rank_loss_weight=loss.rank_weight, seg_loss_weight=loss.seg_weight, cls_cost_weight=loss.cls_cost,
@@ -134,11 +138,56 @@ class MaskTask(Task):
         self._cached_criterion = (key, reduce_mean, criterion)
         return criterion
 
+    def synthetic_batch(self, config: KNetMaskConfig, batch_size: int, height: int, width: int,
+                        rng: np.random.Generator) -> MaskBatch:
+        """Images padded to the config's size divisor as the training transform pads them, 2-5
+        non-overlapping rectangles as things of random thing classes and, for a model with stuff, a
+        semantic map of horizontal bands of random stuff classes under the things
+        (``data.ignore_index`` in the padding)."""
+        divisor = int(config.data.size_divisor)
+        pad_h, pad_w = -(-height // divisor) * divisor, -(-width // divisor) * divisor
+        samples = []
+        for _ in range(batch_size):
+            image = np.zeros((3, pad_h, pad_w), dtype=np.float32)
+            image[:, :height, :width] = rng.standard_normal((3, height, width), dtype=np.float32)
+            occupied = np.zeros((pad_h, pad_w), dtype=bool)
+            masks = []
+            for _ in range(int(rng.integers(2, 6))):
+                box_h = int(rng.integers(max(1, height // 8), max(2, height // 2) + 1))
+                box_w = int(rng.integers(max(1, width // 8), max(2, width // 2) + 1))
+                y0, x0 = int(rng.integers(0, height - box_h + 1)), int(rng.integers(0, width - box_w + 1))
+                mask = np.zeros((pad_h, pad_w), dtype=bool)
+                mask[y0:y0 + box_h, x0:x0 + box_w] = True
+                mask &= ~occupied  # things do not overlap, as in COCO panoptic
+                if mask.any():
+                    occupied |= mask
+                    masks.append(mask)
+            labels = rng.integers(0, config.num_thing_classes, len(masks), dtype=np.int64)
+            sem_seg = None
+            if config.num_stuff_classes > 0:
+                sem_seg = np.full((pad_h, pad_w), config.data.ignore_index, dtype=np.uint8)
+                bands = np.linspace(0, height, int(rng.integers(2, 4)) + 1).astype(int)
+                for top, bottom in zip(bands[:-1], bands[1:]):
+                    sem_seg[top:bottom, :width] = config.num_thing_classes + int(rng.integers(config.num_stuff_classes))
+                for mask, label in zip(masks, labels):
+                    sem_seg[mask] = label
+            stacked = np.stack(masks).astype(np.uint8) if masks else np.zeros((0, pad_h, pad_w), dtype=np.uint8)
+            samples.append(MaskSample(image=image, masks=stacked, labels=labels, sem_seg=sem_seg,
+                                      img_shape=(height, width), flipped=False, scale_factor=(1.0, 1.0)))
+        return self.collate(samples)
+
     # ---- inference ---------------------------------------------------------------------
     def pipeline(self, model: Any, **options: Any) -> Any:
+        """The mmdetection test pipeline, finishing with this task's :meth:`postprocess`."""
         from ..inference.mask_pipeline import MaskTestPipeline
 
-        return MaskTestPipeline(model, **options)
+        return MaskTestPipeline(model, self.postprocess, **options)
+
+    def postprocess(self, cls_logits: torch.Tensor, mask_logits: torch.Tensor, prepared: Any,
+                    config: KNetMaskConfig) -> Any:
+        """One image's last-stage class logits (K, C) and stride-4 mask logits (K, H/4, W/4), and its
+        :class:`~knet.data.mask_transforms.TestInput` -> its prediction at the original size."""
+        raise NotImplementedError
 
 
 def _tensors(nested: Any) -> List[torch.Tensor]:

@@ -15,7 +15,7 @@ import torch
 from ..config import KNetMaskConfig
 from ..metrics import PanopticQuality
 from ..metrics.panoptic_quality import STAT_NAMES
-from ..postprocess import PanopticPrediction, PanopticSegment
+from ..postprocess import PanopticPrediction, PanopticSegment, panoptic_inference
 from ..utils.tables import percent_cell, round_percent, text_table
 from .base import Evaluator
 from .mask import MaskTask, dataset_class_meta, distributed, gather_objects
@@ -120,6 +120,17 @@ class PanopticTask(MaskTask):
     output_files = "COCO panoptic PNGs (<stem>.png), segments (<stem>.json) and overlays (<stem>_overlay.png)"
     summary_metrics = ("PQ", "SQ", "RQ", "PQ_th", "PQ_st")
     dataset_kinds = ("coco_panoptic",)
+    panoptic = True
+
+    def postprocess(self, cls_logits: torch.Tensor, mask_logits: torch.Tensor, prepared: Any,
+                    config: KNetMaskConfig) -> PanopticPrediction:
+        """The segment map and segments (:func:`knet.postprocess.panoptic_inference`)."""
+        post = config.postprocess
+        # The mask area of a candidate is counted at the reference's fixed 0.5 (post.mask_thr is the
+        # instance models' threshold).
+        return panoptic_inference(cls_logits, mask_logits, prepared.img_shape, prepared.pad_shape, prepared.ori_shape,
+                                  num_thing_classes=config.num_thing_classes,
+                                  instance_score_thr=post.instance_score_thr, overlap_thr=post.overlap_thr)
 
     def results(self, pipeline: Any, images: List[np.ndarray], sources: List[Optional[str]],
                 config: KNetMaskConfig, score_thr: float = 0.3) -> List[Any]:

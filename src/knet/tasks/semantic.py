@@ -81,6 +81,9 @@ class SemanticTask(Task):
     dataset_kinds = ("folder", "ade20k")
     has_probabilities = True
     output_files = "label maps (<stem>.png) and overlays (<stem>_overlay.png)"
+    dense_logits = True
+    onnx_outputs = ("logits",)
+    onnx_check_shape = (1, 3, 75, 110)  # not a multiple of 32: the pipeline feeds any size
 
     # ---- datasets ----------------------------------------------------------------------
     def dataset_options(self, config: KNetConfig, training: bool) -> Dict[str, Any]:
@@ -130,6 +133,16 @@ class SemanticTask(Task):
 
         return semantic_losses(output, targets, config.data.ignore_index, config.auxiliary_head.loss_weight,
                                config.align_corners)
+
+    def synthetic_batch(self, config: KNetConfig, batch_size: int, height: int, width: int,
+                        rng: np.random.Generator) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Random normalised images (3, H, W) and labels (H, W) drawn uniformly from the model's classes."""
+        import torch
+
+        samples = [(torch.from_numpy(rng.standard_normal((3, height, width), dtype=np.float32)),
+                    torch.from_numpy(rng.integers(0, config.num_classes, (height, width), dtype=np.int64)))
+                   for _ in range(batch_size)]
+        return self.collate(samples)
 
     # ---- inference ---------------------------------------------------------------------
     def pipeline(self, model: Any, **options: Any) -> Any:
