@@ -47,3 +47,14 @@ def test_type_checking_imports_name_the_lazy_table():
 def test_distribution_name_and_version():
     assert importlib.metadata.version("knet-seg") == knet.__version__
     assert (INIT.parent / "py.typed").is_file()
+
+
+def test_a_deprecation_warning_from_knet_code_fails():
+    """pyproject's filterwarnings turns DeprecationWarnings attributed to a knet module into errors."""
+    import pytest
+
+    namespace = {"__name__": "knet._deprecation_probe"}
+    exec(compile("import warnings\ndef old():\n    warnings.warn('old API', DeprecationWarning)\n", "<probe>", "exec"),
+         namespace)
+    with pytest.raises(DeprecationWarning):
+        namespace["old"]()
