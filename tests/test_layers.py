@@ -3,12 +3,14 @@ on top; nothing below it imports ``knet.apps``). Lazy imports inside functions c
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
-from typing import Iterator, Tuple
+from typing import Iterator, List, Set, Tuple
 
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "knet"
+DESIGN = Path(__file__).resolve().parents[1] / "docs" / "DESIGN.md"
 
 # Lowest first. A module belongs to the layer of its longest matching prefix.
 LAYERS = [
@@ -97,6 +99,32 @@ def test_library_never_imports_the_command_line():
                  for path in SOURCES if layer_of(module_name(path)) < apps
                  for line, target in imports_of(path) if target not in PACKAGE_ITSELF and layer_of(target) == apps]
     assert offenders == []
+
+
+def design_table() -> List[Set[str]]:
+    """The module prefixes of each row of docs/DESIGN.md's layer table, in its order. A row starts
+    two spaces in with its paths (``data/``, ``presets.py``) and the layer number; a line two spaces
+    in without a number adds its paths to the row above; deeper-indented lines are descriptions."""
+    text = DESIGN.read_text(encoding="utf-8")
+    block = text[text.index("```\nsrc/knet/\n") + len("```\nsrc/knet/\n"):]
+    block = block[:block.index("```")]
+    rows: List[Tuple[int, Set[str]]] = []
+    for line in block.splitlines():
+        if not line.startswith("  ") or line.startswith("   "):
+            continue
+        parts = re.split(r" {2,}", line.strip())
+        modules = {"knet." + path.rstrip("/").removesuffix(".py").replace("/", ".") for path in parts[0].split()}
+        if len(parts) > 1 and re.fullmatch(r"\d+", parts[1].split()[0]):
+            rows.append((int(parts[1].split()[0]), modules))
+        else:
+            rows[-1][1].update(modules)
+    assert [number for number, _ in rows] == list(range(len(rows))), "the table's layers are not numbered 0, 1, ..."
+    return [modules for _, modules in rows]
+
+
+def test_the_design_table_is_the_layer_table():
+    # docs/DESIGN.md documents the layers this test enforces: the two cannot drift apart.
+    assert design_table() == [set(prefixes) for prefixes in LAYERS]
 
 
 def test_models_never_import_losses():
