@@ -392,6 +392,7 @@ def test_coco_bad_image_stops_or_is_skipped_and_wrong_models_are_refused(tmp_pat
     _assert_error(capsys, "instance models are evaluated on coco_instance datasets")
 
 
+@pytest.mark.slow  # ~12 s on one core
 def test_torchrun_two_processes_give_the_single_process_coco_metrics(tmp_path, coco, coco_models):
     from tests.conftest import run_torchrun
 

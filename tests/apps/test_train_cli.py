@@ -94,11 +94,13 @@ def resume_after_sigkill_equals_an_uninterrupted_run(args_of, tmp_path, iters=30
     assert sorted(p.name for p in cut.glob("*.pth")) == sorted(p.name for p in whole.glob("*.pth"))
 
 
+@pytest.mark.slow  # ~13 s on one core
 def test_resume_after_sigkill_equals_an_uninterrupted_run(toy, tmp_path):
     resume_after_sigkill_equals_an_uninterrupted_run(lambda work, iters, *extra: train_args(toy, work, iters, *extra),
                                                      tmp_path)
 
 
+@pytest.mark.slow  # ~17 s on one core
 def test_torchrun_two_cpu_processes(toy, tmp_path):
     work = tmp_path / "ddp"
     iters = 4
@@ -232,6 +234,7 @@ def mask_train_args(coco, work_dir, iters, *extra, task="panoptic"):
             *extra, "--set", *MASK_SMALL]
 
 
+@pytest.mark.slow  # ~15 s on one core
 def test_panoptic_resume_after_sigkill_equals_an_uninterrupted_run(coco, tmp_path):
     resume_after_sigkill_equals_an_uninterrupted_run(
         lambda work, iters, *extra: mask_train_args(coco, work, iters, *extra), tmp_path, iters=20)

@@ -161,6 +161,7 @@ def test_syncbn_conversion_keeps_names_and_parameters():
 # --------------------------------------------------------------------------------------------
 # Convergence
 # --------------------------------------------------------------------------------------------
+@pytest.mark.slow  # ~90 s on one core
 def test_tiny_knet_learns_the_toy_dataset(tmp_path):
     """A -tiny preset trained from scratch on CPU reaches mIoU >= 80% on held-out toy images."""
     # All of torch's threads, as a user's run: the loader's worker waits for the steps (a few ms

@@ -329,6 +329,7 @@ def test_winograd_convolutions_export_for_every_size(tmp_path, one_thread, monke
         assert np.abs(got - expected.numpy()).max() <= 1e-5 * float(expected.abs().max()), shape
 
 
+@pytest.mark.slow  # ~23 s on one core
 def test_a_model_exported_with_winograd_matches_torch_and_quantizes_around_it(tmp_path, one_thread, monkeypatch,
                                                                              capsys):
     """The tiny R50-FCN with Winograd from 16 channels (the full-size models' rule is 512): its

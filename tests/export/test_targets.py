@@ -86,6 +86,8 @@ def _layout(path: Path):
     return {p.key: p.value for p in model.metadata_props}, winograd, convs, int8
 
 
+# The tests of the exported files are slow: the `files` fixture exports four times (~22 s on one core).
+@pytest.mark.slow
 def test_float32_files_cpu_has_winograd_gpu_has_none(files):
     cpu_meta, cpu_winograd, cpu_convs, _ = _layout(files["cpu"][0])
     gpu_meta, gpu_winograd, gpu_convs, _ = _layout(files["gpu"][0])
@@ -96,6 +98,7 @@ def test_float32_files_cpu_has_winograd_gpu_has_none(files):
     assert (cpu_meta[TARGET_KEY], gpu_meta[TARGET_KEY]) == ("cpu", "gpu")
 
 
+@pytest.mark.slow
 def test_int8_files_cpu_keeps_winograd_float32_cpu_vnni_quantizes_every_convolution(files):
     cpu_meta, cpu_winograd, cpu_convs, cpu_int8 = _layout(files["cpu-int8"][0])
     vnni_meta, vnni_winograd, vnni_convs, vnni_int8 = _layout(files["cpu-vnni-int8"][0])
@@ -123,6 +126,7 @@ def test_every_target_s_layout_from_the_table(one_thread, monkeypatch):
         "cpu": True, "cpu-int8": True, "cpu-vnni": True, "cpu-vnni-int8": False, "gpu": False, "gpu-int8": False}
 
 
+@pytest.mark.slow
 def test_the_mismatch_note_and_nothing_otherwise(files, monkeypatch):
     notes = {name: [line for line in err.splitlines() if line.startswith("note:")] for name, (_, err) in files.items()}
     assert notes["cpu"] == [] and notes["gpu"] == []
@@ -138,6 +142,7 @@ def test_the_mismatch_note_and_nothing_otherwise(files, monkeypatch):
     assert all(len(targets.target_note(name, quantized=True).splitlines()) == 1 for name in expected)
 
 
+@pytest.mark.slow
 def test_onnx_source_keeps_its_target_and_files_without_one_read_as_cpu(files, tmp_path, one_thread, capsys):
     """``--onnx`` quantization records the float file's target; a file written before targets
     has no ``knet.target``: the runner reads it (target None) and quantization takes ``cpu``."""
