@@ -58,8 +58,8 @@ class MaskTestPipeline:
     __test__ = False  # not a pytest test class despite its name
 
     def __init__(self, model: Any, postprocess: Postprocess, test_scale: Optional[Size] = None,
-                 size_divisor: Optional[int] = None, mode: str = "whole", crop_size: Optional[Size] = None, stride: Optional[Size] = None,
-                 tta: bool = False) -> None:
+                 size_divisor: Optional[int] = None, mode: str = "whole", crop_size: Optional[Size] = None,
+                 stride: Optional[Size] = None, tta: bool = False) -> None:
         if mode != "whole" or crop_size is not None or stride is not None or tta:
             raise KnetError("panoptic and instance models run on whole images: sliding-window inference and "
                             "multi-scale + flip testing are not available for them")
