@@ -41,7 +41,7 @@ def test_switching_the_head_kind_keeps_only_its_fields():
 def test_a_native_directory_of_release_0_1_loads_with_the_same_outputs():
     raw = json.loads((RELEASE_0_1 / "native_fcn_tiny" / "config.json").read_text())
     assert "dilations" in raw["decode_head"] and "task" not in raw  # the old flat layout
-    model = knet.from_pretrained(RELEASE_0_1 / "native_fcn_tiny").eval()
+    model = knet.load(RELEASE_0_1 / "native_fcn_tiny").eval()
     assert model.config.task == "semantic" and isinstance(model.config.decode_head, FCNHeadConfig)
     assert model.config.class_names == ["background", "stripes", "checkers", "dots"]
     expected = np.load(RELEASE_0_1 / "native_fcn_tiny_logits.npz")

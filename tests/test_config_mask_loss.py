@@ -79,7 +79,7 @@ def test_files_written_without_a_loss_group_still_load(tmp_path):
     data = json.loads(config_file.read_text())
     del data["loss"]
     config_file.write_text(json.dumps(data))
-    reloaded = knet.from_pretrained(out)
+    reloaded = knet.load(out)
     assert reloaded.config == model.config and reloaded.config.loss == MaskLossConfig()
     # A training checkpoint embedding such a config dict.
     path = tmp_path / "train.pth"

@@ -1,9 +1,10 @@
 """knet: K-Net semantic, panoptic and instance segmentation in PyTorch.
 
     import knet
+    model = knet.load("file.pth")                 # any weights: .pth, native directory, .onnx
+    logits = model(x)                             # (N,3,H,W) normalised -> (N,150,H,W), eval mode
     model = knet.build_model("knet-r50-fcn")      # any preset name, optional overrides
-    knet.load_checkpoint(model, "file.pth")       # reference .pth or a native directory
-    model.eval(); logits = model(x)               # (N,3,H,W) normalised -> (N,150,H,W)
+    knet.load_checkpoint(model, "file.pth")       # into a model you have
 """
 __version__ = "1.0.0"
 
@@ -14,8 +15,9 @@ from .presets import get_config, list_presets  # noqa: E402
 
 if TYPE_CHECKING:
     # What type checkers and IDEs see of the lazy names below (tests/test_package.py keeps both in step).
-    from .checkpoint import from_pretrained, load_checkpoint, save_pretrained
+    from .checkpoint import load_checkpoint, save_pretrained
     from .engine.evaluation import evaluate
+    from .inference.loading import load
     from .inference.segmenter import Segmenter
     from .models.mask_segmentor import KNetMaskSegmentor
     from .models.segmentor import KNet, build_model
@@ -27,7 +29,7 @@ _LAZY = {
     "KNet": ("knet.models.segmentor", "KNet"),
     "KNetMaskSegmentor": ("knet.models.mask_segmentor", "KNetMaskSegmentor"),
     "load_checkpoint": ("knet.checkpoint", "load_checkpoint"),
-    "from_pretrained": ("knet.checkpoint", "from_pretrained"),
+    "load": ("knet.inference.loading", "load"),
     "save_pretrained": ("knet.checkpoint", "save_pretrained"),
     "evaluate": ("knet.engine.evaluation", "evaluate"),
     "Segmenter": ("knet.inference.segmenter", "Segmenter"),
@@ -49,5 +51,5 @@ def __dir__():
 
 __all__ = [
     "__version__", "KNetConfig", "KNetMaskConfig", "get_config", "list_presets", "build_model", "KNet",
-    "KNetMaskSegmentor", "load_checkpoint", "from_pretrained", "save_pretrained", "evaluate", "Segmenter",
+    "KNetMaskSegmentor", "load", "load_checkpoint", "save_pretrained", "evaluate", "Segmenter",
 ]

@@ -87,7 +87,7 @@ def test_ade20k_layout(tmp_path, ade_model, capsys):
     assert set(metrics) == {"aAcc", "mIoU", "mAcc", "per_class"}
     assert len(metrics["per_class"]) == 150 and set(metrics["per_class"]["wall"]) == {"IoU", "Acc"}
     # The same as the Python API.
-    model = knet.from_pretrained(ade_model)
+    model = knet.load(ade_model)
     dataset = build_dataset("ade20k", tmp_path / "data")
     assert knet.evaluate(model, dataset, device="cpu") == metrics
 
@@ -104,7 +104,7 @@ def test_folder_layout_whole_slide_tta(tmp_path, folder_model, capsys, extra, kw
     assert _test("--checkpoint", folder_model, "--data-root", root, "--out", out, "--quiet", *extra) == 0
     metrics = json.loads(out.read_text())
     assert list(metrics["per_class"]) == ["class0", "class1", "class2"]
-    expected = run_evaluation(knet.from_pretrained(folder_model), build_dataset("folder", root), device="cpu", **kwargs)
+    expected = run_evaluation(knet.load(folder_model), build_dataset("folder", root), device="cpu", **kwargs)
     assert metrics == expected.metrics
     assert capsys.readouterr().err == ""  # --quiet: no progress bar
 
@@ -247,7 +247,7 @@ def test_ignore_index_setting_applies_to_knet_test_and_validation_alike(tmp_path
     assert _test("--checkpoint", folder_model, "--data-root", root, "--out", plain, "--quiet") == 0
     assert _test("--checkpoint", folder_model, "--data-root", root, "--out", ignoring, "--quiet",
                  "--set", "data.ignore_index=1") == 0
-    model = knet.from_pretrained(folder_model, **{"data.ignore_index": 1})
+    model = knet.load(folder_model, overrides={"data.ignore_index": 1})
     expected = run_evaluation(model, build_dataset("folder", root, ignore_index=1), device="cpu").metrics
     assert json.loads(ignoring.read_text()) == expected != json.loads(plain.read_text())
     assert expected["per_class"]["class1"]["Acc"] is None  # never labelled once 1 is ignored
@@ -324,7 +324,7 @@ def test_coco_roots_are_read_as_the_tasks_dataset(tmp_path, coco, coco_models, c
     from knet.data.datasets import build_dataset
 
     dataset = build_dataset(f"coco_{task}", coco.root, "val")
-    assert knet.evaluate(knet.from_pretrained(coco_models[task]), dataset, device="cpu") == metrics
+    assert knet.evaluate(knet.load(coco_models[task]), dataset, device="cpu") == metrics
     # --show-dir: ground truth | prediction per image, named as the image
     pictures = sorted(p.name for p in (tmp_path / "show").iterdir())
     assert pictures == [f"{i:012d}.png" for i in range(1000001, 1000006)]

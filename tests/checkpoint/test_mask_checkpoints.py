@@ -90,7 +90,7 @@ def test_native_round_trip_keeps_the_task_and_the_outputs(tmp_path, golden):
     out = knet.save_pretrained(model, tmp_path / "native")
     config = json.loads((out / "config.json").read_text())
     assert config["task"] == model.config.task and config["num_stuff_classes"] == model.config.num_stuff_classes
-    reloaded = knet.from_pretrained(out)
+    reloaded = knet.load(out)
     assert isinstance(reloaded.config, KNetMaskConfig) and reloaded.config == model.config
     assert_logits_match(reloaded, np.load(golden_path(f"det/{golden}.tiny.npz")))
     # A training checkpoint carrying the config dict reads back the same way.

@@ -1,9 +1,12 @@
 """Checkpoint I/O: the reference's ``.pth`` files, knet training checkpoints, native directories,
 for the semantic models and the panoptic/instance models alike.
 
-    knet.load_checkpoint(model, "ref.pth")          # strict by default
-    model = knet.checkpoint.load_model("ref.pth", "knet-r50-fcn")
-    knet.save_pretrained(model, "out_dir"); knet.from_pretrained("out_dir")
+    knet.load_checkpoint(model, "ref.pth")          # into a model you have; strict by default
+    model = knet.checkpoint.load_model("ref.pth", "knet-r50-fcn")   # build + load (torch files only)
+    knet.save_pretrained(model, "out_dir")
+
+``knet.load`` (:mod:`knet.inference.loading`) is the one public loader: it builds on
+:func:`load_model` and also reads the ``.onnx`` files of ``knet export``.
 """
 from __future__ import annotations
 
@@ -93,8 +96,8 @@ def load_state_dict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], s
             problems.append(f"{len(result.unexpected)} unexpected key(s): {_names(result.unexpected)}")
         if result.mismatched:
             problems.append(f"{len(result.mismatched)} shape mismatch(es): {_names(result.mismatched, 4)}")
-        raise CheckpointError(f"{source} does not fit model {name} ({hint}): {'; '.join(problems)} "
-                              "(strict=False loads what fits)")
+        message = f"{source} does not fit model {name} ({hint}): {'; '.join(problems)}"
+        raise CheckpointError(f"{message} (strict=False loads what fits)", cli=message)
     skip = set(result.missing) | {m.split(":")[0] for m in result.mismatched}
     fitting_state = {k: v for k, v in state.items() if k in own and k not in skip}
     model.load_state_dict(fitting_state, strict=False)
@@ -150,22 +153,26 @@ def load_model(path: PathLike, name: Optional[str] = None, overrides: Optional[D
             fitting = [f for f in fitting if reference_config(f.split(" ")[0]) in named] or fitting
         if len(fitting) != 1:
             hint = f"candidates: {', '.join(fitting)}" if fitting else "no preset's shapes fit it"
-            raise CheckpointError(f"{os.fspath(path)} does not say which model it belongs to; pass the "
-                                  f"preset name (--model NAME); {hint}")
+            message = f"{os.fspath(path)} does not say which model it belongs to; pass the preset's name"
+            raise CheckpointError(f"{message} (model=NAME, or --model NAME on the command line); {hint}",
+                                  cli=f"{message} (--model NAME); {hint}")
         config = get_config(fitting[0].split(" ")[0])
         base = {"num_classes": num_classes} if config.task == "semantic" and num_classes else {}
         model = build_model(config, {**base, **(overrides or {})})
-    load_state_dict(model, ckpt["state_dict"], strict=strict, source=os.fspath(path))
+    try:
+        load_state_dict(model, ckpt["state_dict"], strict=strict, source=os.fspath(path))
+    except CheckpointError as err:
+        carried = ckpt["config"]
+        if name is None or carried is None or carried.name == name:
+            raise
+        # The file names its own model: that, not the shapes, is the advice.
+        what = "directory" if is_native_dir(path) else "checkpoint"
+        message = f"{os.fspath(path)} does not fit model {name}: the {what} holds {carried.name}"
+        raise CheckpointError(f"{message}; leave the model name out (the {what} carries its config)",
+                              cli=f"{message}; leave --model out") from err
     _adopt_class_meta(model, ckpt)
     return model
 
 
-def from_pretrained(directory: PathLike, **overrides: Any) -> torch.nn.Module:
-    """Build and load a model from a native directory (``model.safetensors`` + ``config.json``)."""
-    if not is_native_dir(directory):
-        raise CheckpointError(f"{os.fspath(directory)} is not a directory (expected model.safetensors + config.json)")
-    return load_model(directory, overrides=overrides or None)
-
-
-__all__ = ["LoadResult", "load_checkpoint", "load_model", "from_pretrained", "save_pretrained", "read_checkpoint",
+__all__ = ["LoadResult", "load_checkpoint", "load_model", "save_pretrained", "read_checkpoint",
            "load_state_dict", "safe_load", "with_class_meta"]

@@ -2,7 +2,7 @@
 
 ``config.json`` is the model's config (:class:`~knet.config.KNetConfig` or
 :class:`~knet.config.KNetMaskConfig`, its ``task`` saying which; class names and palette included),
-so ``from_pretrained(directory)`` needs nothing else.
+so ``knet.load(directory)`` needs nothing else.
 """
 from __future__ import annotations
 
