@@ -85,7 +85,7 @@ def run_server(model_dir: Path, setting: str, pictures: List[bytes], every: int 
     """RSS (MB) of a server of ``setting`` when idle and after every ``every`` requests."""
     import httpx
 
-    command = [sys.executable, "-c", LAUNCH.format(prelude=SETTINGS[setting]), "serve", "--pretrained",
+    command = [sys.executable, "-c", LAUNCH.format(prelude=SETTINGS[setting]), "serve", "--checkpoint",
                str(model_dir), "--port", "0", "--device", "cpu", "--threads", "1", "--batch-size", "4"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     lines: "queue.Queue[str]" = queue.Queue()

@@ -35,7 +35,8 @@ def test_config_prints_overridden_json(capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["config", "knet-r18"], "unknown model 'knet-r18'; valid names: knet-r50-fcn"),
+    (["config", "knet-r50-fcnn"], "unknown model 'knet-r50-fcnn'; did you mean knet-r50-fcn? (`knet models` lists"),
+    (["config", "fcn"], "unknown model 'fcn'; e.g. knet-r50-fcn, knet-r50-fpn-panoptic, knet-r50-fpn-instance"),
     (["config", "knet-r50-fcn", "--set", "backbone.depthh=3"], "'depthh' is not a field"),
     (["config", "knet-r50-fcn", "--set", "num_classes"], "expected dotted.key=value"),
 ])
@@ -75,3 +76,23 @@ def test_a_verb_run_in_process_leaves_torchs_thread_count_as_it_was(tmp_path, ca
         assert torch.get_num_threads() == mine
     finally:
         torch.set_num_threads(before)
+
+
+def test_help_names_the_three_tasks(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "semantic, panoptic and instance segmentation" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["test", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for metric in ("mIoU", "PQ", "mask AP"):
+        assert metric in text
+
+
+def test_an_unknown_flag_shows_the_verbs_usage(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "--checkpoint", "m.pth", "x.png", "--out-dir", "out", "--treshold", "0.5"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: knet predict ") and "--out-dir DIR" in err
+    assert err.strip().splitlines()[-1] == "knet predict: error: unrecognized arguments: --treshold 0.5"

@@ -9,27 +9,29 @@ import sys
 from typing import List, Optional
 
 from . import __version__
-from .errors import KnetError
+from .errors import KnetError, cli_message
 
 # verb -> (module under knet.apps, one-line help)
 VERBS = {
     "models": ("models", "list the presets (rows of the results table and their -tiny twins)"),
     "config": ("show_config", "print the config of a preset, with --set overrides applied"),
-    "convert": ("convert", "convert a reference .pth into a native directory (model.safetensors + config.json)"),
-    "test": ("test", "evaluate a checkpoint on a dataset: aAcc, mIoU, mAcc, per-class IoU/Acc"),
+    "convert": ("convert", "convert a reference .pth or a knet training checkpoint into a native directory "
+                           "(model.safetensors + config.json)"),
+    "test": ("test", "evaluate a checkpoint on a dataset: aAcc, mIoU, mAcc and per-class IoU/Acc (semantic), "
+                     "PQ, SQ, RQ (panoptic), COCO mask AP (instance)"),
     "train": ("train", "train a model (single process, or torchrun for many GPUs/machines)"),
     "plot-log": ("plot_log", "draw loss and mIoU curves from a training log.jsonl"),
-    "predict": ("predict", "segment images: label maps, colour overlays, probabilities"),
+    "predict": ("predict", "segment images: label maps, panoptic segments or instances, colour overlays"),
     "demo": ("demo", "train, evaluate and run a tiny K-Net on generated scenes (nothing to download)"),
     "benchmark": ("benchmark", "measure the speed and memory of a model: inference, or training steps (--train)"),
-    "export": ("export", "write a model as an ONNX file (run it with knet predict --onnx)"),
+    "export": ("export", "write a model as an ONNX file (run it with knet predict --checkpoint FILE.onnx)"),
     "serve": ("serve", "a web page and an HTTP API that segment images (needs: pip install \"knet-seg[serve]\")"),
 }
 
 
 def build_parser(verb: Optional[str] = None) -> argparse.ArgumentParser:
     """The parser; only the module of ``verb`` (the one being run) is imported for its options."""
-    parser = argparse.ArgumentParser(prog="knet", description="K-Net semantic segmentation")
+    parser = argparse.ArgumentParser(prog="knet", description="K-Net semantic, panoptic and instance segmentation")
     parser.add_argument("--version", action="version", version=f"knet {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for name, (module_name, help_text) in VERBS.items():
@@ -38,6 +40,14 @@ def build_parser(verb: Optional[str] = None) -> argparse.ArgumentParser:
         if name == verb:
             _load(module_name).add_arguments(p)
     return parser
+
+
+def _verb_parser(parser: argparse.ArgumentParser, verb: Optional[str]) -> Optional[argparse.ArgumentParser]:
+    """The subparser of ``verb`` inside ``parser``."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices.get(verb)
+    return None
 
 
 def _load(module_name: str):
@@ -76,7 +86,10 @@ def main(argv: Optional[List[str]] = None) -> int:
 def _run(argv: Optional[List[str]]) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(next((a for a in argv if a in VERBS), None))
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # the verb's usage, not the top level's: the options named are the verb's
+        (_verb_parser(parser, getattr(args, "verb", None)) or parser).error(
+            f"unrecognized arguments: {' '.join(unknown)}")
     if not getattr(args, "verb", None):
         parser.print_help()
         return 2
@@ -85,7 +98,7 @@ def _run(argv: Optional[List[str]]) -> int:
         _apply_allocator(module, args)
         return int(module.run(args) or 0)
     except KnetError as err:
-        print(f"knet {args._verb}: error: {err}", file=sys.stderr)
+        print(f"knet {args._verb}: error: {cli_message(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"knet {args._verb}: interrupted", file=sys.stderr)

@@ -265,6 +265,23 @@ class UnknownPresetError(KnetError, KeyError):
         return self.args[0]
 
 
+def unknown_preset(name: str) -> UnknownPresetError:
+    """The error of a name that is no preset: the closest preset's name, else an example per task."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), list(PRESETS), n=1)
+    if close:
+        hint = f"did you mean {close[0]}?"
+    else:
+        examples = {}
+        for preset, build in PRESETS.items():
+            examples.setdefault(build().task, preset)
+        hint = f"e.g. {', '.join(examples.values())}"
+    message = f"unknown model {name!r}; {hint}"
+    return UnknownPresetError(f"{message} (knet.list_presets() names all {len(PRESETS)})",
+                              cli=f"{message} (`knet models` lists all {len(PRESETS)})")
+
+
 def list_presets() -> List[str]:
     return list(PRESETS)
 
@@ -277,7 +294,7 @@ def reference_config(name: str) -> str | None:
 def get_config(name: str, overrides: Dict[str, Any] = None, **kwargs: Any) -> ModelConfig:
     """The config of preset ``name`` with overrides (dotted keys or nested dicts) applied."""
     if name not in PRESETS:
-        raise UnknownPresetError(f"unknown model {name!r}; valid names: {', '.join(PRESETS)}")
+        raise unknown_preset(name)
     cfg = PRESETS[name]()
     if overrides or kwargs:
         cfg = cfg.replace(overrides, **kwargs)

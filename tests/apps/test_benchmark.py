@@ -90,7 +90,7 @@ def test_train_benchmark_of_a_panoptic_model(capsys):
     (["benchmark", "--model", "knet-r50-fcn-tiny", "--train", "--device", "cpu", "--batch-size", "0"], "batch size"),
     (["benchmark", "--model", "knet-r50-fcn-tiny", "--train", "--device", "cpu", "--warmup", "-1"], "warmup"),
     (["benchmark", "--model", "knet-r50-fcn-tiny", "--train", "--mode", "slide"], "--mode"),
-    (["benchmark", "--onnx", "model.onnx", "--train"], "--onnx"),
+    (["benchmark", "--checkpoint", "model.onnx", "--train"], ".onnx --checkpoint cannot take"),
     (["benchmark", "--train", "--device", "cpu"], "--model"),
     (["benchmark", "--model", "knet-r50-fcn-tiny", "--low-memory"], "--low-memory is a training option"),
 ])

@@ -90,7 +90,7 @@ def test_demos_of_two_tasks_keep_each_others_files(tmp_path, monkeypatch, capsys
     assert main(["demo", "--task", "panoptic", *short]) == 0
     assert Path("demo_out/panoptic/model/model.safetensors").is_file()
     assert {p: p.read_bytes() for p in Path("demo_out/semantic").rglob("*") if p.is_file()} == semantic
-    assert "knet predict --pretrained demo_out/panoptic/model" in Path("demo_out/panoptic/report.md").read_text()
+    assert "knet predict --checkpoint demo_out/panoptic/model" in Path("demo_out/panoptic/report.md").read_text()
 
 
 def test_demo_rejects_bad_options(tmp_path, capsys):

@@ -105,7 +105,7 @@ def test_expand_errors_before_work(tmp_path, make, message):
 
 def test_missing_input_is_an_error_before_any_work(model_dir, images, tmp_path, capsys):
     out = tmp_path / "out"
-    code = main(["predict", "--pretrained", str(model_dir), str(images), str(tmp_path / "nope.jpg"),
+    code = main(["predict", "--checkpoint", str(model_dir), str(images), str(tmp_path / "nope.jpg"),
                  "--out-dir", str(out), "--device", "cpu"])
     assert code == 2
     err = capsys.readouterr().err.strip()
@@ -118,7 +118,7 @@ def test_missing_input_is_an_error_before_any_work(model_dir, images, tmp_path, 
 # --------------------------------------------------------------------------------------------
 def test_predict_folder_writes_labels_and_overlays(model_dir, images, tmp_path, capsys):
     out = tmp_path / "out"
-    code = main(["predict", "--pretrained", str(model_dir), str(images), "--out-dir", str(out),
+    code = main(["predict", "--checkpoint", str(model_dir), str(images), "--out-dir", str(out),
                  "--device", "cpu", "--threads", "1", "--save-probs", "--opacity", "0.6"])
     assert code == 0
     assert _outputs(out) == ["a.npy", "a.png", "a_overlay.png", "b.npy", "b.png", "b_overlay.png",
@@ -140,7 +140,7 @@ def test_predict_folder_writes_labels_and_overlays(model_dir, images, tmp_path, 
 
 def test_predict_files_and_glob(model_dir, images, tmp_path):
     out = tmp_path / "out"
-    assert main(["predict", "--pretrained", str(model_dir), str(images / "b.jpg"),
+    assert main(["predict", "--checkpoint", str(model_dir), str(images / "b.jpg"),
                  str(images / "sub" / "*.png"), "--out-dir", str(out), "--device", "cpu"]) == 0
     assert _outputs(out) == ["a.png", "a_overlay.png", "b.png", "b_overlay.png"]
 
@@ -152,7 +152,7 @@ def test_predict_grayscale_and_rgba(model_dir, tmp_path):
     _write(tmp_path / "in" / "gray.png", gray)
     _write(tmp_path / "in" / "rgba.png", rgba)
     out = tmp_path / "out"
-    assert main(["predict", "--pretrained", str(model_dir), str(tmp_path / "in"), "--out-dir", str(out),
+    assert main(["predict", "--checkpoint", str(model_dir), str(tmp_path / "in"), "--out-dir", str(out),
                  "--device", "cpu"]) == 0
     assert _labels(out / "gray.png").shape == (30, 44)
     assert _labels(out / "rgba.png").shape == (36, 28)
@@ -165,7 +165,7 @@ def test_predict_grayscale_and_rgba(model_dir, tmp_path):
 def test_corrupt_file_is_skipped_by_name(model_dir, images, tmp_path, capsys):
     (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     out = tmp_path / "out"
-    code = main(["predict", "--pretrained", str(model_dir), str(images), "--out-dir", str(out),
+    code = main(["predict", "--checkpoint", str(model_dir), str(images), "--out-dir", str(out),
                  "--device", "cpu", "--batch-size", "2"])
     assert code == 1
     err = capsys.readouterr().err
@@ -178,10 +178,10 @@ def test_corrupt_file_is_skipped_by_name(model_dir, images, tmp_path, capsys):
 @pytest.mark.parametrize("tta", [False, True], ids=["single-scale", "tta"])
 def test_labels_equal_the_test_pipeline_argmax(model_dir, images, tmp_path, tta):
     out = tmp_path / "out"
-    argv = ["predict", "--pretrained", str(model_dir), str(images), "--out-dir", str(out),
+    argv = ["predict", "--checkpoint", str(model_dir), str(images), "--out-dir", str(out),
             "--device", "cpu", "--batch-size", "3"]
     assert main(argv + (["--tta"] if tta else [])) == 0
-    model = knet.from_pretrained(model_dir).eval()
+    model = knet.load(model_dir).eval()
     sources = [images / "a.png", images / "b.jpg", images / "sub" / "a.png"]
     expected = inference.TestPipeline(model, tta=tta).predict([read_image(p) for p in sources])
     for stem, labels in zip(["a", "b", "sub/a"], expected):
@@ -196,7 +196,7 @@ def test_more_than_255_classes_give_uint16_labels(tmp_path):
     knet.save_pretrained(model, tmp_path / "m300")
     _write(tmp_path / "x.png", _image(np.random.default_rng(0), 20, 30))
     out = tmp_path / "out"
-    assert main(["predict", "--pretrained", str(tmp_path / "m300"), str(tmp_path / "x.png"),
+    assert main(["predict", "--checkpoint", str(tmp_path / "m300"), str(tmp_path / "x.png"),
                  "--out-dir", str(out), "--device", "cpu"]) == 0
     labels = _labels(out / "x.png")
     assert labels.dtype == np.uint16 and labels.shape == (20, 30)
@@ -220,7 +220,7 @@ def test_an_out_dir_that_would_overwrite_an_input_is_refused_before_any_work(tmp
     (tmp_path / "link").symlink_to(photos)
     out_dir = {"same": photos, "symlink": tmp_path / "link", "dotdot": photos / "x" / ".."}[out]
     before = {p.name: p.read_bytes() for p in photos.iterdir()}
-    assert main(["predict", "--pretrained", str(model_dir), str(photos), "--out-dir", str(out_dir)]) == 2
+    assert main(["predict", "--checkpoint", str(model_dir), str(photos), "--out-dir", str(out_dir)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "would overwrite the input" in err and "astronaut.png" in err
     assert {p.name: p.read_bytes() for p in photos.iterdir()} == before
@@ -231,5 +231,5 @@ def test_an_out_dir_beside_the_inputs_is_fine(tmp_path, model_dir):
     photos = tmp_path / "photos"
     _write(photos / "rocket.jpg", _image(rng))
     before = (photos / "rocket.jpg").read_bytes()
-    assert main(["predict", "--pretrained", str(model_dir), str(photos), "--out-dir", str(photos)]) == 0
+    assert main(["predict", "--checkpoint", str(model_dir), str(photos), "--out-dir", str(photos)]) == 0
     assert (photos / "rocket.jpg").read_bytes() == before and (photos / "rocket.png").is_file()

@@ -21,9 +21,9 @@ def test_help_shows_how_to_run_it(capsys):
         main(["serve", "--help"])
     assert exit_info.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    for fragment in ("--pretrained DIR", "--checkpoint PATH", "--onnx FILE", "--host HOST", "--port PORT",
-                     "--device", "--tta", "--max-pixels N", "--max-upload-mb MB", "--queue-size N", "--batch-size",
-                     "0: a free port", 'pip install "knet-seg[serve]"', "example: knet serve --pretrained"):
+    for fragment in ("--checkpoint PATH", "an .onnx file", "--host HOST", "--port N", "--device", "--tta",
+                     "--max-pixels N", "--max-upload-mb X", "--queue-size N", "--batch-size N", "--quiet",
+                     "0: a free port", 'pip install "knet-seg[serve]"', "example: knet serve --checkpoint"):
         assert fragment in text, fragment
 
 
@@ -31,13 +31,13 @@ def test_weights_are_required(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["serve", "--model", "knet-r50-fcn-tiny"])
     assert exit_info.value.code == 2
-    assert "one of the arguments --checkpoint --pretrained --onnx is required" in capsys.readouterr().err
+    assert "the following arguments are required: --checkpoint" in capsys.readouterr().err
 
 
 def test_without_the_extra_the_error_names_it(monkeypatch, capsys, tmp_path):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "uvicorn" else real(name, *a))
-    assert main(["serve", "--pretrained", str(tmp_path)]) == 2
+    assert main(["serve", "--checkpoint", str(tmp_path)]) == 2
     assert _one_line_error(capsys) == ('knet serve: error: knet serve needs the serve extra (uvicorn missing): '
                                        'pip install "knet-seg[serve]"')
 
@@ -48,7 +48,7 @@ def test_without_the_extra_the_error_names_it(monkeypatch, capsys, tmp_path):
     (["--max-upload-mb", "0"], "--max-upload-mb must be positive, got 0.0"),
 ])
 def test_bad_options(capsys, tmp_path, argv, message):
-    assert main(["serve", "--pretrained", str(tmp_path), *argv]) == 2
+    assert main(["serve", "--checkpoint", str(tmp_path), *argv]) == 2
     assert message in _one_line_error(capsys)
 
 
@@ -58,5 +58,5 @@ def test_a_taken_port_fails_before_the_model_loads(capsys, tmp_path):
         taken.listen(1)
         port = taken.getsockname()[1]
         # tmp_path holds no model: the port is refused first.
-        assert main(["serve", "--pretrained", str(tmp_path), "--port", str(port)]) == 2
+        assert main(["serve", "--checkpoint", str(tmp_path), "--port", str(port)]) == 2
     assert f"cannot listen on 127.0.0.1:{port} (Address already in use)" in _one_line_error(capsys)

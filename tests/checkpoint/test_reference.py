@@ -146,12 +146,13 @@ def test_load_model_finds_the_only_fitting_preset(fcn_ref):
 def test_native_round_trip_and_convert_cli(tmp_path, fcn_ref, capsys):
     ref = np.load(golden_path("knet-r50-fcn.tiny.npz"))
     out = tmp_path / "native"
-    assert cli_main(["convert", str(fcn_ref), str(out), "--model", "knet-r50-fcn-tiny"]) == 0
+    assert cli_main(["convert", "--checkpoint", str(fcn_ref), "--out-dir", str(out), "--model",
+                     "knet-r50-fcn-tiny"]) == 0
     assert "model.safetensors" in capsys.readouterr().out
     config = json.loads((out / "config.json").read_text())
     assert config["name"] == "knet-r50-fcn-tiny" and len(config["class_names"]) == 150
     assert len(config["palette"]) == 150
-    model = knet.from_pretrained(out).eval()
+    model = knet.load(out).eval()
     with torch.no_grad():
         logits = model(torch.from_numpy(ref["x_sq"])).numpy()
     assert np.abs(logits - ref["logits_sq"]).max() <= logits_tolerance(ref["logits_sq"])
@@ -162,7 +163,8 @@ def test_native_round_trip_and_convert_cli(tmp_path, fcn_ref, capsys):
 
 def test_convert_cli_refuses_the_wrong_preset_in_one_line(tmp_path, fcn_ref, capsys):
     out = tmp_path / "native"
-    assert cli_main(["convert", str(fcn_ref), str(out), "--model", "knet-r50-pspnet-tiny"]) == 2
+    assert cli_main(["convert", "--checkpoint", str(fcn_ref), "--out-dir", str(out), "--model",
+                     "knet-r50-pspnet-tiny"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("knet convert: error:") and "knet-r50-fcn-tiny" in err
     assert len(err.strip().splitlines()) == 1
@@ -171,11 +173,12 @@ def test_convert_cli_refuses_the_wrong_preset_in_one_line(tmp_path, fcn_ref, cap
 
 def test_convert_cli_refuses_to_write_over_its_input(tmp_path, fcn_ref, capsys):
     out = tmp_path / "native"
-    assert cli_main(["convert", str(fcn_ref), str(out), "--model", "knet-r50-fcn-tiny"]) == 0
+    assert cli_main(["convert", "--checkpoint", str(fcn_ref), "--out-dir", str(out), "--model",
+                     "knet-r50-fcn-tiny"]) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     capsys.readouterr()
     for checkpoint in (out, out / "model.safetensors"):
-        assert cli_main(["convert", str(checkpoint), str(out / "sub" / "..")]) == 2
+        assert cli_main(["convert", "--checkpoint", str(checkpoint), "--out-dir", str(out / "sub" / "..")]) == 2
         err = capsys.readouterr().err
-        assert err.startswith("knet convert: error: out_dir: writing") and "would overwrite the input" in err
+        assert err.startswith("knet convert: error: --out-dir: writing") and "would overwrite the input" in err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before

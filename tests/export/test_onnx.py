@@ -2,7 +2,7 @@
 (:mod:`knet.export.quantize`) and the ONNX Runtime backend
 (:class:`knet.inference.onnx_runner.OnnxRunner`): ONNX Runtime against torch at two sizes and batch
 2 for every semantic row and the panoptic and instance presets (the reference's tiny weights),
-sliding windows through the file, ``knet predict/test/benchmark --onnx``, the torch-free
+sliding windows through the file, ``knet predict/test/benchmark --checkpoint FILE.onnx``, the torch-free
 deployment path, int8, and the one-line errors.
 
 An export takes 25 s (ResNet) to over a minute (Swin) on one core, so each file is exported once
@@ -159,7 +159,7 @@ def test_predict_onnx_gives_the_torch_label_maps(exported, tmp_path, capsys):
     image = np.random.default_rng(0).integers(0, 256, size=(60, 90, 3), dtype=np.uint8)
     Image.fromarray(image).save(tmp_path / "x.png")
     common = [str(tmp_path / "x.png"), "--test-scale", "96,64", "--device", "cpu", "--threads", "1"]
-    assert main(["predict", "--onnx", str(path), "--out-dir", str(tmp_path / "ort")] + common) == 0
+    assert main(["predict", "--checkpoint", str(path), "--out-dir", str(tmp_path / "ort")] + common) == 0
     assert "with Segmenter(knet-r50-fcn-tiny, semantic, 150 classes" in capsys.readouterr().err
     labels = np.asarray(Image.open(tmp_path / "ort" / "x.png"))
     torch_result = knet.Segmenter(model, device="cpu", test_scale=(96, 64))(image)
@@ -171,7 +171,7 @@ def test_predict_onnx_gives_the_torch_label_maps(exported, tmp_path, capsys):
 
 def test_benchmark_onnx(exported, capsys):
     _, path = exported("knet-r50-fcn-tiny")
-    assert main(["benchmark", "--onnx", str(path), "--size", "64,48", "--batch-size", "2", "--iters", "2",
+    assert main(["benchmark", "--checkpoint", str(path), "--size", "64,48", "--batch-size", "2", "--iters", "2",
                  "--warmup", "0", "--threads", "1", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["model"] == "knet-r50-fcn-tiny" and data["threads"] == 1 and data["gmacs"] is None
@@ -189,17 +189,16 @@ def test_knet_test_onnx_gives_the_torch_metrics(exported, tmp_path, capsys):
     checkpoint = str(golden_path(GOLDEN_WEIGHTS["knet-r50-fcn-tiny"]))
     assert main(["test", "--model", "knet-r50-fcn-tiny", "--checkpoint", checkpoint,
                  "--out", str(tmp_path / "torch.json")] + common) == 0
-    assert main(["test", "--onnx", str(path), "--out", str(tmp_path / "ort.json")] + common) == 0
+    assert main(["test", "--checkpoint", str(path), "--out", str(tmp_path / "ort.json")] + common) == 0
     capsys.readouterr()
     torch_metrics = json.loads((tmp_path / "torch.json").read_text())
     ort_metrics = json.loads((tmp_path / "ort.json").read_text())
     for key in ("aAcc", "mIoU", "mAcc"):  # percent with 2 decimals: near-ties cannot move them here
         assert abs(ort_metrics[key] - torch_metrics[key]) <= 0.05, (key, ort_metrics[key], torch_metrics[key])
-    with pytest.raises(SystemExit):
-        main(["test", "--onnx", str(path), "--checkpoint", checkpoint] + common)
-    assert "not allowed with argument" in capsys.readouterr().err
-    assert main(["test", "--onnx", str(path), "--set", "data.test_scale=64,48"] + common) == 2
-    assert "--set does not apply to --onnx" in capsys.readouterr().err
+    assert main(["test", "--checkpoint", str(path), "--set", "data.test_scale=64,48"] + common) == 2
+    assert "--set does not apply to an .onnx --checkpoint" in capsys.readouterr().err
+    assert main(["test", "--checkpoint", str(path), "--model", "knet-r50-upernet-tiny"] + common) == 2
+    assert "holds knet-r50-fcn-tiny, not knet-r50-upernet-tiny; leave --model out" in capsys.readouterr().err
 
 
 # Run as `python -c NO_TORCH ARGS...`: makes importing torch fail, then runs the knet command line.
@@ -218,9 +217,9 @@ sys.exit(code)
 
 
 def test_a_semantic_onnx_model_deploys_without_torch(exported, tmp_path):
-    """knet predict --onnx (Segmenter.from_onnx, the test pipeline) in a process where importing
-    torch fails, plain and with multi-scale + flip and sliding windows: the label maps of the same
-    pipeline run with torch installed."""
+    """knet predict with an .onnx --checkpoint (knet.load's ONNX Runtime runner, the test pipeline)
+    in a process where importing torch fails, plain and with multi-scale + flip and sliding windows:
+    the label maps of the same pipeline run with torch installed."""
     import subprocess
 
     _, path = exported("knet-r50-fcn-tiny")
@@ -228,7 +227,7 @@ def test_a_semantic_onnx_model_deploys_without_torch(exported, tmp_path):
     Image.fromarray(image).save(tmp_path / "x.png")
     for extra in ([], ["--tta", "--mode", "slide", "--crop-size", "48"]):
         out = tmp_path / f"out{len(extra)}"
-        command = [sys.executable, "-c", NO_TORCH, "predict", "--onnx", str(path), str(tmp_path / "x.png"),
+        command = [sys.executable, "-c", NO_TORCH, "predict", "--checkpoint", str(path), str(tmp_path / "x.png"),
                    "--out-dir", str(out), "--test-scale", "96,64", "--threads", "1"] + extra
         done = subprocess.run(command, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr
@@ -402,12 +401,13 @@ def picture(tmp_path) -> Path:
 
 def test_an_onnx_file_without_knet_metadata_is_a_one_line_error(tmp_path, picture, capsys):
     plain = _plain_onnx(tmp_path / "plain.onnx")
-    code = main(["predict", "--onnx", str(plain), str(picture), "--out-dir", str(tmp_path / "o")])
+    code = main(["predict", "--checkpoint", str(plain), str(picture), "--out-dir", str(tmp_path / "o")])
     _one_line_error(capsys, code, "plain.onnx", "no knet config in its metadata", "knet export")
     (tmp_path / "junk.onnx").write_bytes(b"not a protobuf")
-    code = main(["benchmark", "--onnx", str(tmp_path / "junk.onnx")])
+    code = main(["benchmark", "--checkpoint", str(tmp_path / "junk.onnx")])
     _one_line_error(capsys, code, "junk.onnx", "ONNX Runtime cannot load it")
-    code = main(["predict", "--onnx", str(tmp_path / "missing.onnx"), str(picture), "--out-dir", str(tmp_path / "o")])
+    code = main(["predict", "--checkpoint", str(tmp_path / "missing.onnx"), str(picture), "--out-dir",
+                 str(tmp_path / "o")])
     _one_line_error(capsys, code, "missing.onnx: no such file")
 
 
@@ -415,12 +415,15 @@ def test_export_errors_are_one_line_and_write_nothing(tmp_path, capsys):
     torch.manual_seed(0)
     knet.save_pretrained(knet.build_model("knet-r50-fcn-tiny"), tmp_path / "fcn")
     out = tmp_path / "m.onnx"
-    base = ["export", "--pretrained", str(tmp_path / "fcn"), "--out", str(out)]
-    _one_line_error(capsys, main(base + ["--format", "tflite"]), "--format tflite", "valid: onnx")
-    _one_line_error(capsys, main(base + ["--model", "knet-r50-pspnet-tiny"]), "does not fit model knet-r50-pspnet-tiny")
+    base = ["export", "--checkpoint", str(tmp_path / "fcn"), "--out", str(out)]
+    for argv, message in ((["--format", "tflite"], "argument --format: invalid choice: 'tflite' (choose from 'onnx')"),
+                          (["--quantize", "int4"], "argument --quantize: invalid choice: 'int4' (choose from 'int8')")):
+        with pytest.raises(SystemExit):
+            main(base + argv)
+        assert capsys.readouterr().err.strip().splitlines()[-1] == f"knet export: error: {message}"
+    _one_line_error(capsys, main(base + ["--model", "knet-r50-pspnet-tiny"]),
+                    "does not fit model knet-r50-pspnet-tiny: the directory holds knet-r50-fcn-tiny; leave --model out")
     _one_line_error(capsys, main(base + ["--opset", "17"]), "--opset 17", "18 or newer")
-    _one_line_error(capsys, main(base + ["--quantize", "int4", "--calibration", str(tmp_path)]),
-                    "--quantize int4", "valid: int8")
     _one_line_error(capsys, main(base + ["--quantize", "int8"]), "needs --calibration DIR")
     _one_line_error(capsys, main(base + ["--calibration", str(tmp_path)]), "--calibration applies to --quantize")
     (tmp_path / "empty").mkdir()
@@ -436,7 +439,7 @@ def test_export_refuses_an_out_that_would_replace_an_input(tmp_path, capsys):
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "photos" / "a.png")
     (tmp_path / "link").symlink_to(tmp_path / "fcn")
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
-    weights = ["export", "--pretrained", str(tmp_path / "fcn"), "--out"]
+    weights = ["export", "--checkpoint", str(tmp_path / "fcn"), "--out"]
     for argv in (weights + [str(tmp_path / "link" / "model.safetensors")],
                  weights + [str(tmp_path / "fcn" / "x" / ".." / "config.json")],
                  weights + [str(tmp_path / "photos" / "a.png"), "--quantize", "int8", "--calibration",
@@ -473,7 +476,7 @@ def test_int8_quantization_keeps_the_config_and_stays_close(exported, tmp_path, 
 
 
 def test_knet_export_quantize_int8_from_the_command_line(exported, tmp_path, capsys):
-    """--quantize from an exported float file (--onnx), calibrated on a folder's images."""
+    """--quantize from an exported float file (an .onnx --checkpoint), calibrated on a folder's images."""
     from knet.data.synthetic import make_scene
 
     _, path = exported("knet-r50-fcn-tiny")
@@ -484,13 +487,13 @@ def test_knet_export_quantize_int8_from_the_command_line(exported, tmp_path, cap
         Image.fromarray(make_scene(rng, size=(48, 64))[0]).save(calibration / ("nested" if i else ".") / f"{i}.png")
     (calibration / "notes.txt").write_text("not an image: skipped")
     out = tmp_path / "fcn-int8.onnx"
-    assert main(["export", "--onnx", str(path), "--out", str(out), "--quantize", "int8", "--calibration",
+    assert main(["export", "--checkpoint", str(path), "--out", str(out), "--quantize", "int8", "--calibration",
                  str(calibration), "--calibration-images", "2", "--threads", "1"]) == 0
     printed = capsys.readouterr().out
     assert "int8 against fp32 on the 2 calibration images" in printed and f"wrote {out}" in printed
     assert OnnxRunner(out, threads=1).config.name == "knet-r50-fcn-tiny"
-    assert main(["export", "--onnx", str(path), "--out", str(tmp_path / "again.onnx")]) == 2
-    assert "--onnx FILE is the source of --quantize only" in capsys.readouterr().err
+    assert main(["export", "--checkpoint", str(path), "--out", str(tmp_path / "again.onnx")]) == 2
+    assert "is already an ONNX file: it is the source of --quantize only" in capsys.readouterr().err
 
 
 @pytest.mark.slow  # an export and a quantization: ~10 s on one core
@@ -523,7 +526,7 @@ def test_missing_onnx_packages_name_the_extra(tmp_path, picture, monkeypatch, ca
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` raises ImportError
     with pytest.raises(KnetError, match=r'ONNX Runtime is not installed: pip install "knet-seg\[onnx\]"'):
         OnnxRunner(plain)
-    code = main(["predict", "--onnx", str(plain), str(picture), "--out-dir", str(tmp_path / "o")])
+    code = main(["predict", "--checkpoint", str(plain), str(picture), "--out-dir", str(tmp_path / "o")])
     _one_line_error(capsys, code, 'pip install "knet-seg[onnx]"')
     monkeypatch.setitem(sys.modules, "onnxscript", None)
     with pytest.raises(KnetError, match=r'ONNX export needs onnxscript: pip install "knet-seg\[onnx\]"'):

@@ -61,7 +61,7 @@ def files(tmp_path_factory):
             patch.setattr(targets, "cpu_has_int8_dot_product", lambda vnni=vnni: vnni)
             name = _name(target, quantized)
             out = root / f"{name}.onnx"
-            weights = ["--onnx", str(written[source][0])] if source else ["--model", PRESET, "--checkpoint", checkpoint]
+            weights = ["--checkpoint", str(written[source][0])] if source else ["--model", PRESET, "--checkpoint", checkpoint]
             command = ["export", *weights, "--out", str(out), "--target", target, "--no-check", "--threads", "1"]
             if quantized:
                 command += ["--quantize", "int8", "--calibration", str(root / "calibration")]
@@ -144,11 +144,11 @@ def test_the_mismatch_note_and_nothing_otherwise(files, monkeypatch):
 
 @pytest.mark.slow
 def test_onnx_source_keeps_its_target_and_files_without_one_read_as_cpu(files, tmp_path, one_thread, capsys):
-    """``--onnx`` quantization records the float file's target; a file written before targets
+    """Quantizing an .onnx --checkpoint records the float file's target; a file written before targets
     has no ``knet.target``: the runner reads it (target None) and quantization takes ``cpu``."""
     gpu = files["gpu"][0]
     out = tmp_path / "gpu-int8.onnx"
-    assert main(["export", "--onnx", str(gpu), "--out", str(out), "--quantize", "int8", "--calibration",
+    assert main(["export", "--checkpoint", str(gpu), "--out", str(out), "--quantize", "int8", "--calibration",
                  str(files["cpu-int8"][0].parent / "calibration"), "--threads", "1"]) == 0
     assert f"wrote {out}" in capsys.readouterr().out and OnnxRunner(out, threads=1).target == "gpu"
 

@@ -45,6 +45,6 @@ def test_predict_compile_builds_a_compiled_segmenter(tmp_path):
 
 def test_compile_is_for_torch_models(tmp_path, capsys):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "x.png")
-    assert main(["predict", "--onnx", str(tmp_path / "m.onnx"), str(tmp_path / "x.png"), "--out-dir",
+    assert main(["predict", "--checkpoint", str(tmp_path / "m.onnx"), str(tmp_path / "x.png"), "--out-dir",
                  str(tmp_path / "o"), "--compile"]) == 2
-    assert "--compile applies to torch models, not to --onnx" in capsys.readouterr().err
+    assert "--compile applies to torch models, not to an .onnx --checkpoint" in capsys.readouterr().err

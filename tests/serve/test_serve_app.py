@@ -47,7 +47,7 @@ def predict_files(tmp_path: Path, model_dir: Path, name: str, data: bytes) -> Pa
     (tmp_path / "in").mkdir(exist_ok=True)
     (tmp_path / "in" / name).write_bytes(data)
     out = tmp_path / "out"
-    assert main(["predict", str(tmp_path / "in" / name), "--pretrained", str(model_dir), "--out-dir", str(out),
+    assert main(["predict", str(tmp_path / "in" / name), "--checkpoint", str(model_dir), "--out-dir", str(out),
                  "--device", "cpu"]) == 0
     return out
 

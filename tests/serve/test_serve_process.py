@@ -56,7 +56,7 @@ class Server:
 @pytest.fixture(scope="module")
 def server(semantic_dir, tmp_path_factory) -> Iterator[Server]:
     log = tmp_path_factory.mktemp("serve-log") / "stderr.txt"
-    command = [sys.executable, "-m", "knet", "serve", "--pretrained", str(semantic_dir), "--port", "0",
+    command = [sys.executable, "-m", "knet", "serve", "--checkpoint", str(semantic_dir), "--port", "0",
                "--device", "cpu", "--threads", "1", "--batch-size", str(BATCH), "--queue-size", "32"]
     with open(log, "w") as stderr:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True)

@@ -6,9 +6,9 @@ and counts the multiply-accumulates of one forward with :class:`torch.utils.flop
 (MACs = FLOPs / 2; convolutions and matrix products, which are all but a sliver of the work).
 
     knet benchmark --model knet-r50-fcn --size 512 --iters 20 --json
-    knet benchmark --onnx knet-r50-fcn.onnx --size 512 --threads 2    # the exported file, ONNX Runtime
+    knet benchmark --checkpoint knet-r50-fcn.onnx --size 512 --threads 2    # the exported file, ONNX Runtime
 
-With ``--onnx`` the timed call is the ONNX Runtime session of a file written by ``knet export``
+With an ``.onnx`` ``--checkpoint`` the timed call is the ONNX Runtime session of a file written by ``knet export``
 (through :class:`knet.inference.onnx_runner.OnnxRunner`, ``--threads`` its intra-op threads); its
 multiply-accumulates are not counted (``gmacs`` is null).
 
@@ -45,12 +45,14 @@ from . import options
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = "Without --checkpoint, the --model preset runs with random weights."
     options.add_model(parser)
-    options.add_weights(parser, required=False, onnx=True)
+    options.add_weights(parser, required=False)
+    options.add_overrides(parser)
     parser.add_argument("--size", type=options.size_pair, default=None, metavar="N|W,H",
                         help="input size in pixels (default: the preset's training crop, 512 for ADE20K; "
                              "panoptic/instance: the test scale padded to 32, 1344,800)")
-    parser.add_argument("--batch-size", type=int, default=None,
+    parser.add_argument("--batch-size", type=int, default=None, metavar="N",
                         help="images per forward (default 1; with --train 2)")
     parser.add_argument("--mode", choices=("whole", "slide"), default=None,
                         help="whole-image or sliding-window forward (default whole; not with --train)")
@@ -61,27 +63,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     options.add_device(parser)
     options.add_threads(parser)
     options.add_compile(parser)
-    parser.add_argument("--iters", type=int, default=None,
+    options.add_quiet(parser)
+    parser.add_argument("--iters", type=int, default=None, metavar="N",
                         help=f"timed iterations (default {INFERENCE_DEFAULTS['iters']}; with --train "
                              f"{TRAIN_DEFAULTS['iters']})")
-    parser.add_argument("--warmup", type=int, default=None,
+    parser.add_argument("--warmup", type=int, default=None, metavar="N",
                         help=f"untimed warm-up iterations (default {INFERENCE_DEFAULTS['warmup']}; with --train "
                              f"{TRAIN_DEFAULTS['warmup']})")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
 def _load(args: argparse.Namespace) -> Any:
-    if args.onnx:
-        return options.onnx_runner(args)
     if args.checkpoint:
-        from ..checkpoint import load_model
-
-        return load_model(args.checkpoint, args.model)
+        return options.load_weights(args)
     if not args.model:
         raise KnetError("give --model NAME (see `knet models`), or a --checkpoint that carries its config")
+    from ..config import parse_set_options
     from ..models.segmentor import build_model
 
-    return build_model(args.model)
+    return build_model(args.model, parse_set_options(args.overrides) or None)
 
 
 def allocator_setting(args: argparse.Namespace):
@@ -89,8 +89,10 @@ def allocator_setting(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.train and args.onnx:
-        raise KnetError("--train times a PyTorch model's training step: give --model or --checkpoint, not --onnx")
+    if args.train and options.checkpoint_is_onnx(args):
+        raise KnetError("--train times a PyTorch model's training step, which an .onnx --checkpoint cannot take")
+    if args.compile and options.checkpoint_is_onnx(args):
+        raise KnetError("--compile applies to torch models, not to an .onnx --checkpoint")
     if args.train and args.mode is not None:
         raise KnetError("--mode chooses the inference forward; --train times training steps on whole crops")
     if args.train and args.compile:

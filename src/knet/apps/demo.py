@@ -169,7 +169,7 @@ class DemoSettings:
     image_size: Optional[int] = None
     batch_size: Optional[int] = None
     lr: Optional[float] = None
-    device: str = "cpu"
+    device: str = "auto"
     threads: Optional[int] = None
     quiet: bool = False
     overwrite: bool = False
@@ -202,18 +202,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="run in a folder that holds other files: files with the demo's names are replaced, "
                              "the rest is kept")
-    parser.add_argument("--iters", type=int, default=None,
+    parser.add_argument("--iters", type=int, default=None, metavar="N",
                         help="training iterations (default 300 semantic, 1000 panoptic / instance)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed of the data and the training (default 0)")
+    parser.add_argument("--seed", type=int, default=0, metavar="N",
+                        help="random seed of the data and the training (default 0)")
     parser.add_argument("--num-train", type=int, default=None, metavar="N", help="training scenes (default 64)")
     parser.add_argument("--num-val", type=int, default=None, metavar="N", help="held-out scenes (default 16)")
-    parser.add_argument("--image-size", type=int, default=None, metavar="PX",
+    parser.add_argument("--image-size", type=int, default=None, metavar="N",
                         help="side of the square scenes and training crops (default 256 semantic, 128 panoptic / "
                              "instance)")
-    parser.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or mps")
-    parser.add_argument("--threads", type=int, metavar="N",
-                        help="CPU threads for torch (default: torch's choice for semantic, 1 for panoptic / instance)")
-    parser.add_argument("--quiet", action="store_true", help="print only the summary")
+    parser.epilog = ("--threads defaults to 1 for the panoptic and instance demos: their tensors are small, and more "
+                     "threads would wait on each other.")
+    options.add_device(parser)
+    options.add_threads(parser)
+    options.add_quiet(parser)
 
 
 def _say(settings: DemoSettings, text: str) -> None:
@@ -388,7 +390,7 @@ def _report(settings: DemoSettings, task: Any, metrics: Dict[str, Any], info: Di
         "## Next",
         "",
         "```",
-        f"knet predict --pretrained {settings.out_dir / 'model'} IMAGES... --out-dir predictions",
+        f"knet predict --checkpoint {settings.out_dir / 'model'} IMAGES... --out-dir predictions",
         f"knet test --checkpoint {settings.out_dir / 'model'} --data-root {settings.out_dir / 'data'} --split val",
         f"knet benchmark --checkpoint {settings.out_dir / 'model'} --size {settings.image_size} --json",
         "```",
@@ -482,7 +484,7 @@ def _run_demo(settings: DemoSettings) -> Dict[str, Any]:
         "curves.png": f"training loss and validation {task.best_metric} against the iteration",
         "gallery.png": "held-out scenes, left to right: image, ground truth, prediction",
         "predictions/": f"what `knet predict` writes per scene: {task.output_files}",
-        "model/": "the trained model (`model.safetensors` + `config.json`) for `knet predict --pretrained`",
+        "model/": "the trained model (`model.safetensors` + `config.json`) for `knet predict --checkpoint`",
         "train/": "training work dir: `log.jsonl`, `config.json`, the last and best checkpoints",
         "data/": f"the generated dataset ({recipe.dataset_kind} layout)",
     }
@@ -536,7 +538,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"curves        {out / 'curves.png'}")
     print(f"gallery       {out / 'gallery.png'}")
     print(f"overlays      {out / 'predictions'}/*_overlay.png")
-    print(f"model         {out / 'model'}  (knet predict --pretrained {out / 'model'} IMAGES --out-dir DIR)")
+    print(f"model         {out / 'model'}  (knet predict --checkpoint {out / 'model'} IMAGES --out-dir DIR)")
     print(f"training log  {out / 'train' / 'log.jsonl'}")
     return 0
 

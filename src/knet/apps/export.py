@@ -1,8 +1,9 @@
-"""``knet export``: write a model as an ONNX file that ONNX Runtime (``knet predict --onnx``) runs.
+"""``knet export``: write a model as an ONNX file that ONNX Runtime runs (``knet predict
+--checkpoint FILE.onnx``, ``knet.load("FILE.onnx")``).
 
     knet export --model knet-r50-fcn --checkpoint ref.pth --format onnx --out knet-r50-fcn.onnx
-    knet export --pretrained my_model --out my_model-int8.onnx --quantize int8 --calibration photos/
-    knet export --onnx my_model.onnx --out my_model-int8.onnx --quantize int8 --calibration photos/
+    knet export --checkpoint my_model --out my_model-int8.onnx --quantize int8 --calibration photos/
+    knet export --checkpoint my_model.onnx --out my_model-int8.onnx --quantize int8 --calibration photos/
 
 The file takes normalised float32 images (N, 3, H, W) of any batch and size (multiples of 32 for
 panoptic/instance models) and gives what the test pipeline reads: semantic logits (N, C, H, W), or
@@ -13,7 +14,7 @@ after the export and prints the largest differences; the file is written atomica
 ``--quantize int8`` writes a statically quantized file instead (:mod:`knet.export.quantize`),
 calibrated on up to ``--calibration-images`` images of the ``--calibration`` folder, and prints how
 far it is from the float model on them; its source may also be a float file that ``knet export``
-wrote (``--onnx``).
+wrote (an ``.onnx`` ``--checkpoint``).
 
 ``--target`` (:mod:`knet.export.targets`: ``cpu``, the default, ``cpu-vnni`` or ``gpu``) is the
 runtime the file is for and alone decides its layout, so the same command writes the same file on
@@ -33,29 +34,35 @@ FORMATS = ("onnx",)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..export.quantize import SCHEMES
+    from ..export.targets import DEFAULT_TARGET, TARGET_NAMES, TARGETS
+
     options.add_model(parser)
-    options.add_weights(parser, required=True, pretrained=True, onnx=True)
-    parser.add_argument("--format", default="onnx", metavar="FORMAT", help="output format: onnx (default)")
+    options.add_weights(parser, required=True)
+    options.add_overrides(parser)
+    parser.add_argument("--format", type=str.lower, choices=FORMATS, default="onnx",
+                        help="output format (default onnx)")
     parser.add_argument("--out", required=True, metavar="FILE", help="the file to write, e.g. model.onnx")
     parser.add_argument("--opset", type=int, default=18, metavar="N", help="ONNX opset, 18 or newer (default 18)")
     parser.add_argument("--no-check", dest="check", action="store_false",
                         help="skip the parity check (ONNX Runtime against torch on random inputs)")
-    parser.add_argument("--tolerance", type=float, default=1e-2, metavar="T",
+    parser.add_argument("--tolerance", type=float, default=1e-2, metavar="X",
                         help="largest parity difference accepted, relative to the largest output (default 1e-2: "
                              "a wrong graph differs by the order of the outputs)")
-    from ..export.targets import DEFAULT_TARGET, TARGET_NAMES, TARGETS
-
     parser.add_argument("--target", choices=TARGET_NAMES, default=None,
                         help="the runtime the file is for, which alone decides its layout: "
                              + "; ".join(f"{t.name}: {t.description}" for t in TARGETS.values())
-                             + f" (default: {DEFAULT_TARGET}; with --onnx, the target that file was exported for). "
+                             + f" (default: {DEFAULT_TARGET}; with an .onnx --checkpoint, the target that file was "
+                               "exported for). "
                                "Wide 3x3 convolutions are Winograd (float32) for cpu, and for cpu-vnni without "
                                "--quantize; cpu-vnni int8 quantizes every convolution; gpu has no Winograd")
     parser.add_argument("--winograd", action=argparse.BooleanOptionalAction, default=None,
                         help="override --target's layout: wide 3x3 convolutions as Winograd matrix products "
                              "(--quantize keeps them float32), or every convolution a Conv node")
-    parser.add_argument("--quantize", default=None, metavar="SCHEME",
-                        help="int8: static quantization (QDQ) calibrated on --calibration images")
+    parser.add_argument("--quantize", type=str.lower, choices=SCHEMES, default=None,
+                        help="int8: static quantization (QDQ) calibrated on --calibration images; its source is "
+                             "the model of --checkpoint, or an .onnx --checkpoint itself (a float file of "
+                             "knet export)")
     parser.add_argument("--calibration", default=None, metavar="DIR",
                         help="--quantize: a folder of images like those the model will see (searched recursively)")
     parser.add_argument("--calibration-images", type=int, default=None, metavar="N",
@@ -63,21 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     options.add_threads(parser)
 
 
-def _load(args: argparse.Namespace):
-    from ..checkpoint import load_model
-
-    if args.pretrained:
-        path = Path(args.pretrained)
-        if not path.is_dir():
-            raise KnetError(f"--pretrained {path}: not a folder (expected model.safetensors + config.json); "
-                            "use --checkpoint for a .pth file")
-        return load_model(path, args.model)
-    return load_model(args.checkpoint, args.model)
-
-
 def run(args: argparse.Namespace) -> int:
-    if args.format.lower() not in FORMATS:
-        raise KnetError(f"--format {args.format}: not a supported format; valid: {', '.join(FORMATS)}")
     options.check_positive("threads", args.threads)
     out = Path(args.out)
     if out.is_dir():
@@ -91,10 +84,13 @@ def run(args: argparse.Namespace) -> int:
 
     calibration = _calibration(args)
     _refuse_overwriting(out, args)
-    if args.onnx and calibration is None:
-        raise KnetError("--onnx FILE is the source of --quantize only (the file is already exported)")
-    if args.onnx:  # the target defaults to the file's own
-        _quantize(Path(args.onnx), out, calibration, args)
+    if options.checkpoint_is_onnx(args):  # the float source of --quantize; the target defaults to the file's own
+        if calibration is None:
+            raise KnetError(f"--checkpoint {args.checkpoint} is already an ONNX file: it is the source of --quantize "
+                            "only")
+        if args.overrides:
+            raise KnetError("--set does not apply to an .onnx --checkpoint: its config is fixed when it is exported")
+        _quantize(Path(args.checkpoint), out, calibration, args)
         return 0
     from ..export.targets import DEFAULT_TARGET, get_target
 
@@ -106,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    model = _load(args)
+    model = options.load_weights(args)
     _note(target.name, quantized=calibration is not None)  # after the checks: an error stays one line
     print(f"knet export: {model.config.name} ({model.config.task}) -> {out}", file=sys.stderr)
     if calibration is None:
@@ -125,7 +121,7 @@ def _quantize(fp32: Path, out: Path, calibration, args: argparse.Namespace) -> N
     images = read_calibration_images(calibration)
     print(f"quantizing to int8, calibrated on {len(images)} images ...", file=sys.stderr)
     result = quantize_int8(fp32, out, images, threads=args.threads, target=args.target)
-    if args.onnx:
+    if options.checkpoint_is_onnx(args):
         _note(result.target, quantized=True)
     print(result.summary())
     print(f"wrote {out} ({result.size_mb:.1f} MB, int8, target {result.target})")
@@ -161,10 +157,8 @@ def _calibration(args: argparse.Namespace):
             if getattr(args, name) is not None:
                 raise KnetError(f"--{name.replace('_', '-')} applies to --quantize only")
         return None
-    from ..export.quantize import DEFAULT_CALIBRATION_IMAGES, SCHEMES, calibration_files
+    from ..export.quantize import DEFAULT_CALIBRATION_IMAGES, calibration_files
 
-    if args.quantize.lower() not in SCHEMES:
-        raise KnetError(f"--quantize {args.quantize}: not a supported scheme; valid: {', '.join(SCHEMES)}")
     if args.calibration is None:
         raise KnetError("--quantize int8 needs --calibration DIR, a folder of images to calibrate on")
     options.check_positive("calibration-images", args.calibration_images)
@@ -176,4 +170,4 @@ def _refuse_overwriting(out: Path, args: argparse.Namespace) -> None:
     from ..utils.outputs import refuse_overwriting_inputs
 
     images = sorted(p for p in Path(args.calibration).rglob("*") if p.is_file()) if args.calibration else []
-    refuse_overwriting_inputs([("--out", out)], [args.checkpoint, getattr(args, "pretrained", None), args.onnx, *images])
+    refuse_overwriting_inputs([("--out", out)], [args.checkpoint, *images])

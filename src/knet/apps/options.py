@@ -1,10 +1,22 @@
-"""Options shared by the command-line verbs, each declared once."""
+"""Options shared by the command-line verbs, each declared once.
+
+Metavars: ``N`` for integers, ``X`` for other numbers, ``N|W,H`` / ``W,H`` for sizes, a word for
+anything else (``PATH``, ``DIR``, ``FILE``, ``NAME``, ``KEY=VALUE``).
+"""
 from __future__ import annotations
 
 import argparse
-from typing import Tuple
+from typing import Any, Optional, Tuple
 
 from ..utils.device import DEVICE_HELP
+
+# The options declared here: every verb that has one has it with the same help, default, metavar
+# and choices (tests/apps/test_options.py walks the parsers).
+SHARED_OPTIONS = ("--model", "--checkpoint", "--set", "--device", "--threads", "--quiet", "--compile",
+                  "--low-memory", "--tta", "--crop-size", "--stride", "--test-scale")
+# The verbs that run a model, and the options each of them has.
+MODEL_VERBS = ("predict", "test", "benchmark", "serve", "train", "demo")
+RUNTIME_OPTIONS = ("--device", "--threads", "--quiet")
 
 
 def size_pair(text: str) -> Tuple[int, int]:
@@ -22,28 +34,46 @@ def size_pair(text: str) -> Tuple[int, int]:
 
 def add_model(parser: argparse.ArgumentParser, required: bool = False) -> None:
     parser.add_argument("--model", required=required, default=None, metavar="NAME",
-                        help="preset name (see `knet models`)" + ("" if required else
-                             "; may be left out when the checkpoint carries its config (a native directory or "
-                             "a knet training checkpoint)"))
+                        help="preset name (see `knet models`); with --checkpoint, may be left out when the file "
+                             "carries its config (a native directory, a knet training checkpoint, an .onnx file) "
+                             "or only one preset's shapes fit it")
 
 
-def add_weights(parser: argparse.ArgumentParser, required: bool = True, pretrained: bool = False,
-                onnx: bool = False) -> None:
-    """``--checkpoint PATH``, and with ``pretrained`` / ``onnx`` also ``--pretrained DIR`` /
-    ``--onnx FILE``: one of them (``required``: exactly one)."""
-    help_text = "a reference .pth, a knet training checkpoint or a native directory"
-    if not (pretrained or onnx):
-        parser.add_argument("--checkpoint", required=required, default=None, metavar="PATH",
-                            help=help_text if required else help_text + " (default: random weights)")
-        return
-    source = parser.add_mutually_exclusive_group(required=required)
-    source.add_argument("--checkpoint", metavar="PATH", help=help_text if required else
-                        help_text + " (default: random weights)")
-    if pretrained:
-        source.add_argument("--pretrained", metavar="DIR", help="a native directory (model.safetensors + config.json)")
-    if onnx:
-        source.add_argument("--onnx", metavar="FILE", help="a file written by `knet export` (its config inside), "
-                            "run in ONNX Runtime instead of torch")
+def add_weights(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """``--checkpoint PATH``: every kind of weights, read by :func:`knet.load`."""
+    parser.add_argument("--checkpoint", required=required, default=None, metavar="PATH",
+                        help="the weights: a reference .pth (mmsegmentation, mmdetection), a knet training "
+                             "checkpoint, a native directory (model.safetensors + config.json) or an .onnx file "
+                             "written by `knet export` (runs in ONNX Runtime)")
+
+
+def checkpoint_is_onnx(args: argparse.Namespace) -> bool:
+    """Whether ``--checkpoint`` is an ``.onnx`` file (the verb then runs ONNX Runtime, not torch)."""
+    from ..inference.loading import is_onnx_file
+
+    return is_onnx_file(getattr(args, "checkpoint", None))
+
+
+def load_weights(args: argparse.Namespace, device: Optional[Any] = None) -> Any:
+    """The model of ``--checkpoint`` (with ``--model``, ``--set``, ``--threads`` when the verb has
+    them) through :func:`knet.load`: a torch model on ``device`` (default ``--device``, else the
+    CPU), or the ONNX Runtime runner of an ``.onnx`` file."""
+    from ..config import parse_set_options
+    from ..inference.loading import load
+
+    return load(args.checkpoint, getattr(args, "model", None),
+                device=device if device is not None else getattr(args, "device", None),
+                overrides=parse_set_options(getattr(args, "overrides", None) or []) or None,
+                threads=getattr(args, "threads", None))
+
+
+def set_torch_threads(args: argparse.Namespace) -> None:
+    """``torch.set_num_threads(--threads)`` when given, unless ``--checkpoint`` is an ``.onnx`` file
+    (ONNX Runtime takes them itself, and runs without torch)."""
+    if getattr(args, "threads", None) is not None and not checkpoint_is_onnx(args):
+        import torch
+
+        torch.set_num_threads(args.threads)
 
 
 def add_device(parser: argparse.ArgumentParser) -> None:
@@ -52,7 +82,8 @@ def add_device(parser: argparse.ArgumentParser) -> None:
 
 def add_threads(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, metavar="N",
-                        help="CPU threads for torch (default: torch's own choice)")
+                        help="CPU threads for torch, or for ONNX Runtime with an .onnx --checkpoint "
+                             "(default: the runtime's own choice)")
 
 
 def add_overrides(parser: argparse.ArgumentParser) -> None:
@@ -60,8 +91,9 @@ def add_overrides(parser: argparse.ArgumentParser) -> None:
                         help="override config fields, e.g. --set train.lr=1e-3 data.test_scale=2048,640")
 
 
-def add_quiet(parser: argparse.ArgumentParser, what: str = "no progress bar") -> None:
-    parser.add_argument("--quiet", action="store_true", help=what)
+def add_quiet(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bar or progress lines: print the results, warnings and errors only")
 
 
 def add_test_pipeline(parser: argparse.ArgumentParser) -> None:
@@ -76,7 +108,7 @@ def add_test_pipeline(parser: argparse.ArgumentParser) -> None:
                         help="slide mode: window step (default: two thirds of the crop, 341 for 512)")
     parser.add_argument("--test-scale", type=size_pair, default=None, metavar="W,H",
                         help="keep-ratio resize to fit this size (default: the config's, 2048,512 or 2048,640)")
-    parser.add_argument("--batch-size", type=int, default=1, metavar="B",
+    parser.add_argument("--batch-size", type=int, default=1, metavar="N",
                         help="images per forward; same result as 1 (images of equal size are batched together)")
 
 
@@ -105,19 +137,6 @@ def check_positive(name: str, value, minimum: int = 1) -> None:
 
     if value is not None and value < minimum:
         raise KnetError(f"--{name} must be at least {minimum}, got {value}")
-
-
-def onnx_runner(args: argparse.Namespace):
-    """The ONNX Runtime runner of ``--onnx FILE`` (with ``--device`` and ``--threads`` when the verb
-    has them); a ``--model`` that names another preset than the file's is an error."""
-    from ..errors import KnetError
-    from ..inference.onnx_runner import OnnxRunner
-
-    runner = OnnxRunner(args.onnx, device=getattr(args, "device", "auto"), threads=getattr(args, "threads", None))
-    if args.model and args.model != runner.config.name:
-        raise KnetError(f"--onnx {args.onnx} holds {runner.config.name}, not --model {args.model} "
-                        "(leave --model out: the file carries its config)")
-    return runner
 
 
 def inference_allocator(args: argparse.Namespace):

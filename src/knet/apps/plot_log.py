@@ -16,8 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("log", metavar="LOG", help="a training log.jsonl (or the work dir holding it)")
     parser.add_argument("--out", metavar="PNG", default=None,
                         help="output image (default: curves.png beside the log)")
-    parser.add_argument("--width", type=int, default=1200, help="image width in pixels (default 1200)")
-    parser.add_argument("--height", type=int, default=450, help="image height in pixels (default 450)")
+    parser.add_argument("--width", type=int, default=1200, metavar="N", help="image width in pixels (default 1200)")
+    parser.add_argument("--height", type=int, default=450, metavar="N", help="image height in pixels (default 450)")
 
 
 def run(args: argparse.Namespace) -> int:

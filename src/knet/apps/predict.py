@@ -2,7 +2,7 @@
 instances, and colour overlays.
 
     knet predict --model knet-r50-fcn --checkpoint ref.pth photos/ extra/*.jpg --out-dir out
-    knet predict --onnx knet-r50-fcn.onnx photos/ --out-dir out      # a `knet export` file, ONNX Runtime
+    knet predict --checkpoint knet-r50-fcn.onnx photos/ --out-dir out   # a `knet export` file, ONNX Runtime
 
 For each image, under ``--out-dir``, semantic models write:
 
@@ -177,39 +177,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="image files, folders (searched recursively) or globs (quote them: 'photos/*.jpg')")
     parser.add_argument("--out-dir", required=True, metavar="DIR", help="folder for the outputs")
     options.add_model(parser)
-    options.add_weights(parser, required=True, pretrained=True, onnx=True)
+    options.add_weights(parser, required=True)
+    options.add_overrides(parser)
     options.add_test_pipeline(parser)
     options.add_device(parser)
     options.add_threads(parser)
     options.add_compile(parser)
-    parser.add_argument("--opacity", type=float, default=0.5, metavar="A",
+    options.add_quiet(parser)
+    parser.add_argument("--opacity", type=float, default=0.5, metavar="X",
                         help="weight of the class colours in the overlays, 0..1 (default 0.5)")
     parser.add_argument("--save-probs", action="store_true",
                         help="semantic models: also write the class probabilities as <stem>.npy, float32 (C, H, W)")
-    parser.add_argument("--score-thr", type=float, default=0.3, metavar="S",
+    parser.add_argument("--score-thr", type=float, default=0.3, metavar="X",
                         help="instance models: the lowest score of the instances written and drawn (default 0.3)")
 
 
 def _build_segmenter(args: argparse.Namespace):
     from ..inference.segmenter import Segmenter
 
-    settings = dict(device=args.device, mode=args.mode, tta=args.tta, test_scale=args.test_scale,
-                    crop_size=args.crop_size, stride=args.stride, batch_size=args.batch_size,
-                    score_thr=args.score_thr)
-    if args.onnx:
-        if args.compile:
-            raise KnetError("--compile applies to torch models, not to --onnx")
-        return Segmenter(options.onnx_runner(args), **settings)
-    settings["compile"] = args.compile
-    if args.pretrained:
-        path = Path(args.pretrained)
-        if not path.is_dir():
-            raise KnetError(f"--pretrained {path}: not a folder (expected model.safetensors + config.json); "
-                            "use --checkpoint for a .pth file")
-        if args.model:
-            return Segmenter(args.model, checkpoint=path, **settings)
-        return Segmenter.from_pretrained(path, **settings)
-    return Segmenter(args.model, checkpoint=args.checkpoint, **settings)
+    if args.compile and options.checkpoint_is_onnx(args):
+        raise KnetError("--compile applies to torch models, not to an .onnx --checkpoint")
+    return Segmenter(options.load_weights(args), device=args.device, mode=args.mode, tta=args.tta,
+                     test_scale=args.test_scale, crop_size=args.crop_size, stride=args.stride,
+                     batch_size=args.batch_size, score_thr=args.score_thr, compile=args.compile)
 
 
 allocator_setting = options.inference_allocator
@@ -227,19 +217,18 @@ def run(args: argparse.Namespace) -> int:
     refuse_overwriting_inputs(
         [("--out-dir", item.base(out_dir).with_name(item.base(out_dir).name + suffix))
          for item in items for suffix in OUTPUT_SUFFIXES],
-        [item.path for item in items] + [args.checkpoint, args.pretrained, args.onnx])
-    if args.threads is not None and not args.onnx:  # ONNX Runtime takes them itself (and needs no torch)
-        import torch
-
-        torch.set_num_threads(args.threads)
+        [item.path for item in items] + [args.checkpoint])
+    options.set_torch_threads(args)
     if not 0.0 <= args.score_thr <= 1.0:
         raise KnetError(f"--score-thr must be between 0 and 1, got {args.score_thr}")
     segmenter = _build_segmenter(args)
     if args.save_probs and not segmenter.task.has_probabilities:
         raise KnetError(f"--save-probs: a {segmenter.task.name} model has no per-class probabilities to save "
                         "(it writes segments: <stem>.json)")
-    print(f"knet predict: {len(items)} image{'s' if len(items) != 1 else ''} with {segmenter}", file=sys.stderr)
-    failures = predict(segmenter, items, out_dir, opacity=args.opacity, save_probs=args.save_probs)
+    if not args.quiet:
+        print(f"knet predict: {len(items)} image{'s' if len(items) != 1 else ''} with {segmenter}", file=sys.stderr)
+    failures = predict(segmenter, items, out_dir, opacity=args.opacity, save_probs=args.save_probs,
+                       progress=False if args.quiet else None)
     written = len(items) - len(failures)
     extra = " and probabilities (<stem>.npy)" if args.save_probs else ""
     print(f"wrote {written} image{'s' if written != 1 else ''}: {segmenter.task.output_files}{extra}, to {out_dir}")

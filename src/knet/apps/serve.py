@@ -1,9 +1,9 @@
 """``knet serve``: a web page and an HTTP API that segment images with one model, on this machine.
 
     pip install "knet-seg[serve]"                               # FastAPI, uvicorn, python-multipart
-    knet serve --pretrained models/knet-r50-fcn                 # then open http://127.0.0.1:8000/
+    knet serve --checkpoint models/knet-r50-fcn                 # then open http://127.0.0.1:8000/
     knet serve --model knet-r50-fpn-panoptic --checkpoint knet_s3_r50_fpn_1x_coco-panoptic.pth --port 0
-    knet serve --onnx knet-r50-fcn.onnx --host 0.0.0.0          # reachable from the network: no login!
+    knet serve --checkpoint knet-r50-fcn.onnx --host 0.0.0.0    # reachable from the network: no login!
 
 The page (choose or drop images; the overlay beside each with an opacity slider, the classes or
 segments present, downloads of knet predict's files) and everything it loads are served by knet
@@ -30,25 +30,27 @@ DEFAULT_BATCH = 4
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = ("example: knet serve --pretrained models/knet-r50-fcn, then open the printed address. "
+    parser.epilog = ("example: knet serve --checkpoint models/knet-r50-fcn, then open the printed address. "
                      "Needs the serve extra: pip install \"knet-seg[serve]\". "
                      f"--batch-size defaults to {DEFAULT_BATCH} here: that many queued images share a run of the model.")
     options.add_model(parser)
-    options.add_weights(parser, required=True, pretrained=True, onnx=True)
+    options.add_weights(parser, required=True)
+    options.add_overrides(parser)
     parser.set_defaults(score_thr=0.3)  # instance models: what the answers show (the Segmenter's default)
     options.add_test_pipeline(parser)
     parser.set_defaults(batch_size=DEFAULT_BATCH)
     options.add_device(parser)
     options.add_threads(parser)
     options.add_compile(parser)
+    options.add_quiet(parser)
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens the "
                              "server to the network, with no authentication)")
-    parser.add_argument("--port", type=int, default=8000,
+    parser.add_argument("--port", type=int, default=8000, metavar="N",
                         help="port (default 8000; 0: a free port, printed at start)")
     parser.add_argument("--max-pixels", type=int, default=4_000_000, metavar="N",
                         help="the largest image accepted, width x height (default 4000000); larger ones get 413")
-    parser.add_argument("--max-upload-mb", type=float, default=20.0, metavar="MB",
+    parser.add_argument("--max-upload-mb", type=float, default=20.0, metavar="X",
                         help="the largest request body in MiB (default 20); larger ones get 413")
     parser.add_argument("--queue-size", type=int, default=32, metavar="N",
                         help="requests that may wait for the model (default 32); beyond, 503 with Retry-After")
@@ -101,10 +103,7 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         raise KnetError(f"knet serve needs the serve extra ({', '.join(missing)} missing): "
                         "pip install \"knet-seg[serve]\"")
-    if args.threads is not None:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    options.set_torch_threads(args)
     sock = _listen(args.host, args.port)  # before loading the model: a taken port fails at once
     import uvicorn
 
@@ -121,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
               "authentication", file=sys.stderr)
     print(f"knet serve: {segmenter.config.name} ({segmenter.task.name}) at {_url(host, port)} "
           "(Ctrl+C stops)", flush=True)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
+    server = uvicorn.Server(uvicorn.Config(app, log_level="error" if args.quiet else "warning", access_log=False,
                                            timeout_graceful_shutdown=10))
     server.run(sockets=[sock])
     return 0

@@ -5,7 +5,7 @@ mask AP (instance).
     knet test --model knet-r50-fcn --checkpoint knet_s3_fcn_r50-d8_....pth \\
         --data-root data/ade/ADEChallengeData2016 [--tta] [--out metrics.json]
     knet test --checkpoint runs/mine/iter_8000.pth --dataset folder --data-root my_data --split val
-    knet test --onnx knet-r50-fcn.onnx --data-root data/ade/ADEChallengeData2016   # ONNX Runtime
+    knet test --checkpoint knet-r50-fcn.onnx --data-root data/ade/ADEChallengeData2016   # ONNX Runtime
     knet test --model knet-r50-fpn-panoptic --checkpoint knet_s3_r50_fpn_1x_coco-panoptic_....pth \\
         --data-root data/coco [--split val2017]
     knet test ... --data-root data/coco --split test-dev2017 --format-only results/   # COCO's formats
@@ -32,7 +32,7 @@ from . import options
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     options.add_model(parser)
-    options.add_weights(parser, required=True, onnx=True)
+    options.add_weights(parser, required=True)
     parser.add_argument("--data-root", required=True, metavar="ROOT",
                         help="ADE20K: the folder holding images/ and annotations/ (or its parent); "
                              "folder dataset: the folder holding classes.txt, images/ and masks/; "
@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reduce-zero-label", action="store_true",
                         help="folder dataset: mask value 0 means ignore; the other values move down by one")
     options.add_test_pipeline(parser)
-    parser.add_argument("--workers", type=int, default=2, metavar="W",
+    parser.add_argument("--workers", type=int, default=2, metavar="N",
                         help="processes reading the files (0: read in the main process)")
     options.add_device(parser)
     options.add_threads(parser)
@@ -58,7 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "works on splits without labels (test-dev)")
     parser.add_argument("--show-dir", default=None, metavar="DIR",
                         help="write a ground truth | prediction colour overlay per image into DIR")
-    parser.add_argument("--opacity", type=float, default=0.5, help="overlay opacity for --show-dir (default 0.5)")
+    parser.add_argument("--opacity", type=float, default=0.5, metavar="X",
+                        help="overlay opacity for --show-dir, 0..1 (default 0.5)")
     parser.add_argument("--skip-bad", action="store_true",
                         help="skip unreadable or inconsistent files (listed at the end) instead of stopping")
     options.add_quiet(parser)
@@ -74,10 +75,7 @@ def run(args: argparse.Namespace) -> int:
     options.check_positive("batch-size", args.batch_size)
     options.check_positive("workers", args.workers, minimum=0)
     options.check_positive("threads", args.threads)
-    if args.threads is not None:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    options.set_torch_threads(args)
     if not 0.0 <= args.opacity <= 1.0:
         raise KnetError(f"--opacity must be between 0 and 1, got {args.opacity}")
     if args.format_only and args.out:
@@ -97,24 +95,20 @@ def run(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace, info, device) -> None:
     """Every rank evaluates its share of the images; rank 0 prints and writes the results."""
-    from ..checkpoint import load_model
-    from ..config import parse_set_options
     from ..data.datasets import build_dataset, detect_dataset_kind
     from ..engine.evaluation import run_evaluation, write_json
     from ..tasks import get_task
 
     if args.reduce_zero_label and args.dataset not in (None, "folder"):
         raise KnetError("--reduce-zero-label applies to folder datasets (ADE20K always reduces label 0)")
-    if args.onnx:
+    if options.checkpoint_is_onnx(args):
         if args.compile:
-            raise KnetError("--compile applies to torch models, not to --onnx")
-        if args.overrides:
-            raise KnetError("--set does not apply to --onnx: the file holds its config and weights")
+            raise KnetError("--compile applies to torch models, not to an .onnx --checkpoint")
         if info.distributed:
-            raise KnetError("--onnx runs in one process: start knet test without torchrun")
-        model = options.onnx_runner(args)
+            raise KnetError("an .onnx --checkpoint runs in one process: start knet test without torchrun")
+        model = options.load_weights(args)
     else:
-        model = load_model(args.checkpoint, args.model, parse_set_options(args.overrides) or None)
+        model = options.load_weights(args, device=device)
     task = get_task(model.config.task)
     kind = args.dataset or detect_dataset_kind(args.data_root, preferred=task.dataset_kinds)
     if args.reduce_zero_label and kind != "folder":
@@ -161,6 +155,6 @@ def _refuse_overwriting(args: argparse.Namespace, dataset) -> None:
     outputs = [("--out", args.out)] if args.out else []
     if args.format_only:
         outputs += [("--format-only", Path(args.format_only) / name) for name in ("panoptic.json", "segm.json")]
-    refuse_overwriting_inputs(outputs, [args.checkpoint, args.onnx, getattr(dataset, "ann_file", None)] + folders)
+    refuse_overwriting_inputs(outputs, [args.checkpoint, getattr(dataset, "ann_file", None)] + folders)
     refuse_input_folders([("--show-dir", args.show_dir),
                           ("--format-only", args.format_only and Path(args.format_only) / "panoptic")], folders[1:])

@@ -38,12 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="validation split (default: val; val2017 for a COCO root that has it)")
     parser.add_argument("--iters", type=int, metavar="N",
                         help="total iterations (preset: 80000, or the panoptic/instance presets' epochs)")
-    parser.add_argument("--batch-size", type=int, metavar="B", help="images per process (preset: 2)")
-    parser.add_argument("--val-interval", type=int, metavar="K", help="validate every K iterations (preset: 8000)")
-    parser.add_argument("--checkpoint-interval", type=int, metavar="K",
-                        help="write iter_<N>.pth every K iterations (preset: 8000)")
-    parser.add_argument("--keep", type=int, default=3, metavar="K",
-                        help="keep the newest K iteration checkpoints, plus the best (default 3)")
+    parser.add_argument("--batch-size", type=int, metavar="N", help="images per process (preset: 2)")
+    parser.add_argument("--val-interval", type=int, metavar="N", help="validate every N iterations (preset: 8000)")
+    parser.add_argument("--checkpoint-interval", type=int, metavar="N",
+                        help="write iter_<I>.pth every N iterations (preset: 8000)")
+    parser.add_argument("--keep", type=int, default=3, metavar="N",
+                        help="keep the newest N iteration checkpoints, plus the best (default 3)")
     parser.add_argument("--resume", nargs="?", const="auto", default=None, metavar="PATH",
                         help="continue a run: from PATH, or without PATH from the work dir's newest checkpoint")
     parser.add_argument("--load-from", metavar="PATH",
@@ -54,12 +54,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--amp", choices=("fp16", "bf16"), default=None,
                         help="mixed precision on CUDA (fp16 with loss scaling, or bf16)")
     options.add_device(parser)
+    options.add_threads(parser)
     options.add_low_memory(parser)
     options.add_no_winograd(parser)
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--workers", type=int, default=2, metavar="W", help="data loading workers per process (default 2)")
+    parser.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
+    parser.add_argument("--workers", type=int, default=2, metavar="N", help="data loading workers per process (default 2)")
     options.add_overrides(parser)
-    options.add_quiet(parser, "no console lines or progress bar")
+    options.add_quiet(parser)
 
 
 allocator_setting = options.training_allocator
@@ -81,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
     if "train.iters" in overrides and "train.epochs" not in overrides:
         overrides["train.epochs"] = None  # a number of iterations replaces an epoch-based schedule
     cfg = get_config(args.model, overrides)
+    options.check_positive("threads", args.threads)
+    options.set_torch_threads(args)
     root = Path(args.data_root)
     if not root.is_dir():
         raise KnetError(f"--data-root {root}: no such folder")

@@ -1,20 +1,20 @@
 """int8 static quantization of an exported knet model (``knet export --quantize int8``).
 
-    knet export --pretrained my_model --out model-int8.onnx --quantize int8 --calibration photos/
+    knet export --checkpoint my_model --out model-int8.onnx --quantize int8 --calibration photos/
 
 ONNX Runtime's static quantization in the QDQ format: convolution and matrix-product weights int8
 per output channel, their input activations uint8 with ranges calibrated (min/max) on the inputs
 that knet's own test pipeline feeds the model for a folder of images. Everything else (the kernel
 updates' layer norms, softmaxes, the final resize) stays float32. The file keeps the float model's
-metadata (knet's config) and adds ``knet.quantization``, so ``OnnxRunner``, ``knet predict
---onnx`` and ``knet test --onnx`` run it like the float file. Which convolutions are int8 is the
+metadata (knet's config) and adds ``knet.quantization``, so ``OnnxRunner``, ``knet.load`` and
+``knet predict`` / ``knet test`` with it as ``--checkpoint`` run it like the float file. Which convolutions are int8 is the
 export target's choice (:mod:`knet.export.targets`, stored as ``knet.target``), never the
 exporting machine's: the Winograd convolutions of the float file stay float32.
 
 The accuracy against float32 is measured on the calibration images right after quantizing: the
 outputs' mean and max |int8 - fp32| relative to max |fp32|, and for semantic models the share of
 pixels whose argmax class is unchanged (at the model's input resolution). A held-out evaluation is
-``knet test --onnx`` on both files.
+``knet test --checkpoint FILE.onnx`` on both files.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The runtimes ``knet export --target`` writes for; the target alone decides a file's layout.
 
-    knet export --pretrained my_model --out model-int8.onnx --quantize int8 --calibration photos/ --target cpu-vnni
+    knet export --checkpoint my_model --out model-int8.onnx --quantize int8 --calibration photos/ --target cpu-vnni
 
 - ``cpu`` (default): ONNX Runtime on a CPU without 8-bit dot products. Wide 3x3 convolutions are
   Winograd matrix products, float32 in an int8 file too.
