@@ -11,6 +11,8 @@ shrinks only the widths, to exactly those of the reference's golden files in ``s
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Tuple
 
 from .errors import KnetError
@@ -78,19 +80,11 @@ _FULL: Dict[str, Callable[[], KNetConfig]] = {
     ),
 }
 
-# Reference checkpoint of each row (users download them; see README).
-REFERENCE_CHECKPOINTS: Dict[str, str] = {
-    name: "https://download.openmmlab.com/mmsegmentation/v0.5/knet/" + path
-    for name, path in {
-        "knet-r50-fcn": "knet_s3_fcn_r50-d8_8x2_512x512_adamw_80k_ade20k/knet_s3_fcn_r50-d8_8x2_512x512_adamw_80k_ade20k_20220228_043751-abcab920.pth",
-        "knet-r50-pspnet": "knet_s3_pspnet_r50-d8_8x2_512x512_adamw_80k_ade20k/knet_s3_pspnet_r50-d8_8x2_512x512_adamw_80k_ade20k_20220228_054634-d2c72240.pth",
-        "knet-r50-deeplabv3": "knet_s3_deeplabv3_r50-d8_8x2_512x512_adamw_80k_ade20k/knet_s3_deeplabv3_r50-d8_8x2_512x512_adamw_80k_ade20k_20220228_041642-00c8fbeb.pth",
-        "knet-r50-upernet": "knet_s3_upernet_r50-d8_8x2_512x512_adamw_80k_ade20k/knet_s3_upernet_r50-d8_8x2_512x512_adamw_80k_ade20k_20220304_125657-215753b0.pth",
-        "knet-swin-t-upernet": "knet_s3_upernet_swin-t_8x2_512x512_adamw_80k_ade20k/knet_s3_upernet_swin-t_8x2_512x512_adamw_80k_ade20k_20220303_133059-7545e1dc.pth",
-        "knet-swin-l-upernet": "knet_s3_upernet_swin-l_8x2_512x512_adamw_80k_ade20k/knet_s3_upernet_swin-l_8x2_512x512_adamw_80k_ade20k_20220303_154559-d8da9a90.pth",
-        "knet-swin-l-upernet-640": "knet_s3_upernet_swin-l_8x2_640x640_adamw_80k_ade20k/knet_s3_upernet_swin-l_8x2_640x640_adamw_80k_ade20k_20220301_220747-8787fc71.pth",
-    }.items()
-}
+# The download address of each row's published checkpoint (users download them themselves); the
+# addresses hold dates and hashes, so they are data, with the backbones' ImageNet weights.
+_DOWNLOADS = json.loads((Path(__file__).parent / "data" / "checkpoints.json").read_text())
+REFERENCE_CHECKPOINTS: Dict[str, str] = dict(_DOWNLOADS["checkpoints"])
+BACKBONE_WEIGHTS: Dict[str, str] = dict(_DOWNLOADS["backbones"])
 
 # Published ADE20K results (mIoU, mIoU ms+flip) and parameter counts of the reference.
 _SEMANTIC_RESULTS: Dict[str, Dict[str, float]] = {
@@ -198,20 +192,6 @@ REFERENCE_CONFIGS: Dict[str, str] = {
     "knet-r101-fpn-instance-ms3x": "knet_s3_r101_fpn_ms-3x_coco",
     "knet-r101-dcn-fpn-instance-ms3x": "knet_s3_r101_dcn-c3-c5_fpn_ms-3x_coco",
 }
-_DET_CHECKPOINT_BASE = "https://download.openmmlab.com/mim-example/knet/det/knet/"
-_DET_CHECKPOINT_STAMPS: Dict[str, str] = {
-    "knet-r50-fpn-panoptic": "20211017_151750-395fbcba",
-    "knet-r50-fpn-panoptic-ms3x": "20211017_054613-4375b8be",
-    "knet-r101-fpn-panoptic-ms3x": "20211017_054501-9c600b0c",
-    "knet-r101-dcn-fpn-panoptic-ms3x": "20211019_191549-6d13fab7",
-    "knet-swin-l-fpn-panoptic-ms3x": "20211020_062341-62f3bbff",
-    "knet-r50-fpn-instance": "20211016_113017-8a8645d4",
-    "knet-r101-dcn-fpn-instance-ms3x": "20211017_054515-163a3126",
-}
-REFERENCE_CHECKPOINTS.update({
-    name: f"{_DET_CHECKPOINT_BASE}{REFERENCE_CONFIGS[name]}/{REFERENCE_CONFIGS[name]}_{stamp}.pth"
-    for name, stamp in _DET_CHECKPOINT_STAMPS.items()
-})
 
 # Published COCO val2017 results (panoptic: PQ; instance: mask AP; the Swin-L row also test-dev PQ)
 # and parameter counts (millions) of the reference.

@@ -49,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8000, metavar="N",
                         help="port (default 8000; 0: a free port, printed at start)")
     parser.add_argument("--max-pixels", type=int, default=4_000_000, metavar="N",
-                        help="the largest image accepted, width x height (default 4000000); larger ones get 413")
+                        help="the largest image accepted, width x height (default 4e6); larger ones get 413")
     parser.add_argument("--max-upload-mb", type=float, default=20.0, metavar="X",
                         help="the largest request body in MiB (default 20); larger ones get 413")
     parser.add_argument("--queue-size", type=int, default=32, metavar="N",

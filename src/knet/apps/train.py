@@ -4,7 +4,7 @@
     torchrun --nproc_per_node=8 -m knet train --model knet-r50-fcn ...   # 8 GPUs, 2 images each
     knet train ... --resume                  # continue from runs/fcn/last_checkpoint
     torchrun --nproc_per_node=8 -m knet train --model knet-r50-fpn-panoptic --data-root data/coco \\
-        --work-dir runs/pan --backbone-weights resnet50-0676ba61.pth   # 12 epochs of train2017
+        --work-dir runs/pan --backbone-weights resnet50.pth   # 12 epochs of train2017
 
 Options left out keep the preset's recipe (``knet config NAME`` prints it); ``--set key=value``
 overrides any config field (e.g. ``--set train.lr=1e-3 data.crop_size=256,256``). The panoptic and
