@@ -7,6 +7,7 @@
 #   make smoke-wheel build the wheel, install it into a clean venv beside the floor torch, smoke-test
 #                    it (.ci/smoke_wheel.sh; CI runs it after make test)
 #   make demo        train, evaluate and run a tiny K-Net on generated scenes
+#   make docs        build the documentation site into site/ (mkdocs build --strict; works offline)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -14,7 +15,7 @@ BIN := $(VENV)/bin
 # never pulls a multi-GB CUDA build on a machine without a GPU.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: venv test test-fast test-all smoke-wheel demo clean
+.PHONY: venv test test-fast test-all smoke-wheel demo docs clean
 
 $(BIN)/knet: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,5 +40,15 @@ smoke-wheel:
 demo: venv
 	$(BIN)/knet demo
 
+$(VENV)/.docs: pyproject.toml $(BIN)/knet
+	$(BIN)/pip install -q -e ".[docs]"
+	touch $@
+
+docs: $(VENV)/.docs
+	$(BIN)/python scripts/gen_docs.py --check
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+	@! grep -lE '<(script|link)[^>]+(src|href)="https?://' site/*.html || \
+		(echo "make docs: a page loads a script or style from the network" && false)
+
 clean:
-	rm -rf $(VENV) demo_out .pytest_cache
+	rm -rf $(VENV) demo_out site .pytest_cache

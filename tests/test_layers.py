@@ -10,7 +10,7 @@ from typing import Iterator, List, Set, Tuple
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "knet"
-DESIGN = Path(__file__).resolve().parents[1] / "docs" / "DESIGN.md"
+DESIGN = Path(__file__).resolve().parents[1] / "docs" / "design.md"
 
 # Lowest first. A module belongs to the layer of its longest matching prefix.
 LAYERS = [
@@ -102,7 +102,7 @@ def test_library_never_imports_the_command_line():
 
 
 def design_table() -> List[Set[str]]:
-    """The module prefixes of each row of docs/DESIGN.md's layer table, in its order. A row starts
+    """The module prefixes of each row of docs/design.md's layer table, in its order. A row starts
     two spaces in with its paths (``data/``, ``presets.py``) and the layer number; a line two spaces
     in without a number adds its paths to the row above; deeper-indented lines are descriptions."""
     text = DESIGN.read_text(encoding="utf-8")
@@ -123,7 +123,7 @@ def design_table() -> List[Set[str]]:
 
 
 def test_the_design_table_is_the_layer_table():
-    # docs/DESIGN.md documents the layers this test enforces: the two cannot drift apart.
+    # docs/design.md documents the layers this test enforces: the two cannot drift apart.
     assert design_table() == [set(prefixes) for prefixes in LAYERS]
 
 

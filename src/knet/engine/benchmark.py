@@ -237,7 +237,8 @@ def benchmark(model: Any, size: Any = None, batch_size: int = 1, device: str = "
         size: N (N x N), (width, height), or None for :func:`default_size` of the model's config.
         device: ``auto`` picks CUDA, then MPS, then the CPU.
         threads: ``torch.set_num_threads`` when given.
-        iters, warmup: timed and untimed iterations.
+        iters: timed iterations.
+        warmup: untimed iterations before them.
 
     Returns:
         a :class:`BenchmarkResult`. Peak memory is the accelerator's peak allocation on CUDA
@@ -316,7 +317,8 @@ def benchmark_train(model: Any, size: Any = None, batch_size: int = TRAIN_DEFAUL
         size: N (N x N), (width, height), or None for :func:`default_size` of the model's config.
         device: ``auto`` picks CUDA, then MPS, then the CPU.
         threads: ``torch.set_num_threads`` when given.
-        iters, warmup: timed and untimed steps (the warm-up also creates AdamW's state).
+        iters: timed steps.
+        warmup: untimed steps before them (they also create AdamW's state).
         low_memory: as ``knet train --low-memory``: the model of :func:`knet.config.low_memory_config`
             (recomputed backbone stages and head maps) with ``model``'s weights.
 

@@ -40,12 +40,14 @@ class KNetMaskSegmentor(nn.Module):
     masks at stride 4, the post-processing's input (``scaled_mask_logits`` upsamples any masks).
 
     Args:
-        backbone, neck: modules; the neck returns four maps of ``channels`` channels at strides
-            4, 8, 16, 32.
+        backbone: the backbone module.
+        neck: the neck module; it returns four maps of ``channels`` channels at strides 4, 8, 16, 32.
         channels: width of the FPN output, the kernels and the stages (256 in the reference).
         num_groups: GroupNorm groups of the kernel head (32; the tiny goldens use 8).
         pos_num_feats: per-axis channels of the positional encoding (default channels // 2).
-        feedforward_channels, num_heads, dropout: the stages' FFN width, attention heads, dropout.
+        feedforward_channels: the stages' FFN width.
+        num_heads: the stages' attention heads.
+        dropout: the stages' dropout.
         updator_channels: width of the stages' KernelUpdator (default ``channels``, as the reference).
         mask_upsample_stride: factor from the stages' stride 8 to the stride-4 output masks.
 

@@ -1,0 +1,152 @@
+"""The generated pages of the documentation site: the CLI reference and the benchmarks page.
+
+    python scripts/gen_docs.py            # (re)write docs/cli.md and docs/benchmarks.md
+    python scripts/gen_docs.py --check    # exit 1 when a page differs from what it would be
+
+``docs/cli.md`` is every verb's ``--help`` as argparse prints it (at 100 columns);
+``docs/benchmarks.md`` shows one table per file of ``benchmarks/results/``. The tests run
+``--check``'s comparison, so a page cannot drift from the parsers or the data.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Dict, Iterator, List
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+PAGES = {"cli.md": "cli_reference", "benchmarks.md": "benchmarks_page"}
+HELP_COLUMNS = 100
+
+
+@contextmanager
+def _columns(width: int) -> Iterator[None]:
+    """argparse wraps help at ``$COLUMNS``; fixed here so the page does not depend on the terminal."""
+    old = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = str(width)
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = old
+
+
+def cli_reference() -> str:
+    from knet.cli import VERBS, build_parser
+
+    lines = ["# Command-line reference", "",
+             "Every verb's `--help`, generated from its parser (`python scripts/gen_docs.py`).", ""]
+    with _columns(HELP_COLUMNS):
+        top = build_parser()
+        lines += ["## knet", "", "```text", top.format_help().rstrip(), "```", ""]
+        for verb in VERBS:
+            parser = build_parser(verb)
+            sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[verb]
+            lines += [f"## knet {verb}", "", "```text", sub.format_help().rstrip(), "```", ""]
+    return "\n".join(lines)
+
+
+def _spread(values: List[float]) -> str:
+    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+
+
+def _machine(record: Dict[str, Any]) -> str:
+    m = record["machine"]
+    flags = m.get("cpu_flags") or []
+    flags = sorted(flags if isinstance(flags, list) else flags.split())
+    parts = [m["cpu"], f"flags: {', '.join(flags) or 'no AVX-512 / VNNI / AMX'}"]
+    if "threads" in m:
+        parts.append(f"{m['threads']} threads")
+    parts += [f"Python {m['python']}", f"torch {m['torch']}", f"knet {m['knet']}"]
+    return "Machine: " + "; ".join(parts) + "."
+
+
+def _side_by_side(record: Dict[str, Any]) -> List[str]:
+    s = record["settings"]
+    lines = [f"Inputs {s['size']}x{s['size']}, batch 1, fp32; medians over {s['rounds']} alternating rounds of "
+             f"{s['repeats']} forwards, (min-max) over the rounds; the ratio is the reference's median over knet's.", ""]
+    rows = record["inference"]
+    if rows:
+        columns = list(rows[0]["per_round"])
+        lines += ["| model | " + " | ".join(f"{c} (s)" for c in columns) + " |", "|---|" + "---|" * len(columns)]
+        for row in rows:
+            cells = []
+            for c in columns:
+                cell = _spread(row["per_round"][c])
+                if c != "reference" and "reference" in row["per_round"]:
+                    cell += f", {row['reference'] / row[c]:.2f}x"
+                cells.append(cell)
+            lines.append(f"| {row['model']} | " + " | ".join(cells) + " |")
+        diffs = [(row["model"], row.get("diffs") or {}) for row in rows]
+        if any(d for _, d in diffs):
+            lines += ["", f"Logits against the reference's, x max |logit|, median / max over {s['inputs']} inputs:", "",
+                      "| model | " + " | ".join(diffs[0][1]) + " |", "|---|" + "---|" * len(diffs[0][1])]
+            for model, d in diffs:
+                lines.append(f"| {model} | " + " | ".join(f"{statistics.median(v):.1e} / {max(v):.1e}"
+                                                          for v in d.values()) + " |")
+    for row in record.get("training") or []:
+        if row is record["training"][0]:
+            lines += ["", "Training step, batch 2:", "", "| model | run | step (s) | peak RSS (GB) |", "|---|---|---|---|"]
+        for kind, peak in row["memory"].items():
+            lines.append(f"| {row['model']} | {kind} | {_spread(row['per_round'][kind])} | {peak / 1024:.1f} |")
+    return lines
+
+
+def _serve_memory(record: Dict[str, Any]) -> List[str]:
+    lines = [f"`knet serve` with {record['model']}, {record['requests']} requests of "
+             f"{record['sizes_px'][0]}-{record['sizes_px'][1]} px one after another; resident memory (MB).", "",
+             "| setting | idle | after 20 | after the last | growth after the first 20 |", "|---|---|---|---|---|"]
+    for setting, result in record["results"].items():
+        series = result["rss_mb_idle_then_every_20"]
+        lines.append(f"| {setting} | {series[0]:.0f} | {series[1]:.0f} | {series[-1]:.0f} | "
+                     f"{result['growth_after_first_20_mb']:+.0f} |")
+    return lines
+
+
+TABLES = {"side_by_side": _side_by_side, "serve_memory": _serve_memory}
+
+
+def benchmarks_page() -> str:
+    lines = ["# Benchmarks", "",
+             "Each table below is one file of `benchmarks/results/`, written by the script that measured it",
+             "(`benchmarks/side_by_side.py --save`, `benchmarks/serve_memory.py --out`) and shown here by",
+             "`python scripts/gen_docs.py`. Times from different machines or runs do not compare: each",
+             "file's ratios come from one run, knet and the reference alternating on the same inputs.", ""]
+    for path in sorted(RESULTS.glob("*.json")):
+        record = json.loads(path.read_text())
+        kind = record.get("benchmark")
+        if kind not in TABLES:
+            raise SystemExit(f"{path}: unknown benchmark {kind!r}; known: {', '.join(TABLES)}")
+        lines += [f"## {path.stem}", "", _machine(record), ""] + TABLES[kind](record) + [""]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 when a page is not current")
+    args = parser.parse_args()
+    stale = []
+    for name, function in PAGES.items():
+        path = REPO / "docs" / name
+        text = globals()[function]() + "\n"
+        if args.check:
+            if not path.exists() or path.read_text() != text:
+                stale.append(name)
+        else:
+            path.write_text(text)
+            print(f"wrote {path}")
+    if stale:
+        print(f"not current: {', '.join(stale)} (run python scripts/gen_docs.py)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
