@@ -74,3 +74,20 @@ def test_instance_json_is_coco_rle_and_respects_the_score_threshold(tmp_path):
         np.testing.assert_array_equal(mask_utils.decode(entry["segmentation"]).astype(bool), mask)
         assert entry["bbox"] == list(result.instances[masks.tolist().index(mask.tolist())].bbox)
     assert len(result.to_coco(image_id=7, score_thr=0.0)) == 3 and result.to_coco(image_id=7)[0]["image_id"] == 7
+
+
+def test_a_caption_at_the_right_edge_stays_inside_the_picture():
+    import cv2
+
+    from knet.inference.results import draw_segments
+
+    image = np.zeros((60, 100, 3), np.uint8)
+    mask = np.zeros((60, 100), bool)
+    mask[30:40, 94:] = True  # a segment at the right edge, narrower than its caption
+    caption = "a long caption"
+    out = draw_segments(image, [mask], [(255, 0, 0)], [caption], opacity=0.5)
+    scale = float(np.clip(60 / 600.0, 0.3, 0.8))
+    (width, _), _ = cv2.getTextSize(caption, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    band = out[25:30]  # the caption's box sits above the segment
+    red_columns = np.flatnonzero(((band[..., 0] == 255) & (band[..., 1] == 0)).any(axis=0))
+    assert red_columns.min() <= 100 - width + 1 and red_columns.max() == 99

@@ -331,6 +331,7 @@ def draw_segments(image: np.ndarray, masks: Sequence[np.ndarray], colours: Seque
         if w and caption:
             (tw, th), base = cv2.getTextSize(caption, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
             top = max(y, th + base)
+            x = max(0, min(x, out.shape[1] - tw))  # the caption stays inside the picture
             cv2.rectangle(out, (x, top - th - base), (x + tw, top), tuple(int(c) for c in colour), -1)
             cv2.putText(out, caption, (x, top - base), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1,
                         cv2.LINE_AA)
