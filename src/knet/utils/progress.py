@@ -33,15 +33,17 @@ class ProgressBar:
         stream: where to draw; stderr by default.
         enabled: False draws nothing (e.g. ``--quiet``); None draws.
         width: characters of the bar itself.
+        unit: what a step is, for the rate (``it/s``, ``frames/s``).
     """
 
     def __init__(self, total: Optional[int] = None, desc: str = "", stream: Optional[IO[str]] = None,
-                 enabled: Optional[bool] = None, width: int = 30) -> None:
+                 enabled: Optional[bool] = None, width: int = 30, unit: str = "it") -> None:
         self.total = total
         self.desc = desc
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = True if enabled is None else bool(enabled)
         self.width = width
+        self.unit = unit
         self.count = 0
         self.start = time.monotonic()
         self._last_draw = 0.0
@@ -96,8 +98,8 @@ class ProgressBar:
             bar = "#" * filled + "." * (self.width - filled)
             remaining = (self.total - self.count) / rate if rate > 0 else 0.0
             return (f"{prefix}{100 * fraction:3.0f}% |{bar}| {self.count}/{self.total} "
-                    f"[{_format_time(elapsed)}<{_format_time(remaining)}, {rate:.2f} it/s]")
-        return f"{prefix}{self.count} [{_format_time(elapsed)}, {rate:.2f} it/s]"
+                    f"[{_format_time(elapsed)}<{_format_time(remaining)}, {rate:.2f} {self.unit}/s]")
+        return f"{prefix}{self.count} [{_format_time(elapsed)}, {rate:.2f} {self.unit}/s]"
 
     def _write(self, text: str) -> None:
         try:
