@@ -41,20 +41,35 @@ class SegmentationResult:
     Attributes:
         image: the (H, W, 3) uint8 RGB image that was segmented.
         source: the file it was read from, or None for arrays and PIL images.
+        frame_index, timestamp: set by :meth:`knet.Segmenter.stream`: the frame's index in its
+            video (or the input's position in an iterable) and its time in seconds from the
+            video's start (None when unknown); None for results of single calls.
     """
 
     image: np.ndarray
     source: Optional[str]
+    frame_index: Optional[int] = None
+    timestamp: Optional[float] = None
 
     def overlay(self, opacity: float = 0.5, *, pil: bool = False) -> Any:
         """The image with the prediction drawn over it: uint8 (H, W', 3) RGB, or a ``PIL.Image.Image``
         with ``pil``."""
         raise NotImplementedError
 
-    def write(self, base: Path, opacity: float = 0.5, save_probs: bool = False) -> List[Path]:
+    def video_frame(self, opacity: float = 0.5) -> np.ndarray:
+        """The overlay at the image's own size (no legend panel): uint8 (H, W, 3) RGB, a frame of
+        an overlay video."""
+        return self.overlay(opacity)
+
+    def class_areas(self) -> Dict[int, int]:
+        """Pixels per class index (the classes present only): the label map's counts, the
+        segments' or the shown instances' areas."""
+        raise NotImplementedError
+
+    def write(self, base: Path, opacity: float = 0.5, save_probs: bool = False, overlay: bool = True) -> List[Path]:
         """Write the files ``knet predict`` writes for this image, named ``<base>...``, each
         atomically; returns their paths. ``save_probs``: also the class probabilities, where the
-        result has them."""
+        result has them; ``overlay``: also ``<base>_overlay.png``."""
         raise NotImplementedError
 
 # --------------------------------------------------------------------------------------------
@@ -168,19 +183,29 @@ class SemanticResult(SegmentationResult):
             return Image.fromarray(picture)
         return picture
 
-    def write(self, base: Path, opacity: float = 0.5, save_probs: bool = False) -> List[Path]:
-        """Write ``<base>.png`` (the label map), ``<base>_overlay.png`` (with a legend) and with
-        ``save_probs`` ``<base>.npy`` (float32 (C, H, W) probabilities), each atomically."""
+    def video_frame(self, opacity: float = 0.5) -> np.ndarray:
+        return self.overlay(opacity=opacity, legend=False)
+
+    def class_areas(self) -> Dict[int, int]:
+        counts = np.bincount(self.labels.ravel().astype(np.int64))
+        return {int(i): int(counts[i]) for i in np.flatnonzero(counts)}
+
+    def write(self, base: Path, opacity: float = 0.5, save_probs: bool = False, overlay: bool = True) -> List[Path]:
+        """Write ``<base>.png`` (the label map), ``<base>_overlay.png`` (with a legend; unless
+        ``overlay`` is False) and with ``save_probs`` ``<base>.npy`` (float32 (C, H, W)
+        probabilities), each atomically."""
         from ..data.io import write_image
         from ..utils.atomic import atomic_write
 
-        paths = [base.with_name(base.name + ".png"), base.with_name(base.name + "_overlay.png")]
+        paths = [base.with_name(base.name + ".png")]
         write_image(paths[0], self.labels)
-        write_image(paths[1], self.overlay(opacity=opacity, legend=True))
+        if overlay:
+            paths.append(base.with_name(base.name + "_overlay.png"))
+            write_image(paths[-1], self.overlay(opacity=opacity, legend=True))
         if save_probs:
             paths.append(base.with_name(base.name + ".npy"))
             probabilities = self.probabilities().astype(np.float32, copy=False)
-            atomic_write(paths[2], lambda f: np.save(f, probabilities))
+            atomic_write(paths[-1], lambda f: np.save(f, probabilities))
         return paths
 
     def __repr__(self) -> str:
@@ -416,13 +441,22 @@ class PanopticResult(SegmentationResult):
                 "segments_info": [{"id": s.id, "label_id": s.label, "was_fused": False, "score": s.score}
                                   for s in self.segments]}
 
-    def write(self, base: Path, opacity: float = 0.5, save_probs: bool = False) -> List[Path]:
-        """``<base>.png`` (COCO panoptic PNG), ``<base>.json`` and ``<base>_overlay.png``."""
+    def class_areas(self) -> Dict[int, int]:
+        areas: Dict[int, int] = {}
+        for segment in self.segments:
+            areas[segment.label] = areas.get(segment.label, 0) + segment.area
+        return areas
+
+    def write(self, base: Path, opacity: float = 0.5, save_probs: bool = False, overlay: bool = True) -> List[Path]:
+        """``<base>.png`` (COCO panoptic PNG), ``<base>.json`` and ``<base>_overlay.png`` (unless
+        ``overlay`` is False)."""
         from ..data.io import write_image
 
         png, js, over = (base.with_name(base.name + suffix) for suffix in (".png", ".json", "_overlay.png"))
         write_image(png, encode_panoptic_png(self.segment_map))
         _write_json(js, self.to_coco(png.name))
+        if not overlay:
+            return [png, js]
         write_image(over, self.overlay(opacity))
         return [png, js, over]
 
@@ -496,13 +530,24 @@ class InstanceResult(SegmentationResult):
             results.append(entry)
         return results
 
-    def write(self, base: Path, opacity: float = 0.5, save_probs: bool = False) -> List[Path]:
-        """``<base>.json`` (COCO results) and ``<base>_overlay.png``, of the instances scored at least
-        ``score_thr``."""
+    def class_areas(self) -> Dict[int, int]:
+        """Pixels per class of the instances scored at least ``score_thr`` (overlapping instances
+        each count their own)."""
+        areas: Dict[int, int] = {}
+        for i in self.kept(self.score_thr):
+            label = int(self.labels[i])
+            areas[label] = areas.get(label, 0) + self.instances[i].area
+        return areas
+
+    def write(self, base: Path, opacity: float = 0.5, save_probs: bool = False, overlay: bool = True) -> List[Path]:
+        """``<base>.json`` (COCO results) and ``<base>_overlay.png`` (unless ``overlay`` is False), of
+        the instances scored at least ``score_thr``."""
         from ..data.io import write_image
 
         js, over = base.with_name(base.name + ".json"), base.with_name(base.name + "_overlay.png")
         _write_json(js, self.to_coco(score_thr=self.score_thr))
+        if not overlay:
+            return [js]
         write_image(over, self.overlay(opacity))
         return [js, over]
 

@@ -20,11 +20,13 @@ import numpy as np
 from ..config import KNetConfig
 from ..errors import KnetError
 from ..tasks import get_task
+from ..data.video import Frame
 from .pipeline import as_runner, is_torch_module
 from .results import SegmentationResult
 
 PathLike = Union[str, "os.PathLike[str]"]
 ImageInput = Union[PathLike, np.ndarray, Any]  # Any: a PIL.Image.Image (Pillow is imported lazily)
+VideoSource = Union[PathLike, int]  # a video file or URL, a camera index
 
 
 # --------------------------------------------------------------------------------------------
@@ -225,17 +227,64 @@ class Segmenter:
         sources = list(sources) if sources is not None else [None] * len(images)
         return self.task.results(self.pipeline, list(images), sources, self.config, score_thr=self.score_thr)
 
-    def stream(self, inputs: Iterable[ImageInput]) -> Iterator[SegmentationResult]:
-        """Yield one result per input, in order, reading and segmenting ``batch_size`` at a time.
-        Raises DataError at the first file that cannot be read (naming it)."""
-        pending: List[Tuple[np.ndarray, Optional[str]]] = []
-        for item in inputs:
-            pending.append(load_input(item))
-            if len(pending) == self.batch_size:
-                yield from self.segment_arrays([p[0] for p in pending], [p[1] for p in pending])
-                pending = []
+    def stream(self, source: Union[VideoSource, Iterable[Any]], batch_size: Optional[int] = None, every: int = 1, *,
+               start: Optional[float] = None, end: Optional[float] = None,
+               max_frames: Optional[int] = None) -> Iterator[SegmentationResult]:
+        """Yield one result per frame or image of ``source``, in order, segmenting ``batch_size``
+        (default the segmenter's) at a time, without holding more than a few batches in memory.
+
+        Args:
+            source: a video file (a path: anything OpenCV's decoder opens), a camera (an ``int``
+                index or ``"camera:N"``), a stream URL (``rtsp://``, ``http(s)://``), a
+                :class:`knet.data.video.VideoReader`, or any iterable of images (paths, uint8 RGB
+                arrays, PIL images; a generator is read as it goes).
+            batch_size: frames per forward; frames of equal size share one (the batch-of-one
+                results, up to float rounding in the order a batch's sums are taken).
+            every: keep every N-th frame or item (video frames keep their index in the video).
+            start: videos only: the first second to segment.
+            end: videos only: the second to stop at (frames with ``start <= t < end``).
+            max_frames: stop after this many frames or items.
+
+        Each result has ``frame_index`` (the frame's index in the video, or the item's position
+        in the iterable) and ``timestamp`` (seconds from the video's start; None for iterables).
+        Frames are read and decoded in a background thread, a couple of batches ahead of the
+        model. Raises DataError at the first file that cannot be read (naming it), or after the
+        last good frame of a video that breaks off (naming the frame).
+        """
+        from ..utils.background import prefetch
+
+        size = self.batch_size if batch_size is None else batch_size
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise KnetError(f"batch size must be a positive integer, got {size!r}")
+        frames = _frames(source, every, start, end, max_frames)
+        yield from self._segment_frames(prefetch(frames, 2 * size, name="knet-frames"), size)
+
+    def _segment_frames(self, frames: Iterable[Frame], batch_size: int) -> Iterator[SegmentationResult]:
+        """Results of ``frames``, ``batch_size`` at a time, with their frame index and timestamp."""
+        pending: List[Frame] = []
+
+        def flush() -> List[SegmentationResult]:
+            results = self.segment_arrays([f.image for f in pending], [f.source for f in pending])
+            for frame, result in zip(pending, results):
+                result.frame_index, result.timestamp = frame.index, frame.timestamp
+            pending.clear()
+            return results
+
+        iterator = iter(frames)
+        while True:
+            try:
+                frame = next(iterator)
+            except StopIteration:
+                break
+            except KnetError:  # a video that breaks off: the frames before the break come first
+                if pending:
+                    yield from flush()
+                raise
+            pending.append(frame)
+            if len(pending) == batch_size:
+                yield from flush()
         if pending:
-            yield from self.segment_arrays([p[0] for p in pending], [p[1] for p in pending])
+            yield from flush()
 
     @overload
     def __call__(self, inputs: Union[List[ImageInput], Tuple[ImageInput, ...]]) -> List[SegmentationResult]: ...
@@ -247,8 +296,8 @@ class Segmenter:
         """Segment a path, an RGB numpy array or a PIL image (-> one result), or a list or tuple
         of them (-> a list of results, in order)."""
         if isinstance(inputs, (list, tuple)):
-            return list(self.stream(inputs))
-        return next(self.stream([inputs]))
+            return list(self._segment_frames(_frames(inputs), self.batch_size))
+        return next(self._segment_frames(_frames([inputs]), self.batch_size))
 
     def __repr__(self) -> str:
         p = self.pipeline
@@ -256,6 +305,39 @@ class Segmenter:
         return (f"Segmenter({self.config.name}, {self.config.task}, {self.num_classes} classes, {p.mode}{extra}, "
                 f"test scale {p.test_scale[0]}x{p.test_scale[1]}, device {self.device})")
 
+
+
+def _frames(source: Any, every: int = 1, start: Optional[float] = None, end: Optional[float] = None,
+            max_frames: Optional[int] = None) -> Iterator[Frame]:
+    """The frames of a stream's ``source`` (see :meth:`Segmenter.stream`), read as they are needed."""
+    from ..data.video import VideoReader
+
+    if isinstance(source, (str, os.PathLike, int)) and not isinstance(source, bool):
+        source = VideoReader(source, every=every, start=start, end=end, max_frames=max_frames)
+    elif isinstance(source, VideoReader):
+        if (every, start, end, max_frames) != (1, None, None, None):
+            raise KnetError("give every, start, end and max_frames to the VideoReader itself")
+    elif start is not None or end is not None:
+        raise KnetError("start and end apply to videos (a path, a camera or a URL), not to an iterable of images")
+    if isinstance(source, VideoReader):
+        yield from source
+        return
+    if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+        raise KnetError(f"every must be a positive integer, got {every!r}")
+    if max_frames is not None and (not isinstance(max_frames, int) or max_frames < 1):
+        raise KnetError(f"max_frames must be a positive integer, got {max_frames!r}")
+    kept = 0
+    for position, item in enumerate(source):
+        if max_frames is not None and kept >= max_frames:
+            return
+        if position % every:
+            continue
+        kept += 1
+        if isinstance(item, Frame):
+            yield item
+        else:
+            image, path = load_input(item)
+            yield Frame(position, None, image, path)
 
 
 def _is_model_runner(model: Any) -> bool:
