@@ -34,7 +34,8 @@ def main() -> None:
     model = ref_bench.build(args.short).eval()
     metas = [dict(img_shape=(args.size, args.size), ori_shape=(args.size, args.size))]
     threads = torch.get_num_threads()
-    compiled = torch.compile(lambda x: model.encode_decode(x, metas), options={"freezing": True}) if args.compile else None
+    compiled = (torch.compile(lambda x: model.encode_decode(x, metas), options={"freezing": True})
+                if args.compile else None)
     saved = {"x": [], "logits": [], "logits_one_thread": [], "logits_compiled": []}
     with torch.inference_mode():
         for seed in range(args.inputs):

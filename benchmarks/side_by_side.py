@@ -146,7 +146,8 @@ def reference_logits(python: Path, short: str, size: int, inputs: int, threads: 
     """The reference's logits on ``inputs`` seeded inputs, on ``threads`` threads and on one, and
     with ``compile`` through ``torch.compile`` (``reference_logits.py``, in the reference's venv)."""
     done = LAUNCHER.run([str(python), str(REPO / "benchmarks" / "reference_logits.py"), short, str(size), str(inputs),
-                         str(out)] + (["--compile"] if compile else []), env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
+                         str(out)] + (["--compile"] if compile else []),
+                        env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
     if done.returncode != 0:
         sys.exit(f"reference logits failed:\n{done.stderr[-2000:]}")
     return dict(np.load(out))
@@ -247,7 +248,8 @@ def main() -> None:
                 runners.update(onnx_runners(model, preset, work, size, args.threads))
             for runner in runners.values():
                 runner(x)  # warm-up (and the compile)
-            times: Dict[str, List[float]] = {name: [] for name in (["reference"] if reference_python else []) + list(runners)}
+            times: Dict[str, List[float]] = {name: []
+                                             for name in (["reference"] if reference_python else []) + list(runners)}
             for round_index in range(args.rounds):
                 if reference_python is not None:
                     times["reference"].append(run_reference(reference_python, "infer", short, str(size),
@@ -259,8 +261,8 @@ def main() -> None:
             if reference_python is not None:
                 ref = reference_logits(reference_python, short, size, args.inputs, args.threads,
                                        work / f"{short}.logits.npz", compile=args.compile)
-                row["diffs"] = {name: logit_differences([runner(torch.from_numpy(image[None])).numpy() for image in ref["x"]],
-                                                        ref["logits"])
+                row["diffs"] = {name: logit_differences([runner(torch.from_numpy(image[None])).numpy()
+                                                         for image in ref["x"]], ref["logits"])
                                 for name, runner in runners.items() if name in ("knet", "compiled", "onnx fp32")}
                 row["diffs"]["reference, 1 thread"] = logit_differences(ref["logits_one_thread"], ref["logits"])
                 if args.compile:
@@ -341,10 +343,14 @@ def write_results(path: Path, infer_rows: List[Dict], train_rows: List[Dict], ar
 
     flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("flags")), []) if Path("/proc/cpuinfo").exists() else []
-    git = lambda *a: subprocess.run(["git", "-C", str(REPO), *a], capture_output=True, text=True).stdout.strip()
+
+    def git(*a: str) -> str:
+        return subprocess.run(["git", "-C", str(REPO), *a], capture_output=True, text=True).stdout.strip()
+
     record = {
         "benchmark": "side_by_side",
-        "machine": {"cpu": cpu_model(), "cpu_flags": sorted(f for f in flags if f.startswith(("avx512", "amx", "avx_vnni"))),
+        "machine": {"cpu": cpu_model(),
+                    "cpu_flags": sorted(f for f in flags if f.startswith(("avx512", "amx", "avx_vnni"))),
                     "int8_dot_product": cpu_has_int8_dot_product(), "threads": args.threads,
                     "python": platform.python_version(), "torch": torch.__version__, "knet": knet.__version__,
                     "commit": git("rev-parse", "--short", "HEAD"),
@@ -383,7 +389,8 @@ def print_tables(infer_rows: List[Dict], train_rows: List[Dict], args: argparse.
                 else:
                     cells.append(f"{row[c]:.2f} ({row['reference'] / row[c]:.2f}x)")
             if with_reference:
-                cells.append(", ".join(f"{k} {statistics.median(v):.1e} / {max(v):.1e}" for k, v in row["diffs"].items()))
+                cells.append(", ".join(f"{k} {statistics.median(v):.1e} / {max(v):.1e}"
+                                       for k, v in row["diffs"].items()))
             print("| " + " | ".join(cells) + " |")
     if train_rows:
         print(f"\nTraining step, batch 2 ({args.train_steps} steps per round after a warm-up):\n")

@@ -71,7 +71,8 @@ def _machine(record: Dict[str, Any]) -> str:
 def _side_by_side(record: Dict[str, Any]) -> List[str]:
     s = record["settings"]
     lines = [f"Inputs {s['size']}x{s['size']}, batch 1, fp32; medians over {s['rounds']} alternating rounds of "
-             f"{s['repeats']} forwards, (min-max) over the rounds; the ratio is the reference's median over knet's.", ""]
+             f"{s['repeats']} forwards, (min-max) over the rounds; the ratio is the reference's median over "
+             "knet's.", ""]
     rows = record["inference"]
     if rows:
         columns = list(rows[0]["per_round"])
@@ -93,7 +94,8 @@ def _side_by_side(record: Dict[str, Any]) -> List[str]:
                                                           for v in d.values()) + " |")
     for row in record.get("training") or []:
         if row is record["training"][0]:
-            lines += ["", "Training step, batch 2:", "", "| model | run | step (s) | peak RSS (GB) |", "|---|---|---|---|"]
+            lines += ["", "Training step, batch 2:", "",
+                      "| model | run | step (s) | peak RSS (GB) |", "|---|---|---|---|"]
         for kind, peak in row["memory"].items():
             lines.append(f"| {row['model']} | {kind} | {_spread(row['per_round'][kind])} | {peak / 1024:.1f} |")
     return lines

@@ -38,7 +38,7 @@ def test_the_cli_page_shows_each_verbs_help():
 def test_every_page_is_in_the_navigation():
     nav = (ROOT / "mkdocs.yml").read_text()
     pages = sorted(p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md"))
-    assert pages and all(f": {page}" in nav for page in pages), [p for p in pages if f": {page}" not in nav]
+    assert pages and all(f": {page}" in nav for page in pages), [page for page in pages if f": {page}" not in nav]
 
 
 def test_the_readme_is_a_short_guide():

@@ -105,7 +105,8 @@ def test_full_demo_reaches_the_expected_miou(tmp_path):
     metrics = _check_outputs(out, num_shown=6)
     assert metrics["mIoU"] >= EXPECTED_MIOU
     if os.environ.get("KNET_UPDATE_SCREENSHOT") == "1":  # the documentation's picture of the demo
-        shutil.copyfile(out / "gallery.png", Path(__file__).resolve().parents[2] / "docs" / "images" / "demo_gallery.png")
+        shutil.copyfile(out / "gallery.png",
+                        Path(__file__).resolve().parents[2] / "docs" / "images" / "demo_gallery.png")
 
 
 # ---- panoptic and instance ------------------------------------------------------------------
@@ -113,8 +114,9 @@ TOY_CLASSES = ["disc", "box", "triangle", "sky", "grass", "wall"]
 
 
 def _check_mask_outputs(out: Path, task: str, num_shown: int) -> dict:
+    annotations = f"data/annotations/{'panoptic' if task == 'panoptic' else 'instances'}_val.json"
     for name in ("report.md", "metrics.json", "curves.png", "gallery.png", "model/model.safetensors",
-                 "model/config.json", "train/log.jsonl", f"data/annotations/{'panoptic' if task == 'panoptic' else 'instances'}_val.json"):
+                 "model/config.json", "train/log.jsonl", annotations):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["task"] == task and metrics["model"] == RECIPES[task].preset

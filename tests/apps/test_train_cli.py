@@ -60,7 +60,7 @@ def resume_after_sigkill_equals_an_uninterrupted_run(args_of, tmp_path, iters=30
         while time.time() < deadline and proc.poll() is None:
             log = cut / "log.jsonl"
             if log.exists():
-                its = [json.loads(l)["iter"] for l in log.read_text().splitlines() if l.endswith("}")]
+                its = [json.loads(line)["iter"] for line in log.read_text().splitlines() if line.endswith("}")]
                 if its and max(its) >= 7:
                     killed_at = max(its)
                     break
@@ -174,7 +174,8 @@ def test_train_then_resume_without_checkpoint_and_plot(toy, tmp_path, capsys):
     for load_from in (work / "iter_3.pth", tmp_path / "start.pth"):
         assert main(train_args(toy, work, 3, "--load-from", str(load_from))) == 2
         err = capsys.readouterr().err
-        assert "--work-dir: writing" in err and "would overwrite the input" in err and len(err.strip().splitlines()) == 1
+        assert ("--work-dir: writing" in err and "would overwrite the input" in err
+                and len(err.strip().splitlines()) == 1)
     assert (work / "iter_3.pth").read_bytes() == before
 
     # Resuming a finished run does nothing but say so.

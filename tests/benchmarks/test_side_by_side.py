@@ -41,15 +41,17 @@ REFERENCE_PYTHON = Path(__file__).resolve().parents[3] / ".refenv" / "bin" / "py
 @pytest.mark.slow
 @pytest.mark.skipif(not REFERENCE_PYTHON.exists(), reason=f"the reference is not installed ({REFERENCE_PYTHON})")
 def test_side_by_side_compares_logits_with_the_reference_on_several_inputs(tmp_path):
-    done = subprocess.run([sys.executable, str(SCRIPT), "--models", "fcn", "--size", "64", "--no-train", "--rounds", "1",
-                           "--repeats", "1", "--inputs", "2", "--compile", "--work-dir", str(tmp_path)],
+    done = subprocess.run([sys.executable, str(SCRIPT), "--models", "fcn", "--size", "64", "--no-train",
+                           "--rounds", "1", "--repeats", "1", "--inputs", "2", "--compile",
+                           "--work-dir", str(tmp_path)],
                           capture_output=True, text=True, env=subprocess_env(), timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     table = done.stdout[done.stdout.index("Inference, batch 1"):]
     assert "logits vs reference (x max), median / max over 2 inputs |" in table
     row = next(line for line in table.splitlines() if line.startswith("| knet-r50-fcn |"))
     figures = {name: (float(median), float(largest))
-               for name, median, largest in re.findall(r"([a-z][a-z0-9 ,]*?) (\S+) / (\S+?)(?:,|$)", row.split("|")[-2].strip())}
+               for name, median, largest in re.findall(r"([a-z][a-z0-9 ,]*?) (\S+) / (\S+?)(?:,|$)",
+                                                       row.split("|")[-2].strip())}
     assert set(figures) == {"knet", "compiled", "reference, 1 thread", "reference compiled"}, row
     for name, (median, largest) in figures.items():
         assert 0 <= median <= largest < 1e-4, (name, row)

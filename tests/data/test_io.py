@@ -133,7 +133,8 @@ def test_bytes_after_the_jpeg_end_are_not_truncation(tmp_path):
 def test_decode_image_names_what_it_was_given(tmp_path):
     data = _smooth_jpeg(tmp_path / "whole.jpg")
     np.testing.assert_array_equal(decode_image(data, "upload"), read_image(tmp_path / "whole.jpg"))
-    for content, message in ((b"", "upload 'x': image file is empty"), (data[: len(data) // 2], "upload 'x': truncated"),
+    for content, message in ((b"", "upload 'x': image file is empty"),
+                             (data[: len(data) // 2], "upload 'x': truncated"),
                              (b"%PDF-1.4 not an image", "upload 'x': cannot decode image")):
         with pytest.raises(DataError, match=message):
             decode_image(content, "upload 'x'")

@@ -172,7 +172,9 @@ def test_photometric_brightness_only():
 
 def test_photometric_contrast_before_or_after_colour_steps():
     image = _image(6, 7)
-    contrast = lambda img, a: np.clip(img.astype(np.float32) * np.float32(a), 0, 255).astype(np.uint8)
+
+    def contrast(img, a):
+        return np.clip(img.astype(np.float32) * np.float32(a), 0, 255).astype(np.uint8)
 
     def saturate(img, a):
         hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)

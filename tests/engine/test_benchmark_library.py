@@ -80,7 +80,8 @@ def test_peak_memory_is_the_programs_own_not_its_parents():
     ballast = bytearray(400 * 2 ** 20)  # resident: bytearray zero-fills it
     code = ("import resource; from knet.engine.benchmark import _peak_host_memory_mb as peak; "
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, peak())")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=subprocess_env())
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env=subprocess_env())
     inherited, own = map(float, done.stdout.split())
     assert inherited > 400 and own < 300, (inherited, own)
     del ballast

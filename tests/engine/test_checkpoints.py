@@ -60,7 +60,8 @@ def test_finetune_to_another_number_of_classes(tmp_path):
     # Same number of classes: everything loads, nothing is re-initialised.
     same = knet.build_model("knet-r50-fcn-tiny", num_classes=6)
     assert load_for_finetuning(same, tmp_path / "six.pth") == []
-    assert torch.equal(same.state_dict()["auxiliary_head.conv_seg.weight"], source.state_dict()["auxiliary_head.conv_seg.weight"])
+    assert torch.equal(same.state_dict()["auxiliary_head.conv_seg.weight"],
+                       source.state_dict()["auxiliary_head.conv_seg.weight"])
     # Another architecture is refused with the keys named.
     other = knet.build_model("knet-r50-pspnet-tiny", num_classes=4)
     with pytest.raises(CheckpointError, match="does not fit"):

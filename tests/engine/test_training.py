@@ -187,7 +187,7 @@ def test_progress_bar_and_console_lines(toy, tmp_path, capsys):
     T.train(cfg, T.TrainOptions(work_dir=tmp_path, workers=0, data_root=toy.root, progress=True), val_dataset=[])
     captured = capsys.readouterr()
     assert "train:" in captured.err and "2/2" in captured.err  # the bar, on stderr
-    line = [l for l in captured.out.splitlines() if l.startswith("iter 2/2")][0]
+    line = [out_line for out_line in captured.out.splitlines() if out_line.startswith("iter 2/2")][0]
     for part in ("loss", "decode.loss_ce.s3", "aux.loss_ce", "lr", "s/it", "eta", "mem"):
         assert part in line, part
     assert "decode.loss_ce.s0" not in line  # the earlier stages are in log.jsonl only

@@ -24,7 +24,7 @@ import knet  # noqa: E402
 from knet.cli import main  # noqa: E402
 from knet.errors import KnetError  # noqa: E402
 from knet.export import onnx as knet_onnx  # noqa: E402
-from knet.export import quantize, targets  # noqa: E402
+from knet.export import targets  # noqa: E402
 from knet.export.quantize import QUANTIZATION_KEY, WINOGRAD_NAMESPACE, _namespace, quantize_int8  # noqa: E402
 from knet.inference.onnx_runner import TARGET_KEY, WINOGRAD_KEY, OnnxRunner  # noqa: E402
 from tests.conftest import golden_path  # noqa: E402
@@ -61,7 +61,8 @@ def files(tmp_path_factory):
             patch.setattr(targets, "cpu_has_int8_dot_product", lambda vnni=vnni: vnni)
             name = _name(target, quantized)
             out = root / f"{name}.onnx"
-            weights = ["--checkpoint", str(written[source][0])] if source else ["--model", PRESET, "--checkpoint", checkpoint]
+            weights = (["--checkpoint", str(written[source][0])] if source
+                       else ["--model", PRESET, "--checkpoint", checkpoint])
             command = ["export", *weights, "--out", str(out), "--target", target, "--no-check", "--threads", "1"]
             if quantized:
                 command += ["--quantize", "int8", "--calibration", str(root / "calibration")]

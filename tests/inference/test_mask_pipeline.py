@@ -11,7 +11,6 @@ from knet.data.io import read_image
 from knet.errors import KnetError
 from knet.inference.mask_pipeline import MaskTestPipeline
 from knet.inference.pipeline import TorchRunner
-from knet.inference.pipeline import TorchRunner
 from knet.postprocess import InstancePrediction, PanopticPrediction, reference_encoding
 from knet.tasks import get_task
 from tests.conftest import golden_path

@@ -41,8 +41,8 @@ def test_batch_update_equals_single_updates_and_is_memory_bounded():
     labels[rng.random((3, 7, 9)) < 0.2] = 255
     batched, single = SegmentationMetric(5), SegmentationMetric(5)
     batched.update(torch.from_numpy(preds), torch.from_numpy(labels))
-    for p, l in zip(preds, labels):
-        single.update(p, l)
+    for pred, label in zip(preds, labels):
+        single.update(pred, label)
     assert torch.equal(batched.confusion, single.confusion)
     assert batched.confusion.shape == (5, 5)  # state independent of the number of images
     # Brute-force reference areas.

@@ -2,8 +2,6 @@
 copy the test pipelines run: the same outputs, the caller's model untouched."""
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 from torch import nn
@@ -12,7 +10,7 @@ import knet
 from knet.checkpoint import load_model
 from knet.inference.pipeline import TorchRunner
 from knet.models.fuse import fold_batch_norms, inference_copy
-from knet.models.winograd import WinogradConv2d, use_winograd
+from knet.models.winograd import use_winograd
 from tests.conftest import golden_path, logits_tolerance
 
 

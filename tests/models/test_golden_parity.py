@@ -38,8 +38,8 @@ def test_training_losses_match_reference(golden):
     model = knet.build_model(f"{name}-tiny", overrides)
     knet.load_checkpoint(model, pth)
     model.train()
-    losses = get_task("semantic").losses(model.outputs(torch.from_numpy(ref["x_sq"])), torch.from_numpy(ref["label_sq"]),
-                                         model.config)
+    losses = get_task("semantic").losses(model.outputs(torch.from_numpy(ref["x_sq"])),
+                                         torch.from_numpy(ref["label_sq"]), model.config)
     assert sorted(losses) == sorted(["decode.loss_ce.s0", "decode.loss_ce.s1", "decode.loss_ce.s2",
                                      "decode.loss_ce.s3", "aux.loss_ce"])
     for key, value in losses.items():

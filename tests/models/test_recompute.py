@@ -138,8 +138,10 @@ def _head_step(head, inputs):
     concatenation the last convolution reads and the lateral convolution's output were still
     alive between the forward and the backward pass."""
     kept = {}
-    hooks = [head.fpn_bottleneck.conv.register_forward_pre_hook(lambda m, args: kept.update(fused=weakref.ref(args[0]))),
-             head.lateral_convs[0].conv.register_forward_hook(lambda m, args, out: kept.update(lateral=weakref.ref(out)))]
+    hooks = [head.fpn_bottleneck.conv.register_forward_pre_hook(
+                 lambda m, args: kept.update(fused=weakref.ref(args[0]))),
+             head.lateral_convs[0].conv.register_forward_hook(
+                 lambda m, args, out: kept.update(lateral=weakref.ref(out)))]
     head.zero_grad()
     out = head.forward_features(inputs)
     alive = {name: ref() is not None for name, ref in kept.items()}

@@ -158,7 +158,8 @@ def test_the_page_segments_an_upload_in_a_browser(server, tmp_path):
         driver.get(server.url)
         wait.until(lambda d: "knet-r50-fcn-tiny · semantic" in d.find_element(By.ID, "model-info").text)
         driver.find_element(By.ID, "file-input").send_keys(str(path))
-        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".result[data-state='done'], .result[data-state='error']"))
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR,
+                                             ".result[data-state='done'], .result[data-state='error']"))
         card = driver.find_element(By.CSS_SELECTOR, ".result")
         assert card.get_attribute("data-state") == "done", card.text
         assert driver.find_element(By.CSS_SELECTOR, "canvas.overlay").get_attribute("data-ready") == "1"

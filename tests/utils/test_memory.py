@@ -10,8 +10,8 @@ import pytest
 from tests.conftest import GLIBC
 
 # Allocates and fills two 48 MiB buffers (above glibc's own largest mmap threshold, 32 MiB); frees
-# the first and then allocates, fills and frees 48 MiB eight times more. Prints the page faults of those eight rounds and the resident memory (MiB)
-# given back when the last one is freed.
+# the first and then allocates, fills and frees 48 MiB eight times more. Prints the page faults of
+# those eight rounds and the resident memory (MiB) given back when the last one is freed.
 ROUNDS = """
 import ctypes, os, resource, sys
 from knet.utils import memory

@@ -24,7 +24,8 @@ def run(args: argparse.Namespace) -> int:
     if options.checkpoint_is_onnx(args):
         raise KnetError(f"--checkpoint {args.checkpoint}: an ONNX file cannot be converted back into a native "
                         "directory (it holds a graph; knet convert reads .pth files and native directories)")
-    refuse_overwriting_inputs([("--out-dir", Path(args.out_dir) / name) for name in ("model.safetensors", "config.json")],
+    refuse_overwriting_inputs([("--out-dir", Path(args.out_dir) / name)
+                               for name in ("model.safetensors", "config.json")],
                               [args.checkpoint])
     model = options.load_weights(args)
     out = save_pretrained(model, args.out_dir)

@@ -283,7 +283,8 @@ def _claim_out_dir(out: Path, overwrite: bool) -> List[str]:
             manifest = json.loads(manifest_path.read_text())
             recorded = set(manifest["files"]) if manifest.get("complete") else {n for n in present if _is_demo_file(n)}
         except (ValueError, KeyError, TypeError):
-            raise KnetError(f"{manifest_path}: not a knet demo manifest; remove it or choose another --out-dir") from None
+            raise KnetError(f"{manifest_path}: not a knet demo manifest; remove it or choose another "
+                            "--out-dir") from None
     ours = recorded if recorded is not None else set()
     if overwrite:
         ours |= {n for n in present if _is_demo_file(n)}

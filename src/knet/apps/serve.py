@@ -32,7 +32,8 @@ DEFAULT_BATCH = 4
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = ("example: knet serve --checkpoint models/knet-r50-fcn, then open the printed address. "
                      "Needs the serve extra: pip install \"knet-seg[serve]\". "
-                     f"--batch-size defaults to {DEFAULT_BATCH} here: that many queued images share a run of the model.")
+                     f"--batch-size defaults to {DEFAULT_BATCH} here: that many queued images share a run of "
+                     "the model.")
     options.add_model(parser)
     options.add_weights(parser, required=True)
     options.add_overrides(parser)

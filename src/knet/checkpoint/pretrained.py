@@ -107,6 +107,18 @@ _SWIN_OUTPUT_NORMS = re.compile(r"norm[0-3]\.(weight|bias)")
 _DCN_OFFSETS = re.compile(r"layer\d\.\d+\.conv2\.conv_offset\.(weight|bias)")
 
 
+def _resnet_may_be_missing(key: str) -> bool:
+    return bool(_DCN_OFFSETS.fullmatch(key))
+
+
+def _swin_converted_may_be_missing(key: str) -> bool:
+    return bool(_SWIN_OUTPUT_NORMS.fullmatch(key))
+
+
+def _swin_original_may_be_missing(key: str) -> bool:
+    return bool(_SWIN_OUTPUT_NORMS.fullmatch(key) or _SWIN_ORIGINAL_NOT_LOADED.fullmatch(key))
+
+
 def convert_swin_original(state: Mapping[str, torch.Tensor], source: str = "<state dict>"
                           ) -> Tuple[StateDict, List[str]]:
     """Rename an original Swin release state dict to the reference's (and knet's) names.
@@ -242,14 +254,13 @@ def load_backbone_weights(backbone: nn.Module, path: PathLike) -> List[str]:
     if layout in (RESNET_V1C, RESNET_TORCHVISION):
         dropped = [k for k in state if k.startswith("fc.")]  # ImageNet classifier
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-        may_be_missing: Callable[[str], bool] = lambda key: bool(_DCN_OFFSETS.fullmatch(key))
+        may_be_missing: Callable[[str], bool] = _resnet_may_be_missing
     elif layout == SWIN_CONVERTED:
         dropped = []
-        may_be_missing = lambda key: bool(_SWIN_OUTPUT_NORMS.fullmatch(key))
+        may_be_missing = _swin_converted_may_be_missing
     else:
         state, dropped = convert_swin_original(state, source)
-        may_be_missing = lambda key: bool(_SWIN_OUTPUT_NORMS.fullmatch(key)
-                                          or _SWIN_ORIGINAL_NOT_LOADED.fullmatch(key))
+        may_be_missing = _swin_original_may_be_missing
 
     left_at_init = _load_checked(backbone, state, may_be_missing, source)
     skipped = skipped + dropped

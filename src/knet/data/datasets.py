@@ -304,7 +304,8 @@ class FolderDataset(SegmentationDataset):
                 raise DataError(f"{path}:{number}: expected 'r g b' with values 0..255, got {line.strip()!r}")
             palette.append(colour)
         if len(palette) != num_classes:
-            raise DataError(f"{path}: {len(palette)} colours for {num_classes} classes (classes.txt); expected one per class")
+            raise DataError(f"{path}: {len(palette)} colours for {num_classes} classes (classes.txt); "
+                            "expected one per class")
         return palette
 
     def load_label(self, index: int) -> Optional[np.ndarray]:

@@ -93,8 +93,8 @@ def epochs_to_iterations(train_cfg: TrainConfig, num_images: int, world_size: in
     total_batch = train_cfg.batch_size * world_size
     per_epoch = math.ceil(num_images / total_batch)
     converted = dataclasses.replace(
-        train_cfg, iters=train_cfg.epochs * per_epoch, milestones=tuple(e * per_epoch for e in train_cfg.milestone_epochs),
-        epochs=None, milestone_epochs=())
+        train_cfg, iters=train_cfg.epochs * per_epoch,
+        milestones=tuple(e * per_epoch for e in train_cfg.milestone_epochs), epochs=None, milestone_epochs=())
     drops = ", ".join(str(m) for m in converted.milestones) or "none"
     note = (f"schedule: {train_cfg.epochs} epochs of {num_images} images at {total_batch} images per iteration "
             f"= {converted.iters} iterations ({per_epoch} per epoch); lr x{train_cfg.gamma:g} at iterations {drops}")

@@ -47,7 +47,8 @@ class RunLog:
         if progress:
             from ..utils.progress import ProgressBar
 
-            self.bar = ProgressBar(total=total - start_iter, desc="train" + (f" from {start_iter}" if start_iter else ""))
+            self.bar = ProgressBar(total=total - start_iter,
+                                   desc="train" + (f" from {start_iter}" if start_iter else ""))
 
     def _truncate_after(self, iteration: int) -> None:
         """Drop records past ``iteration`` left by a run that was killed after its last checkpoint

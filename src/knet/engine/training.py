@@ -368,7 +368,8 @@ class _Trainer:
             self.notes.append(f"backbone weights: {self.options.backbone_weights}"
                               + (f" (not loaded from the file: {', '.join(skipped)})" if skipped else ""))
         optimizer = build_optimizer(model, self.cfg.train)
-        self.state = TrainState(model=model, optimizer=optimizer, schedule=WarmupStepSchedule(optimizer, self.cfg.train),
+        self.state = TrainState(model=model, optimizer=optimizer,
+                                schedule=WarmupStepSchedule(optimizer, self.cfg.train),
                                 scaler=torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None,
                                 best_metric=self.task.best_metric, seed=self.options.seed)
         rng_states = self._restore_or_start()
@@ -496,7 +497,8 @@ class _Trainer:
             if done % t.log_interval == 0 or done == t.iters:
                 self.log_window(done, lr)
             metrics = None
-            if self.val_dataset is not None and len(self.val_dataset) and (done % t.val_interval == 0 or done == t.iters):
+            if (self.val_dataset is not None and len(self.val_dataset)
+                    and (done % t.val_interval == 0 or done == t.iters)):
                 metrics = self.validate(done)
             improved = self._update_best(metrics, done)
             if done % t.checkpoint_interval == 0 or done == t.iters or improved:

@@ -7,9 +7,10 @@ per output channel, their input activations uint8 with ranges calibrated (min/ma
 that knet's own test pipeline feeds the model for a folder of images. Everything else (the kernel
 updates' layer norms, softmaxes, the final resize) stays float32. The file keeps the float model's
 metadata (knet's config) and adds ``knet.quantization``, so ``OnnxRunner``, ``knet.load`` and
-``knet predict`` / ``knet test`` with it as ``--checkpoint`` run it like the float file. Which convolutions are int8 is the
-export target's choice (:mod:`knet.export.targets`, stored as ``knet.target``), never the
-exporting machine's: the Winograd convolutions of the float file stay float32.
+``knet predict`` / ``knet test`` with it as ``--checkpoint`` run it like the float file. Which
+convolutions are int8 is the export target's choice (:mod:`knet.export.targets`, stored as
+``knet.target``), never the exporting machine's: the Winograd convolutions of the float file stay
+float32.
 
 The accuracy against float32 is measured on the calibration images right after quantizing: the
 outputs' mean and max |int8 - fp32| relative to max |fp32|, and for semantic models the share of
@@ -34,7 +35,7 @@ from ..errors import KnetError
 from ..inference.onnx_runner import (CONFIG_KEY, INPUT_NAME, INSTALL_HINT, TARGET_KEY, VERSION_KEY, WINOGRAD_KEY,
                                      OnnxRunner)
 from ..utils.atomic import atomic_path
-from .targets import DEFAULT_TARGET, get_target, matching_target
+from .targets import DEFAULT_TARGET, get_target
 
 PathLike = Union[str, "os.PathLike[str]"]
 logger = logging.getLogger(__name__)

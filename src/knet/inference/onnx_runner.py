@@ -6,8 +6,9 @@
 :class:`OnnxRunner` has the model-runner interface of :class:`knet.inference.pipeline.TorchRunner`
 (``config``, ``device``, ``__call__(x, mode, crop_size, stride)``), so the exported file runs
 through the same pipelines: ``knet predict``, ``knet test`` and ``knet benchmark`` with an
-``.onnx`` ``--checkpoint``, ``knet.load("FILE.onnx")`` and ``knet.Segmenter``. It takes and gives numpy arrays (``takes_numpy``: the
-semantic test pipeline then runs in numpy) or torch tensors (float32, on the CPU).
+``.onnx`` ``--checkpoint``, ``knet.load("FILE.onnx")`` and ``knet.Segmenter``. It takes and gives
+numpy arrays (``takes_numpy``: the semantic test pipeline then runs in numpy) or torch tensors
+(float32, on the CPU).
 
 This module imports no torch: a semantic model deploys with onnxruntime, numpy, OpenCV and Pillow
 (``knet.Segmenter.from_pretrained("FILE.onnx")``, ``knet predict --checkpoint FILE.onnx``); torch is

@@ -217,7 +217,8 @@ class KNetDetCriterion(nn.Module):
         """Mask BCE, dice and (panoptic) rank losses; mask_logits/mask_targets (B, K, h, w), positive (B, K)."""
         losses = {}
         if positive.any():
-            losses[f"{prefix}mask"] = self.mask_loss_weight * mask_bce_loss(mask_logits[positive], mask_targets[positive])
+            losses[f"{prefix}mask"] = self.mask_loss_weight * mask_bce_loss(mask_logits[positive],
+                                                                            mask_targets[positive])
             losses[f"{prefix}dice"] = self.dice_loss_weight * dice_loss(mask_logits[positive], mask_targets[positive])
             if self.panoptic:
                 rank_targets = build_rank_targets(mask_targets, positive, RANK_IGNORE_INDEX)

@@ -400,7 +400,8 @@ class WinogradConv2d(nn.Conv2d):
         """Whether :meth:`forward` computes ``x`` with Winograd (else with the direct convolution)."""
         weight = self.weight
         return (x.device.type == "cpu" and weight.device.type == "cpu"
-                and x.dtype == weight.dtype == self.winograd_dtype and x.dim() == 4 and x.numel() > 0 and x.shape[1] == self.in_channels
+                and x.dtype == weight.dtype == self.winograd_dtype and x.dim() == 4 and x.numel() > 0
+                and x.shape[1] == self.in_channels
                 and not torch.is_autocast_enabled("cpu") and self.supports(self))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -419,9 +420,10 @@ class WinogradConv2d(nn.Conv2d):
 def use_winograd(model: nn.Module, min_channels: int = 128, freeze: bool = False) -> int:
     """Replace, in place, every float32 ``nn.Conv2d`` that :class:`WinogradConv2d` supports and
     whose input and output widths are at least ``min_channels`` (narrower ones are faster
-    direct), sharing its parameters; returns how many (:func:`remove_winograd` undoes it). ``freeze``: also store the transformed
-    filters of every Winograd convolution in the model (:meth:`WinogradConv2d.freeze`), for an
-    inference copy (``knet.models.fuse``); training on the CPU leaves it off."""
+    direct), sharing its parameters; returns how many (:func:`remove_winograd` undoes it).
+    ``freeze``: also store the transformed filters of every Winograd convolution in the model
+    (:meth:`WinogradConv2d.freeze`), for an inference copy (``knet.models.fuse``); training on
+    the CPU leaves it off."""
     replacements: Dict[int, WinogradConv2d] = {}  # a convolution shared by several parents stays shared
     for module in list(model.modules()):
         for name, child in list(module.named_children()):

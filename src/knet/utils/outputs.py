@@ -62,7 +62,8 @@ def refuse_overwriting_inputs(outputs: Iterable[Tuple[str, PathLike]], inputs: I
                             "choose another output")
 
 
-def refuse_input_folders(outputs: Iterable[Tuple[str, Optional[PathLike]]], folders: Iterable[Optional[PathLike]]) -> None:
+def refuse_input_folders(outputs: Iterable[Tuple[str, Optional[PathLike]]],
+                         folders: Iterable[Optional[PathLike]]) -> None:
     """Raise a one-line :class:`~knet.errors.KnetError` when an output folder, whose files are named
     after the inputs (``<image name>.png``), is one of the folders that hold the inputs."""
     resolved = {Path(folder).resolve(): Path(folder) for folder in folders if folder is not None}

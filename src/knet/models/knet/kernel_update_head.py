@@ -129,7 +129,8 @@ class KernelUpdateHead(nn.Module):
         if self.num_classes is not None:
             nn.init.constant_(self.fc_cls.bias, -math.log((1 - prior_prob) / prior_prob))
 
-    def forward(self, feats: torch.Tensor, kernels: torch.Tensor, masks: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, feats: torch.Tensor, kernels: torch.Tensor,
+                masks: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         batch, num_kernels = kernels.shape[:2]
         k = self.conv_kernel_size
         feats = self.feat_transform(feats)
