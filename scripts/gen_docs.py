@@ -112,13 +112,30 @@ def _serve_memory(record: Dict[str, Any]) -> List[str]:
     return lines
 
 
-TABLES = {"side_by_side": _side_by_side, "serve_memory": _serve_memory}
+def _video_throughput(record: Dict[str, Any]) -> List[str]:
+    s = record["settings"]
+    lines = [f"`knet predict` on a {s['size'][0]}x{s['size'][1]} clip of {s['frames']} frames (random weights), "
+             f"medians over {s['rounds']} alternating rounds: the video path (decoding and encoding in background "
+             "threads, overlays drawn) against the same segmenter streaming the decoded frames, and "
+             "`knet benchmark`'s forward alone at the size the frames are resized to.", "",
+             "| model | video (frames/s) | model through the pipeline (frames/s) | overhead "
+             "| forward alone (images/s) |",
+             "|---|---|---|---|---|"]
+    for row in record["rows"]:
+        lines.append(f"| {row['model']} | {row['video_fps']:.2f} | {row['model_fps']:.2f} | "
+                     f"{100 * row['overhead']:+.1f}% | {row['benchmark_images_per_s']:.2f} at "
+                     f"{row['benchmark_size'][0]}x{row['benchmark_size'][1]} |")
+    return lines
+
+
+TABLES = {"side_by_side": _side_by_side, "serve_memory": _serve_memory, "video_throughput": _video_throughput}
 
 
 def benchmarks_page() -> str:
     lines = ["# Benchmarks", "",
              "Each table below is one file of `benchmarks/results/`, written by the script that measured it",
-             "(`benchmarks/side_by_side.py --save`, `benchmarks/serve_memory.py --out`) and shown here by",
+             "(`benchmarks/side_by_side.py --save`, `benchmarks/serve_memory.py --out`,",
+             "`benchmarks/video_throughput.py --save`) and shown here by",
              "`python scripts/gen_docs.py`. Times from different machines or runs do not compare: each",
              "file's ratios come from one run, knet and the reference alternating on the same inputs.", ""]
     for path in sorted(RESULTS.glob("*.json")):

@@ -109,7 +109,8 @@ def add_test_pipeline(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-scale", type=size_pair, default=None, metavar="W,H",
                         help="keep-ratio resize to fit this size (default: the config's, 2048,512 or 2048,640)")
     parser.add_argument("--batch-size", type=int, default=1, metavar="N",
-                        help="images per forward; same result as 1 (images of equal size are batched together)")
+                        help="images per forward (images of equal size are batched together; the result of 1 "
+                             "up to float rounding)")
 
 
 def add_low_memory(parser: argparse.ArgumentParser) -> None:

@@ -193,7 +193,7 @@ def evaluate(model: nn.Module, dataset: Any, *, mode: str = "whole", tta: bool =
             both (width, height)).
         tta: multi-scale (0.5 ... 1.75) + flip instead of the single scale.
         batch_size: images per step; images of equal resized size run as one batch, which
-            gives exactly the batch-of-one result.
+            gives the batch-of-one result up to float rounding (labels can differ at near-ties).
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``, a torch.device, or None to
             leave the model where it is.
         workers: DataLoader worker processes reading the files (0: in this process).

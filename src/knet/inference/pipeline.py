@@ -15,7 +15,8 @@ back, and the 12 views averaged -> class probabilities (C, H, W).
 
 Batching never pads a model input: K-Net's kernel update assembles group features by summing over
 every pixel, so padding would change the result. Images whose resized sizes are equal are stacked
-into one batch instead, which gives exactly the batch-of-one result.
+into one batch instead, which gives the batch-of-one result up to float rounding (a batch's
+convolutions may sum in another order, so labels can differ at near-ties).
 
 A runner that ``takes_numpy`` (the ONNX Runtime one) runs the same steps on numpy arrays: step 4
 is OpenCV's bilinear resize (the same half-pixel sampling as torch's, align_corners=False), and

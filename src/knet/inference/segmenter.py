@@ -91,8 +91,8 @@ class Segmenter:
             for ``slide``.
         tta: multi-scale + flip (the results table's "ms+flip" protocol).
         test_scale: (width, height) the images are resized to fit; default the model's.
-        batch_size: images per forward; images of equal size share a forward, which gives
-            exactly the batch-of-one result.
+        batch_size: images per forward; images of equal size share a forward, which gives the
+            batch-of-one result up to float rounding (labels can differ at near-ties).
         score_thr: instance models: the lowest score an instance needs to be shown and written
             (mmdetection's display default, 0.3).
         overrides: config overrides when building ``model`` from a name.
