@@ -332,6 +332,15 @@ def onnx_runners(model, preset: str, work: Path, size: int, threads: int) -> Dic
             "onnx int8": OnnxRunner(int8, device="cpu", threads=threads)}
 
 
+def _version(distribution: str) -> Optional[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return None
+
+
 def write_results(path: Path, infer_rows: List[Dict], train_rows: List[Dict], args: argparse.Namespace,
                   size: int, with_reference: bool) -> None:
     """The run as JSON: the machine (CPU model and flags, versions, commit), the settings, and every
@@ -353,6 +362,7 @@ def write_results(path: Path, infer_rows: List[Dict], train_rows: List[Dict], ar
                     "cpu_flags": sorted(f for f in flags if f.startswith(("avx512", "amx", "avx_vnni"))),
                     "int8_dot_product": cpu_has_int8_dot_product(), "threads": args.threads,
                     "python": platform.python_version(), "torch": torch.__version__, "knet": knet.__version__,
+                    "onnxruntime": _version("onnxruntime"),
                     "commit": git("rev-parse", "--short", "HEAD"),
                     "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no"))},
         "settings": {"size": size, "rounds": args.rounds, "repeats": args.repeats, "train_steps": args.train_steps,

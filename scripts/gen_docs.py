@@ -65,6 +65,8 @@ def _machine(record: Dict[str, Any]) -> str:
     if "threads" in m:
         parts.append(f"{m['threads']} threads")
     parts += [f"Python {m['python']}", f"torch {m['torch']}", f"knet {m['knet']}"]
+    if m.get("onnxruntime"):
+        parts.append(f"ONNX Runtime {m['onnxruntime']}")
     return "Machine: " + "; ".join(parts) + "."
 
 
