@@ -104,9 +104,23 @@ def test_full_demo_reaches_the_expected_miou(tmp_path):
     assert main(["demo", "--out-dir", str(out), "--quiet"]) == 0
     metrics = _check_outputs(out, num_shown=6)
     assert metrics["mIoU"] >= EXPECTED_MIOU
-    if os.environ.get("KNET_UPDATE_SCREENSHOT") == "1":  # the documentation's picture of the demo
-        shutil.copyfile(out / "gallery.png",
-                        Path(__file__).resolve().parents[2] / "docs" / "images" / "demo_gallery.png")
+    # The trained model on the held-out scenes played as a video, as the docs show it.
+    scenes = out / "data" / "images" / "val"
+    assert main(["predict", "--checkpoint", str(out / "model"), str(scenes), "--as-video", "--fps", "4",
+                 "--out-dir", str(tmp_path / "video"), "--quiet"]) == 0
+    video = cv2.VideoCapture(str(tmp_path / "video" / "val_overlay.mp4"))
+    frames = []
+    while True:
+        ok, frame = video.read()
+        if not ok:
+            break
+        frames.append(frame)
+    video.release()
+    assert len(frames) == len(list(scenes.glob("*.png")))
+    if os.environ.get("KNET_UPDATE_SCREENSHOT") == "1":  # the documentation's pictures of the demo
+        images = Path(__file__).resolve().parents[2] / "docs" / "images"
+        shutil.copyfile(out / "gallery.png", images / "demo_gallery.png")
+        cv2.imwrite(str(images / "video_frame.png"), frames[0])
 
 
 # ---- panoptic and instance ------------------------------------------------------------------
