@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import platform
 import queue
 import re
 import subprocess
@@ -28,35 +27,17 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import List
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+from machine import machine_info  # benchmarks/machine.py, beside this script
+
 SETTINGS = {
     "default": "",
     "reuse": "from knet.utils.memory import reuse_freed_memory; reuse_freed_memory(); ",
 }
 LAUNCH = "import sys; {prelude}from knet.cli import main; sys.exit(main(sys.argv[1:]))"
-
-
-def machine() -> Dict[str, str]:
-    import torch
-
-    import knet
-
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("flags")), [])
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
-    return {"cpu": cpu, "cpu_flags": " ".join(f for f in flags if f.startswith(("avx512", "amx", "avx_vnni"))),
-            "python": platform.python_version(), "torch": torch.__version__, "knet": knet.__version__,
-            "commit": commit, "uncommitted_changes": bool(subprocess.run(
-                ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                text=True).stdout.strip()),
-            "glibc": "-".join(platform.libc_ver())}
 
 
 def requests(count: int, seed: int = 0) -> List[bytes]:
@@ -125,6 +106,8 @@ def main() -> int:
     parser.add_argument("--settings", nargs="+", choices=tuple(SETTINGS), default=list(SETTINGS))
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = parser.parse_args()
+    if args.requests < 20:
+        parser.error(f"--requests must be at least 20 (memory is read every 20), got {args.requests}")
     pictures = requests(args.requests)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -136,7 +119,7 @@ def main() -> int:
             print(f"{setting:8s} idle {series[0]:.0f} MB, after 20 {series[1]:.0f} MB, after {args.requests} "
                   f"{series[-1]:.0f} MB (+{series[-1] - series[1]:.0f} MB)", flush=True)
     record = {"benchmark": "serve_memory", "model": "knet-r50-fcn-tiny", "requests": args.requests,
-              "sizes_px": [64, 700], "machine": machine(), "results": results}
+              "sizes_px": [64, 700], "machine": machine_info(), "results": results}
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(record, indent=1) + "\n")

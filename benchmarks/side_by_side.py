@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -46,20 +45,12 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from machine import cpu_model, machine_info  # benchmarks/machine.py, beside this script
+
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO.parent / "shared" / "reference"
 PRESETS = {"fcn": "knet-r50-fcn", "pspnet": "knet-r50-pspnet", "deeplabv3": "knet-r50-deeplabv3",
            "upernet": "knet-r50-upernet", "swin-t": "knet-swin-t-upernet"}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 _LAUNCHER_CODE = """
@@ -332,39 +323,15 @@ def onnx_runners(model, preset: str, work: Path, size: int, threads: int) -> Dic
             "onnx int8": OnnxRunner(int8, device="cpu", threads=threads)}
 
 
-def _version(distribution: str) -> Optional[str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(distribution)
-    except PackageNotFoundError:
-        return None
-
-
 def write_results(path: Path, infer_rows: List[Dict], train_rows: List[Dict], args: argparse.Namespace,
                   size: int, with_reference: bool) -> None:
     """The run as JSON: the machine (CPU model and flags, versions, commit), the settings, and every
     row with its per-round times (the spread) and medians."""
-    import torch
-
-    import knet
     from knet.utils.device import cpu_has_int8_dot_product
-
-    flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("flags")), []) if Path("/proc/cpuinfo").exists() else []
-
-    def git(*a: str) -> str:
-        return subprocess.run(["git", "-C", str(REPO), *a], capture_output=True, text=True).stdout.strip()
 
     record = {
         "benchmark": "side_by_side",
-        "machine": {"cpu": cpu_model(),
-                    "cpu_flags": sorted(f for f in flags if f.startswith(("avx512", "amx", "avx_vnni"))),
-                    "int8_dot_product": cpu_has_int8_dot_product(), "threads": args.threads,
-                    "python": platform.python_version(), "torch": torch.__version__, "knet": knet.__version__,
-                    "onnxruntime": _version("onnxruntime"),
-                    "commit": git("rev-parse", "--short", "HEAD"),
-                    "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no"))},
+        "machine": {**machine_info(args.threads), "int8_dot_product": cpu_has_int8_dot_product()},
         "settings": {"size": size, "rounds": args.rounds, "repeats": args.repeats, "train_steps": args.train_steps,
                      "inputs": args.inputs, "reference": with_reference},
         "inference": infer_rows, "training": train_rows,

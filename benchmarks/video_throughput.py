@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +30,8 @@ from typing import Dict, List
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+from machine import machine_info  # benchmarks/machine.py, beside this script
+
 SIZE = (640, 360)
 
 
@@ -53,21 +52,6 @@ def write_clip(path: Path, frames: int, fps: float = 25.0) -> List[np.ndarray]:
         out.append(frame)
     writer.release()
     return out
-
-
-def machine(threads: int) -> Dict[str, object]:
-    import torch
-
-    import knet
-
-    info = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
-    cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), platform.processor())
-    flags = next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), [])
-    git = lambda *a: subprocess.run(["git", "-C", str(REPO), *a], capture_output=True, text=True).stdout.strip()  # noqa: E731
-    return {"cpu": cpu, "cpu_flags": sorted(f for f in flags if f.startswith(("avx512", "amx", "avx_vnni"))),
-            "threads": threads, "python": platform.python_version(), "torch": torch.__version__,
-            "knet": knet.__version__, "commit": git("rev-parse", "--short", "HEAD"),
-            "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no"))}
 
 
 def measure(preset: str, frames: int, rounds: int, work: Path) -> Dict[str, object]:
@@ -131,7 +115,7 @@ def main() -> int:
                   f"(overhead {100 * row['overhead']:+.1f}%), knet benchmark {row['benchmark_images_per_s']:.2f} "
                   f"images/s at {row['benchmark_size'][0]}x{row['benchmark_size'][1]}", flush=True)
     if args.save:
-        record = {"benchmark": "video_throughput", "machine": machine(args.threads),
+        record = {"benchmark": "video_throughput", "machine": machine_info(args.threads),
                   "settings": {"frames": args.frames, "rounds": args.rounds, "size": list(SIZE)}, "rows": rows}
         args.save.parent.mkdir(parents=True, exist_ok=True)
         args.save.write_text(json.dumps(record, indent=1) + "\n")

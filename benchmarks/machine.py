@@ -1,0 +1,57 @@
+"""What every results file of ``benchmarks/`` records about the machine and the code that ran."""
+from __future__ import annotations
+
+import platform
+import subprocess
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+REPO = Path(__file__).resolve().parents[1]
+# The CPU features that change which kernels run: AVX-512, 8-bit dot products (VNNI), AMX.
+FLAG_PREFIXES = ("avx512", "amx", "avx_vnni")
+
+
+def _cpuinfo() -> List[str]:
+    try:
+        return Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return []
+
+
+def cpu_model() -> str:
+    name = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")), "")
+    return name or platform.processor() or "unknown CPU"
+
+
+def cpu_flags() -> List[str]:
+    flags = next((line.split(":", 1)[1].split() for line in _cpuinfo() if line.startswith("flags")), [])
+    return sorted(flag for flag in flags if flag.startswith(FLAG_PREFIXES))
+
+
+def _version(distribution: str) -> Optional[str]:
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return None
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True).stdout.strip()
+
+
+def machine_info(threads: Optional[int] = None) -> Dict[str, Any]:
+    """The CPU (model, the flags that matter), the threads, the versions and the commit (with
+    whether the working tree had uncommitted changes)."""
+    import torch
+
+    import knet
+
+    info: Dict[str, Any] = {"cpu": cpu_model(), "cpu_flags": cpu_flags()}
+    if threads is not None:
+        info["threads"] = threads
+    info.update({"python": platform.python_version(), "torch": torch.__version__, "knet": knet.__version__,
+                 "onnxruntime": _version("onnxruntime"), "glibc": "-".join(platform.libc_ver()),
+                 "commit": _git("rev-parse", "--short", "HEAD"),
+                 "uncommitted_changes": bool(_git("status", "--porcelain", "--untracked-files=no"))})
+    return info
