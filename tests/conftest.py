@@ -139,3 +139,20 @@ def run_torchrun(args, logs, expect_success=True):
             assert len(found) == 1, list(logs.rglob("*"))
             outputs[rank][stream] = found[0].read_text()
     return done.returncode, outputs
+
+
+def count_winograd_calls(monkeypatch) -> list:
+    """A list that grows by one (the input's dtype) for each forward that runs the Winograd path."""
+    from knet.models.winograd import WinogradConv2d
+
+    calls = []
+    original = WinogradConv2d.runs_winograd
+
+    def counted(self, x):
+        used = original(self, x)
+        if used:
+            calls.append(x.dtype)
+        return used
+
+    monkeypatch.setattr(WinogradConv2d, "runs_winograd", counted)
+    return calls

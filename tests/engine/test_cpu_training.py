@@ -16,7 +16,7 @@ import knet.models.fuse  # noqa: F401  (imported first: validation's inference c
 from knet.engine import training as T
 from knet.models import winograd
 from knet.models.winograd import WinogradConv2d
-from tests.conftest import needs_cuda
+from tests.conftest import count_winograd_calls, needs_cuda
 
 FAST = {
     "data.crop_size": "64,64", "data.train_scale": "64,64", "data.test_scale": "64,64",
@@ -32,17 +32,7 @@ def winograd_calls(monkeypatch):
     """Every convolution of the tiny presets can use Winograd (their widths are under the default
     128); returns a list that grows by one per forward that ran the Winograd path."""
     monkeypatch.setattr(winograd, "use_winograd", functools.partial(winograd.use_winograd, min_channels=1))
-    calls = []
-    original = WinogradConv2d.runs_winograd
-
-    def counted(self, x):
-        used = original(self, x)
-        if used:
-            calls.append(x.dtype)
-        return used
-
-    monkeypatch.setattr(WinogradConv2d, "runs_winograd", counted)
-    return calls
+    return count_winograd_calls(monkeypatch)
 
 
 def _train(toy, work_dir, **options):

@@ -12,7 +12,7 @@ import knet
 from knet.models import winograd
 from knet.models.winograd import WinogradConv2d, remove_winograd, use_winograd
 from knet.tasks import get_task
-from tests.conftest import needs_cuda
+from tests.conftest import count_winograd_calls, needs_cuda
 
 
 def _conv(channels_in, channels_out, dilation=1, bias=True, seed=0):
@@ -201,26 +201,11 @@ def _direct(module, x):
     return F.conv2d(x, module.weight, module.bias, module.stride, module.padding, module.dilation, module.groups)
 
 
-def _count_winograd_calls(monkeypatch):
-    """A list that grows by one for each forward that runs the Winograd path."""
-    calls = []
-    original = WinogradConv2d.runs_winograd
-
-    def counted(self, x):
-        used = original(self, x)
-        if used:
-            calls.append(x.dtype)
-        return used
-
-    monkeypatch.setattr(WinogradConv2d, "runs_winograd", counted)
-    return calls
-
-
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
 def test_other_dtypes_run_the_direct_convolution(dtype, monkeypatch):
     """A Winograd module converted to another dtype (model.double(), .half()) computes exactly what
     the direct convolution computes in that dtype, forward and backward."""
-    calls = _count_winograd_calls(monkeypatch)
+    calls = count_winograd_calls(monkeypatch)
     conv = WinogradConv2d.from_conv(_conv(8, 8, dilation=2)).to(dtype)
     x = torch.randn(2, 8, 9, 11, dtype=dtype, requires_grad=True)
     got = conv(x)
@@ -233,7 +218,7 @@ def test_other_dtypes_run_the_direct_convolution(dtype, monkeypatch):
 
 
 def test_meta_tensors_and_autocast_run_the_direct_convolution(monkeypatch):
-    calls = _count_winograd_calls(monkeypatch)
+    calls = count_winograd_calls(monkeypatch)
     conv = WinogradConv2d.from_conv(_conv(8, 12))
     conv.freeze()
     on_meta = conv.to("meta")
@@ -249,7 +234,7 @@ def test_meta_tensors_and_autocast_run_the_direct_convolution(monkeypatch):
 
 
 def test_unbatched_and_empty_inputs_run_the_direct_convolution(monkeypatch):
-    calls = _count_winograd_calls(monkeypatch)
+    calls = count_winograd_calls(monkeypatch)
     conv = WinogradConv2d.from_conv(_conv(8, 8))
     x = torch.randn(8, 9, 11)
     assert torch.equal(conv(x), _direct(conv, x))
@@ -264,7 +249,7 @@ def test_unbatched_and_empty_inputs_run_the_direct_convolution(monkeypatch):
 
 @needs_cuda
 def test_on_cuda_the_direct_convolution_runs(monkeypatch, no_tf32):
-    calls = _count_winograd_calls(monkeypatch)
+    calls = count_winograd_calls(monkeypatch)
     conv = WinogradConv2d.from_conv(_conv(8, 8)).cuda()
     x = torch.randn(2, 8, 9, 11, device="cuda", requires_grad=True)
     got = conv(x)
