@@ -130,14 +130,30 @@ def _video_throughput(record: Dict[str, Any]) -> List[str]:
     return lines
 
 
-TABLES = {"side_by_side": _side_by_side, "serve_memory": _serve_memory, "video_throughput": _video_throughput}
+def _denormals(record: Dict[str, Any]) -> List[str]:
+    s = record["settings"]
+    lines = [f"knet's predict path at {s['size']}x{s['size']}, batch 1, on weights like a trained model's "
+             "(`benchmarks/realistic.py`), with flush-to-zero on torch's threads during the forward (the "
+             f"default) and without; medians over {s['rounds']} alternating rounds.", "",
+             "| model | weights | flush-to-zero (s) | without (s) | speed-up | outputs differ (x max) |",
+             "|---|---|---|---|---|---|"]
+    for row in record["rows"]:
+        weights = "the reference's initialisation" if row["weights"] == "file" else "knet's initialisation"
+        lines.append(f"| {row['model']} | {weights} | {_spread(row['per_round']['flush'])} | "
+                     f"{_spread(row['per_round']['plain'])} | {row['speedup']:.2f}x | "
+                     f"{row['output_difference_x_max']:.1e} |")
+    return lines
+
+
+TABLES = {"side_by_side": _side_by_side, "serve_memory": _serve_memory, "video_throughput": _video_throughput,
+          "denormals": _denormals}
 
 
 def benchmarks_page() -> str:
     lines = ["# Benchmarks", "",
              "Each table below is one file of `benchmarks/results/`, written by the script that measured it",
              "(`benchmarks/side_by_side.py --save`, `benchmarks/serve_memory.py --out`,",
-             "`benchmarks/video_throughput.py --save`) and shown here by",
+             "`benchmarks/video_throughput.py --save`, `benchmarks/denormals.py --save`) and shown here by",
              "`python scripts/gen_docs.py`. Times from different machines or runs do not compare: each",
              "file's ratios come from one run, knet and the reference alternating on the same inputs.", ""]
     for path in sorted(RESULTS.glob("*.json")):

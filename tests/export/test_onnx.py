@@ -117,6 +117,12 @@ def test_onnx_runtime_matches_torch_at_two_sizes_and_batch_two(exported, one_thr
         _parity(model, runner, shape, seed)
 
 
+def test_onnx_runtime_sessions_treat_denormals_as_zero(exported):
+    _, path = exported("knet-r50-fcn-tiny")
+    options = OnnxRunner(path, threads=1).session.get_session_options()
+    assert options.get_session_config_entry("session.set_denormal_as_zero") == "1"
+
+
 def test_the_file_carries_the_config_and_dynamic_sizes(exported):
     model, path = exported("knet-r50-fcn-tiny")
     printed = exported.printed

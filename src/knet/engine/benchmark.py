@@ -333,6 +333,7 @@ def benchmark_train(model: Any, size: Any = None, batch_size: int = TRAIN_DEFAUL
     from ..models.segmentor import build_model
     from ..tasks import get_task
     from ..utils.device import resolve_device
+    from ..utils.float_modes import flush_denormals
     from .optim import backward_step, build_optimizer
     from .training import _LossForward, finish_cpu_training, prepare_cpu_training
 
@@ -354,9 +355,10 @@ def benchmark_train(model: Any, size: Any = None, batch_size: int = TRAIN_DEFAUL
     batch = synthetic_train_batch(config, task, batch_size, height, width)
 
     def step() -> None:
-        images, targets = task.batch_inputs(batch, config, dev)
-        losses = net(images, targets)
-        backward_step(sum(losses.values()), optimizer, params, config.train.clip_grad_norm)
+        with flush_denormals(dev.type == "cpu"):  # as the trainer's steps
+            images, targets = task.batch_inputs(batch, config, dev)
+            losses = net(images, targets)
+            backward_step(sum(losses.values()), optimizer, params, config.train.clip_grad_norm)
 
     try:
         step_ms, total = _timed(step, dev, warmup, iters)

@@ -54,6 +54,7 @@ from ..config import ModelConfig, low_memory_config
 from ..errors import CheckpointError, DataError, TrainingDivergedError, TrainingError
 from ..tasks import Task, get_task
 from ..utils.atomic import atomic_write_text
+from ..utils.float_modes import flush_denormals
 from .checkpoints import CheckpointManager, load_for_finetuning, read_training_checkpoint
 from .distributed import (all_gather_objects, all_reduce_sum, check_amp, decide_on_main, dist_info_from_env,
                           init_distributed, leave_process_group, parameter_digest, process_device)
@@ -95,7 +96,9 @@ class TrainOptions:
     :func:`knet.config.low_memory_config` of the config (recomputed backbone stages and head maps).
     ``cpu_winograd``: on the CPU, the wide 3x3 convolutions train as Winograd F(4x4, 3x3)
     (:func:`prepare_cpu_training`); the model given back (``TrainResult.model``) holds plain
-    convolutions either way.
+    convolutions either way. ``flush_denormals``: on the CPU, each step treats denormal floats as
+    zero on torch's threads (:func:`knet.utils.float_modes.flush_denormals`, restored after the
+    step).
     """
 
     work_dir: PathLike
@@ -115,6 +118,7 @@ class TrainOptions:
     quiet: bool = False
     low_memory: bool = False
     cpu_winograd: bool = True
+    flush_denormals: bool = True
 
 
 @dataclass
@@ -489,7 +493,8 @@ class _Trainer:
         for it in range(self.state.iteration, t.iters):
             batch = next(data)
             data_time = time.perf_counter() - tic
-            values, lr = self.step(it, batch, autocast)
+            with flush_denormals(self.options.flush_denormals and self.device.type == "cpu"):
+                values, lr = self.step(it, batch, autocast)
             done = it + 1
             self.state.iteration = done
             self.state.consumed_per_rank += t.batch_size

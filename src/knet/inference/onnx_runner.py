@@ -116,6 +116,8 @@ class OnnxRunner:
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # errors only: no warnings about unused initialisers
+        # Denormal floats as zero, as knet's torch path: products of them are up to a hundred times slower.
+        options.add_session_config_entry("session.set_denormal_as_zero", "1")
         providers = _providers(ort, device)
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=providers)

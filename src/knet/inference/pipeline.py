@@ -62,20 +62,25 @@ class TorchRunner:
     (:func:`knet.models.fuse.inference_copy`: eval mode, BatchNorms folded into their
     convolutions, no gradients; on the CPU with Winograd 3x3 convolutions), so the
     caller's model is never changed, and neither is the process (for glibc's allocator setting,
-    which the CLI verbs opt into, see :mod:`knet.utils.memory`). ``compile=True`` runs
+    which the CLI verbs opt into, see :mod:`knet.utils.memory`). On the CPU each call flushes
+    denormal floats to zero on torch's threads and restores their mode afterwards
+    (:func:`knet.utils.float_modes.flush_denormals`; ``flush_denormals=False`` turns it off): a
+    trained model's softmaxes produce denormals, and matrix products slow down on them by up to a
+    hundred times. ``compile=True`` runs
     the copy's ``inference`` through ``torch.compile`` (Inductor, with frozen weights): the first
     call of each input shape compiles (tens of seconds for a full-size model), later ones reuse it.
     """
 
     takes_numpy = False
 
-    def __init__(self, model: Any, compile: bool = False) -> None:
+    def __init__(self, model: Any, compile: bool = False, flush_denormals: bool = True) -> None:
         import torch
 
         from ..models.fuse import inference_copy
 
         self.config: KNetConfig = model.config
         self.model = inference_copy(model)
+        self.flush_denormals = bool(flush_denormals)
         self.compiled = bool(compile)
         self._inference = self.model.inference
         if self.compiled:
@@ -91,14 +96,17 @@ class TorchRunner:
                  stride: Optional[Tuple[int, int]] = None) -> Any:
         import torch
 
-        with torch.inference_mode():
+        from ..utils.float_modes import flush_denormals
+
+        on_cpu = self.device.type == "cpu"
+        with torch.inference_mode(), flush_denormals(self.flush_denormals and on_cpu):
             out = self._inference(x, mode=mode, crop_size=crop_size, stride=stride)
         return tuple(t.float() for t in out) if isinstance(out, tuple) else out.float()
 
 
-def as_runner(model: Any, compile: bool = False) -> Any:
+def as_runner(model: Any, compile: bool = False, flush_denormals: bool = True) -> Any:
     """A torch model wrapped as a :class:`TorchRunner`; a runner is returned as it is."""
-    return TorchRunner(model, compile=compile) if is_torch_module(model) else model
+    return TorchRunner(model, compile=compile, flush_denormals=flush_denormals) if is_torch_module(model) else model
 
 
 class TestPipeline:

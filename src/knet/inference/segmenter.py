@@ -99,6 +99,9 @@ class Segmenter:
         compile: run a torch model through ``torch.compile`` (Inductor, frozen weights): each new
             input size compiles once (tens of seconds for a full-size model), later calls of that
             size are faster; for long runs.
+        flush_denormals: on the CPU, treat denormal floats as zero during each forward (restored
+            afterwards): a trained model's softmaxes produce them, and matrix products slow down on
+            them by up to a hundred times.
 
     A torch model runs as an inference copy made here (BatchNorms folded into the convolutions):
     the model you pass is not changed, and changing it later does not change this segmenter.
@@ -115,7 +118,8 @@ class Segmenter:
                  device: Optional[str] = None, mode: str = "whole", tta: bool = False,
                  test_scale: Optional[Tuple[int, int]] = None, crop_size: Optional[Tuple[int, int]] = None,
                  stride: Optional[Tuple[int, int]] = None, batch_size: int = 1, score_thr: float = 0.3,
-                 overrides: Optional[Dict[str, Any]] = None, compile: bool = False) -> None:
+                 overrides: Optional[Dict[str, Any]] = None, compile: bool = False,
+                 flush_denormals: bool = True) -> None:
         if not 0.0 <= float(score_thr) <= 1.0:
             raise KnetError(f"score threshold must be between 0 and 1, got {score_thr}")
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -139,7 +143,8 @@ class Segmenter:
             from ..checkpoint import with_class_meta
 
             self.config = with_class_meta(self.model.config)
-            runner = as_runner(self.model, compile=compile)  # an inference copy: self.model stays as it is
+            # an inference copy: self.model stays as it is
+            runner = as_runner(self.model, compile=compile, flush_denormals=flush_denormals)
         self.batch_size = batch_size
         self.score_thr = float(score_thr)
         self.task = get_task(self.config.task)
