@@ -31,6 +31,7 @@ import numpy as np
 from ..config import ModelConfig, config_from_dict
 from ..errors import KnetError
 from ..tasks import get_task
+from ..utils.float_modes import calling_thread_float_environment
 from ..utils.windows import sliding_windows
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -120,7 +121,8 @@ class OnnxRunner:
         options.add_session_config_entry("session.set_denormal_as_zero", "1")
         providers = _providers(ort, device)
         try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=providers)
+            with calling_thread_float_environment():  # the session sets flush-to-zero on this thread too
+                self.session = ort.InferenceSession(str(self.path), options, providers=providers)
         except Exception as err:  # ONNX Runtime raises its own exception types for unreadable files
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise KnetError(f"{self.path}: ONNX Runtime cannot load it ({first})") from None

@@ -16,7 +16,7 @@ import threading
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator, List, Optional
 
-__all__ = ["denormals_flushed", "flush_denormals"]
+__all__ = ["calling_thread_float_environment", "denormals_flushed", "flush_denormals"]
 
 _SMALLEST_DENORMAL_PROBE = 1e-39
 _local = threading.local()  # the depth of nested blocks on this thread
@@ -117,3 +117,23 @@ def _threads_flushing(threads: int) -> List[bool]:
 
     _on_every_thread(probe, threads)
     return states
+
+
+@contextmanager
+def calling_thread_float_environment() -> Iterator[None]:
+    """Give the calling thread its floating-point environment (rounding, exception masks and, on
+    x86, flush-to-zero) back after the block, with C's ``fegetenv``/``fesetenv``; no torch needed.
+    For libraries that change it as a side effect (ONNX Runtime's ``set_denormal_as_zero``)."""
+    try:
+        libc = ctypes.CDLL(None)
+        fegetenv, fesetenv = libc.fegetenv, libc.fesetenv
+    except (OSError, AttributeError):
+        yield
+        return
+    environment = ctypes.create_string_buffer(256)  # larger than any platform's fenv_t
+    saved = fegetenv(environment) == 0
+    try:
+        yield
+    finally:
+        if saved:
+            fesetenv(environment)
