@@ -12,14 +12,13 @@ inference copy's forward at ``--size`` (batch 1), alternating in rounds between
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from machine import machine_info  # benchmarks/machine.py, beside this script
+from machine import machine_info, save_results  # benchmarks/machine.py, beside this script
 from realistic import make_realistic
 
 
@@ -77,9 +76,7 @@ def main() -> int:
     if args.save:
         record = {"benchmark": "denormals", "machine": machine_info(args.threads),
                   "settings": {"size": args.size, "rounds": args.rounds, "repeats": args.repeats}, "rows": rows}
-        args.save.parent.mkdir(parents=True, exist_ok=True)
-        args.save.write_text(json.dumps(record, indent=1) + "\n")
-        print(f"wrote {args.save}")
+        save_results(args.save, record)
     return 0
 
 

@@ -1,6 +1,8 @@
-"""What every results file of ``benchmarks/`` records about the machine and the code that ran."""
+"""What every results file of ``benchmarks/`` records about the machine and the code that ran, and
+the one writer of those files."""
 from __future__ import annotations
 
+import json
 import platform
 import subprocess
 from importlib.metadata import PackageNotFoundError, version
@@ -55,3 +57,11 @@ def machine_info(threads: Optional[int] = None) -> Dict[str, Any]:
                  "commit": _git("rev-parse", "--short", "HEAD"),
                  "uncommitted_changes": bool(_git("status", "--porcelain", "--untracked-files=no"))})
     return info
+
+
+def save_results(path: Path, record: Dict[str, Any]) -> None:
+    """Write a benchmark's ``record`` (its ``benchmark`` name, ``machine_info()``, settings and
+    rows) as JSON to ``path``, creating its folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1, default=float) + "\n")
+    print(f"wrote {path}")

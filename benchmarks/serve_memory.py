@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import queue
 import re
 import subprocess
@@ -31,7 +30,7 @@ from typing import List
 
 import numpy as np
 
-from machine import machine_info  # benchmarks/machine.py, beside this script
+from machine import machine_info, save_results  # benchmarks/machine.py, beside this script
 
 SETTINGS = {
     "default": "",
@@ -121,9 +120,7 @@ def main() -> int:
     record = {"benchmark": "serve_memory", "model": "knet-r50-fcn-tiny", "requests": args.requests,
               "sizes_px": [64, 700], "machine": machine_info(), "results": results}
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(record, indent=1) + "\n")
-        print(f"wrote {args.out}")
+        save_results(args.out, record)
     return 0
 
 

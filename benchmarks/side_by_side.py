@@ -45,7 +45,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from machine import cpu_model, machine_info  # benchmarks/machine.py, beside this script
+from machine import cpu_model, machine_info, save_results  # benchmarks/machine.py, beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO.parent / "shared" / "reference"
@@ -336,9 +336,7 @@ def write_results(path: Path, infer_rows: List[Dict], train_rows: List[Dict], ar
                      "inputs": args.inputs, "reference": with_reference},
         "inference": infer_rows, "training": train_rows,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=1, default=float) + "\n")
-    print(f"wrote {path}")
+    save_results(path, record)
 
 
 def print_tables(infer_rows: List[Dict], train_rows: List[Dict], args: argparse.Namespace, size: int,

@@ -20,7 +20,6 @@ Writes JSON (machine, versions, every round's time) to ``--save``.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -30,7 +29,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from machine import machine_info  # benchmarks/machine.py, beside this script
+from machine import machine_info, save_results  # benchmarks/machine.py, beside this script
 
 SIZE = (640, 360)
 
@@ -117,9 +116,7 @@ def main() -> int:
     if args.save:
         record = {"benchmark": "video_throughput", "machine": machine_info(args.threads),
                   "settings": {"frames": args.frames, "rounds": args.rounds, "size": list(SIZE)}, "rows": rows}
-        args.save.parent.mkdir(parents=True, exist_ok=True)
-        args.save.write_text(json.dumps(record, indent=1) + "\n")
-        print(f"wrote {args.save}")
+        save_results(args.save, record)
     return 0
 
 
