@@ -69,6 +69,9 @@ def test_every_thread_has_its_own_mode_back():
     assert not any(_threads_flushing(threads))
     with flush_denormals(enabled=False):
         assert not any(_threads_flushing(threads))
+        with flush_denormals():  # a disabled block does not keep an inner one from applying
+            assert all(_threads_flushing(threads))
+        assert not any(_threads_flushing(threads))
     torch.set_flush_denormal(True)  # a caller's own choice stays
     try:
         with flush_denormals():

@@ -21,6 +21,8 @@ __all__ = ["calling_thread_float_environment", "denormals_flushed", "flush_denor
 _SMALLEST_DENORMAL_PROBE = 1e-39
 _local = threading.local()  # the depth of nested blocks on this thread
 _gomp: Any = None
+_supported: Optional[bool] = None  # whether this CPU has the mode (probed once)
+_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 
 
 def _openmp() -> Any:
@@ -37,6 +39,7 @@ def _openmp() -> Any:
             try:
                 library = ctypes.CDLL(paths[0])
                 library.GOMP_parallel.restype = None
+                library.GOMP_parallel.argtypes = [_CALLBACK, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
                 _gomp = library
             except (OSError, AttributeError):
                 _gomp = False
@@ -50,9 +53,6 @@ def denormals_flushed() -> bool:
     return float((torch.tensor([_SMALLEST_DENORMAL_PROBE]) * 1.0).item()) == 0.0
 
 
-_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
-
-
 def _on_every_thread(function: Any, threads: int) -> None:
     """Run ``function()`` once on each thread of a team of ``threads`` OpenMP threads (the calling
     thread included), or on the calling thread alone without GNU OpenMP."""
@@ -60,9 +60,7 @@ def _on_every_thread(function: Any, threads: int) -> None:
     if gomp is None or threads <= 1:
         function()
         return
-    callback = _CALLBACK(lambda _: function())
-    gomp.GOMP_parallel.argtypes = [_CALLBACK, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
-    gomp.GOMP_parallel(callback, None, threads, 0)
+    gomp.GOMP_parallel(_CALLBACK(lambda _: function()), None, threads, 0)
 
 
 @contextmanager
@@ -72,8 +70,14 @@ def flush_denormals(enabled: bool = True) -> Iterator[None]:
     ``enabled`` is False or the CPU has no such mode."""
     import torch
 
+    global _supported
+    if _supported is None:
+        _supported = torch.set_flush_denormal(denormals_flushed())  # probes support, changes nothing
     depth = getattr(_local, "depth", 0)
-    if not enabled or depth > 0:
+    if not enabled or not _supported:
+        yield
+        return
+    if depth > 0:  # inside an applied block: the threads flush already
         _local.depth = depth + 1
         try:
             yield
@@ -93,10 +97,6 @@ def flush_denormals(enabled: bool = True) -> Iterator[None]:
     def restore() -> None:
         torch.set_flush_denormal(before.get(threading.get_ident(), False))
 
-    supported: Optional[bool] = torch.set_flush_denormal(denormals_flushed())  # probes support, changes nothing
-    if not supported:
-        yield
-        return
     _local.depth = 1
     _on_every_thread(flush, threads)
     try:
