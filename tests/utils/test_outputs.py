@@ -41,3 +41,15 @@ def test_an_output_folder_named_after_the_inputs_may_not_be_an_input_folder(tmp_
     with pytest.raises(KnetError, match="^--show-dir .*again: the files written there would replace the inputs"):
         refuse_input_folders([("--show-dir", tmp_path / "again")], [photos])
     refuse_input_folders([("--show-dir", tmp_path / "vis"), ("--show-dir", None)], [photos])
+
+
+def test_inputs_named_like_a_verbs_files_in_its_folder(tmp_path, photos):
+    from knet.utils.outputs import inputs_named_like
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "iter_3.pth").write_bytes(b"weights")
+    (tmp_path / "start.pth").symlink_to(run / "iter_3.pth")
+    found = inputs_named_like("--work-dir", run, ["iter_*.pth"], [tmp_path / "start.pth", photos / "a.png", None])
+    assert found == [("--work-dir", run.resolve() / "iter_3.pth")]
+    assert inputs_named_like("--work-dir", run, ["best_*.pth"], [run / "iter_3.pth"]) == []

@@ -47,7 +47,7 @@ from ..data.video import VIDEO_SUFFIXES, camera_index, is_url, source_name
 from ..errors import DataError, KnetError
 from ..inference.files import PredictItem, message, predict
 from ..inference.video import DEFAULT_FPS, H264_NOTE, OVERLAY_SUFFIX, VideoItem, VideoSummary
-from ..utils.outputs import refuse_overwriting_inputs
+from ..utils.outputs import inputs_named_like, refuse_overwriting_inputs
 from . import options
 _MAGIC = set("*?[")
 # What a result may write per image, after its output name (see :mod:`knet.inference.results`).
@@ -262,10 +262,9 @@ def _planned_outputs(items: Sequence[Item], out_dir: Path, inputs: Sequence[Path
         planned.extend(("--out-dir", base.with_name(base.name + suffix)) for suffix in suffixes)
         if save_frames and isinstance(item, VideoItem):
             # A live source has no frame count: the inputs that a frame's file would be named are checked instead.
-            pattern = re.compile(re.escape(base.name) + r"_\d{6}(\.png|\.json|\.npy)")
-            folder = base.parent.resolve()
-            planned.extend(("--out-dir", base.parent / path.name) for path in inputs
-                           if pattern.fullmatch(path.name) and path.resolve().parent == folder)
+            frame = glob.escape(base.name) + "_" + "[0-9]" * 6
+            planned += inputs_named_like("--out-dir", base.parent, [frame + s for s in (".png", ".json", ".npy")],
+                                         inputs)
     return planned
 
 

@@ -114,13 +114,9 @@ _WORK_DIR_FILES = ("config.json", "log.jsonl", "last_checkpoint", "iter_*.pth", 
 def _refuse_overwriting(args: argparse.Namespace) -> None:
     """Before any work: the run may not write over the weights it starts from (``--resume``
     continues its own run and is the one exception)."""
-    from fnmatch import fnmatch
+    from ..utils.outputs import inputs_named_like, refuse_overwriting_inputs
 
-    from ..utils.outputs import input_files, refuse_overwriting_inputs
-
-    inputs = input_files([args.load_from, args.backbone_weights])
+    inputs = [args.load_from, args.backbone_weights]
     outputs = [("--work-dir", Path(args.work_dir) / name) for name in _WORK_DIR_FILES[:3]]
-    work_dir = Path(args.work_dir).resolve()
-    outputs += [("--work-dir", work_dir / f.resolve().name) for f in inputs if f.resolve().parent == work_dir
-                and any(fnmatch(f.resolve().name, pattern) for pattern in _WORK_DIR_FILES[3:])]
+    outputs += inputs_named_like("--work-dir", args.work_dir, _WORK_DIR_FILES[3:], inputs)
     refuse_overwriting_inputs(outputs, inputs)

@@ -8,14 +8,15 @@ given as an input stands for the files directly inside it (a native directory's
 from __future__ import annotations
 
 import os
+from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Iterable, List, Optional, Tuple, Union
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 from ..errors import KnetError
 
 PathLike = Union[str, os.PathLike]
 
-__all__ = ["input_files", "refuse_input_folders", "refuse_overwriting_inputs"]
+__all__ = ["input_files", "inputs_named_like", "refuse_input_folders", "refuse_overwriting_inputs"]
 
 
 def input_files(paths: Iterable[Optional[PathLike]]) -> List[Path]:
@@ -38,6 +39,20 @@ def _same_file(a: Path, b: Path) -> bool:
         return os.path.samefile(a, b)
     except OSError:
         return False
+
+
+def inputs_named_like(option: str, folder: PathLike, patterns: Sequence[str],
+                      inputs: Iterable[Optional[PathLike]]) -> List[Tuple[str, Path]]:
+    """``(option, path)`` outputs for :func:`refuse_overwriting_inputs` where a verb writes files
+    whose names are only known as ``patterns`` (globs, e.g. ``iter_*.pth``): each input file that
+    lies in ``folder`` (symlinks followed) under a name a pattern matches."""
+    folder = Path(folder).resolve()
+    named = []
+    for path in input_files(inputs):
+        target = path.resolve()
+        if target.parent == folder and any(fnmatchcase(target.name, pattern) for pattern in patterns):
+            named.append((option, folder / target.name))
+    return named
 
 
 def refuse_overwriting_inputs(outputs: Iterable[Tuple[str, PathLike]], inputs: Iterable[Optional[PathLike]]) -> None:
