@@ -59,9 +59,7 @@ def _spread(values: List[float]) -> str:
 
 def _machine(record: Dict[str, Any]) -> str:
     m = record["machine"]
-    flags = m.get("cpu_flags") or []
-    flags = sorted(flags if isinstance(flags, list) else flags.split())
-    parts = [m["cpu"], f"flags: {', '.join(flags) or 'no AVX-512 / VNNI / AMX'}"]
+    parts = [m["cpu"], f"flags: {', '.join(m['cpu_flags']) or 'no AVX-512 / VNNI / AMX'}"]
     if "threads" in m:
         parts.append(f"{m['threads']} threads")
     parts += [f"Python {m['python']}", f"torch {m['torch']}", f"knet {m['knet']}"]
