@@ -1,10 +1,10 @@
 """The reference's (mmsegmentation 1.2.2) logits on seeded inputs, on its threads and on one thread.
 
-    REFERENCE_PYTHON benchmarks/reference_logits.py SHORT SIZE INPUTS OUT.npz [--compile]
+    REFERENCE_PYTHON benchmarks/reference_logits.py SHORT SIZE INPUTS OUT.npz [--compile] [--weights W.pth]
 
 Run by ``side_by_side.py`` with the reference's venv. Input ``i`` is ``torch.manual_seed(i)``
 then ``torch.randn(1, 3, SIZE, SIZE)``; input 0 is the one ``ref_bench.py infer`` times. The model
-is ``ref_bench.build``'s (the weights ``ref_bench.py export`` writes). ``OUT.npz`` holds ``x``
+is ``reference_bench.build``'s: the reference's initialisation, or ``--weights`` loaded. ``OUT.npz`` holds ``x``
 (INPUTS, 3, SIZE, SIZE), ``logits`` (INPUTS, C, SIZE, SIZE) on torch's default thread count
 (``OMP_NUM_THREADS`` or every core), and ``logits_one_thread`` on one thread: the same network
 and input, summed in another order. How far these two lie apart is how closely float32 pins this
@@ -13,14 +13,11 @@ With ``--compile`` also ``logits_compiled``: the reference's own forward through
 (Inductor, frozen weights, as knet's ``--compile``) on the default threads.
 """
 import argparse
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared" / "reference"))
-import ref_bench  # noqa: E402  (the reference's builder, from ../shared/reference)
+from reference_bench import build  # beside this file: ref_bench.build with given weights
 
 
 def main() -> None:
@@ -30,8 +27,9 @@ def main() -> None:
     parser.add_argument("inputs", type=int)
     parser.add_argument("out")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--weights", default=None)
     args = parser.parse_args()
-    model = ref_bench.build(args.short).eval()
+    model = build(args.short, args.weights).eval()
     metas = [dict(img_shape=(args.size, args.size), ori_shape=(args.size, args.size))]
     threads = torch.get_num_threads()
     compiled = (torch.compile(lambda x: model.encode_decode(x, metas), options={"freezing": True})

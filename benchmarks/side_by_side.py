@@ -6,9 +6,12 @@
     python benchmarks/side_by_side.py --no-train --save benchmarks/results/side_by_side_inference.json
 
 For each model the reference (``../shared/reference``, in the venv its ``setup.sh`` makes, default
-``../.refenv``) writes its randomly initialised weights and knet loads them, so both run the same
-network. Then, alternating in rounds on ``torch.manual_seed(0)`` random inputs of the same size and
-on the same threads:
+``../.refenv``) writes its initialisation made like a trained network's (``--weights realistic``, the
+default: ``realistic.make_realistic``'s BatchNorm/LayerNorm statistics and affines, nonzero biases,
+Swin's position biases; ``--weights init``: the bare initialisation, on which no denormal floats
+arise) and both sides load that file (``reference_bench.py``), so both run the same network.
+Then, alternating in rounds on ``torch.manual_seed(0)`` random inputs of the same size and on the
+same threads:
 
 - inference, batch 1: the reference's eval forward (``ref_bench.py infer``, its own process) and
   knet's default path (the test pipeline's runner: an inference copy with BatchNorms folded);
@@ -46,6 +49,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from machine import cpu_model, machine_info, save_results  # benchmarks/machine.py, beside this script
+from realistic import make_realistic
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO.parent / "shared" / "reference"
@@ -84,10 +88,13 @@ class Launcher:
 LAUNCHER: Optional[Launcher] = None  # started first thing in main()
 
 
-def run_reference(python: Path, *args: str, save: Optional[Path] = None) -> Dict[str, float]:
-    """``ref_bench.py ARGS`` in the reference's venv: its ``best_s``, ``median_s``, ``peak_rss_mib``."""
+def run_reference(python: Path, *args: str, weights: Optional[Path] = None,
+                  save: Optional[Path] = None) -> Dict[str, float]:
+    """``ref_bench.py ARGS`` in the reference's venv on ``weights`` (``reference_bench.py``): its
+    ``best_s``, ``median_s``, ``peak_rss_mib``."""
     env = dict(os.environ, **({"REF_BENCH_SAVE": str(save)} if save else {}))
-    done = LAUNCHER.run([str(python), str(REFERENCE / "ref_bench.py"), *args], env=env)
+    done = LAUNCHER.run([str(python), str(REPO / "benchmarks" / "reference_bench.py"),
+                         *(["--weights", str(weights)] if weights else []), *args], env=env)
     if done.returncode != 0:
         sys.exit(f"reference {' '.join(args)} failed:\n{done.stderr[-2000:]}")
     values = {}
@@ -123,21 +130,22 @@ def timed(call, repeats: int) -> float:
     return statistics.median(times)
 
 
-def reference_losses(python: Path, short: str, batch: Path) -> Dict[str, float]:
+def reference_losses(python: Path, short: str, batch: Path, weights: Path) -> Dict[str, float]:
     """The reference's losses on a saved training batch, every dropout off
     (``reference_losses.py``, in the reference's venv)."""
-    done = LAUNCHER.run([str(python), str(REPO / "benchmarks" / "reference_losses.py"), short, str(batch)])
+    done = LAUNCHER.run([str(python), str(REPO / "benchmarks" / "reference_losses.py"), short, str(batch),
+                         str(weights)])
     if done.returncode != 0:
         sys.exit(f"reference losses failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def reference_logits(python: Path, short: str, size: int, inputs: int, threads: int, out: Path,
+def reference_logits(python: Path, short: str, size: int, inputs: int, threads: int, out: Path, weights: Path,
                      compile: bool = False) -> Dict[str, np.ndarray]:
     """The reference's logits on ``inputs`` seeded inputs, on ``threads`` threads and on one, and
     with ``compile`` through ``torch.compile`` (``reference_logits.py``, in the reference's venv)."""
     done = LAUNCHER.run([str(python), str(REPO / "benchmarks" / "reference_logits.py"), short, str(size), str(inputs),
-                         str(out)] + (["--compile"] if compile else []),
+                         str(out), "--weights", str(weights)] + (["--compile"] if compile else []),
                         env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
     if done.returncode != 0:
         sys.exit(f"reference logits failed:\n{done.stderr[-2000:]}")
@@ -180,6 +188,8 @@ def main() -> None:
     parser.add_argument("--low-memory", action="store_true", help="add a training column for knet's --low-memory")
     parser.add_argument("--compile", action="store_true", help="add knet's torch.compile column")
     parser.add_argument("--onnx", action="store_true", help="add ONNX Runtime fp32 and int8 columns (exports)")
+    parser.add_argument("--weights", choices=("realistic", "init"), default="realistic",
+                        help="the reference's initialisation made like a trained network's (default) or as it is")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="timed forwards per round and implementation")
     parser.add_argument("--train-steps", type=int, default=2, help="timed training steps per round")
@@ -223,13 +233,16 @@ def main() -> None:
         preset = PRESETS[short] + ("-tiny" if args.tiny else "")
         weights: Optional[Path] = None
         if reference_python is not None:
-            weights = work / f"{short}.ref.pth"
+            weights = work / f"{short}.{args.weights}.pth"
             if not weights.exists():
-                run_reference(reference_python, "export", short, str(weights))
+                run_reference(reference_python, "export", short, str(weights),
+                              *(["--realistic"] if args.weights == "realistic" else []))
             model = load_model(weights, preset).eval()
         else:
             torch.manual_seed(0)
             model = build_model(preset).eval()
+            if args.weights == "realistic":
+                make_realistic(model)
         if args.inference:
             x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
             runners = {"knet": TorchRunner(model)}
@@ -244,14 +257,14 @@ def main() -> None:
             for round_index in range(args.rounds):
                 if reference_python is not None:
                     times["reference"].append(run_reference(reference_python, "infer", short, str(size),
-                                                            str(args.repeats))["median_s"])
+                                                            str(args.repeats), weights=weights)["median_s"])
                 for name, runner in runners.items():
                     times[name].append(timed(lambda: runner(x), args.repeats))
             row = {"model": preset, **{name: statistics.median(v) for name, v in times.items()}}
             row["per_round"] = {name: list(v) for name, v in times.items()}
             if reference_python is not None:
                 ref = reference_logits(reference_python, short, size, args.inputs, args.threads,
-                                       work / f"{short}.logits.npz", compile=args.compile)
+                                       work / f"{short}.logits.npz", weights, compile=args.compile)
                 row["diffs"] = {name: logit_differences([runner(torch.from_numpy(image[None])).numpy()
                                                          for image in ref["x"]], ref["logits"])
                                 for name, runner in runners.items() if name in ("knet", "compiled", "onnx fp32")}
@@ -271,7 +284,7 @@ def main() -> None:
             for round_index in range(args.rounds):
                 if reference_python is not None:
                     ref = run_reference(reference_python, "train", short, "2", str(size), str(args.train_steps),
-                                        save=saved_train if round_index == 0 else None)
+                                        weights=weights, save=saved_train if round_index == 0 else None)
                     steps["reference"].append(ref["median_s"])
                     memory["reference"] = max(memory.get("reference", 0.0), ref["peak_rss_mib"])
                 for kind in kinds:
@@ -284,7 +297,7 @@ def main() -> None:
             if reference_python is not None:
                 ref = np.load(saved_train)
                 mine = knet_losses(model, {"x": ref["x"], "labels": ref["labels"]})
-                theirs = reference_losses(reference_python, short, saved_train)
+                theirs = reference_losses(reference_python, short, saved_train, weights)
                 row["loss_diff"] = abs(mine["loss"] - theirs["loss"]) / abs(theirs["loss"])
             train_rows.append(row)
             print(f"training {preset}: " + ", ".join(f"{k} {v:.3f} s" for k, v in row.items()
@@ -332,7 +345,8 @@ def write_results(path: Path, infer_rows: List[Dict], train_rows: List[Dict], ar
     record = {
         "benchmark": "side_by_side",
         "machine": {**machine_info(args.threads), "int8_dot_product": cpu_has_int8_dot_product()},
-        "settings": {"size": size, "rounds": args.rounds, "repeats": args.repeats, "train_steps": args.train_steps,
+        "settings": {"size": size, "weights": args.weights, "rounds": args.rounds, "repeats": args.repeats,
+                     "train_steps": args.train_steps,
                      "inputs": args.inputs, "reference": with_reference},
         "inference": infer_rows, "training": train_rows,
     }
@@ -345,7 +359,7 @@ def print_tables(infer_rows: List[Dict], train_rows: List[Dict], args: argparse.
 
     dot = "with" if cpu_has_int8_dot_product() else "without"
     print(f"\nCPU: {cpu_model()} ({dot} 8-bit dot products, VNNI/AMX), {args.threads} threads, fp32, "
-          f"{size}x{size}; medians over {args.rounds} alternating rounds"
+          f"{size}x{size}, {args.weights} weights; medians over {args.rounds} alternating rounds"
           + ("" if with_reference else "; reference not run"))
     if infer_rows:
         columns = [k for k in infer_rows[0] if k not in ("model", "diffs", "per_round")]

@@ -69,17 +69,25 @@ class TorchRunner:
     hundred times. ``compile=True`` runs
     the copy's ``inference`` through ``torch.compile`` (Inductor, with frozen weights): the first
     call of each input shape compiles (tens of seconds for a full-size model), later ones reuse it.
+    ``precision`` (:mod:`knet.utils.precision`): ``"bf16"`` / ``"fp16"`` run the convolutions and
+    matrix products under autocast in that format (the copy's weights stored in it, channels-last);
+    refused where the device has no native support. Outputs are float32 in every precision.
     """
 
     takes_numpy = False
 
-    def __init__(self, model: Any, compile: bool = False, flush_denormals: bool = True) -> None:
+    def __init__(self, model: Any, compile: bool = False, flush_denormals: bool = True,
+                 precision: str = "fp32") -> None:
         import torch
 
         from ..models.fuse import inference_copy
+        from ..utils.device import module_device
+        from ..utils.precision import check_precision
 
         self.config: KNetConfig = model.config
-        self.model = inference_copy(model)
+        self.precision = (precision or "fp32").lower()
+        self.compute_dtype = check_precision(self.precision, module_device(model))
+        self.model = inference_copy(model, compute_dtype=self.compute_dtype)
         self.flush_denormals = bool(flush_denormals)
         self.compiled = bool(compile)
         self._inference = self.model.inference
@@ -98,15 +106,22 @@ class TorchRunner:
 
         from ..utils.float_modes import flush_denormals
 
-        on_cpu = self.device.type == "cpu"
-        with torch.inference_mode(), flush_denormals(self.flush_denormals and on_cpu):
+        device = self.device
+        on_cpu = device.type == "cpu"
+        autocast = (torch.autocast(device.type, dtype=self.compute_dtype) if self.compute_dtype is not None
+                    else nullcontext())
+        if self.compute_dtype is not None:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), flush_denormals(self.flush_denormals and on_cpu), autocast:
             out = self._inference(x, mode=mode, crop_size=crop_size, stride=stride)
         return tuple(t.float() for t in out) if isinstance(out, tuple) else out.float()
 
 
-def as_runner(model: Any, compile: bool = False, flush_denormals: bool = True) -> Any:
+def as_runner(model: Any, compile: bool = False, flush_denormals: bool = True, precision: str = "fp32") -> Any:
     """A torch model wrapped as a :class:`TorchRunner`; a runner is returned as it is."""
-    return TorchRunner(model, compile=compile, flush_denormals=flush_denormals) if is_torch_module(model) else model
+    if not is_torch_module(model):
+        return model
+    return TorchRunner(model, compile=compile, flush_denormals=flush_denormals, precision=precision)
 
 
 class TestPipeline:

@@ -102,6 +102,9 @@ class Segmenter:
         flush_denormals: on the CPU, treat denormal floats as zero during each forward (restored
             afterwards): a trained model's softmaxes produce them, and matrix products slow down on
             them by up to a hundred times.
+        precision: ``"fp32"`` (default), ``"bf16"`` (CPUs with AMX or AVX512-BF16, recent GPUs)
+            or ``"fp16"`` (GPUs): the format of the convolutions and matrix products
+            (:mod:`knet.utils.precision`); refused, with the reason, where the device lacks it.
 
     A torch model runs as an inference copy made here (BatchNorms folded into the convolutions):
     the model you pass is not changed, and changing it later does not change this segmenter.
@@ -119,7 +122,7 @@ class Segmenter:
                  test_scale: Optional[Tuple[int, int]] = None, crop_size: Optional[Tuple[int, int]] = None,
                  stride: Optional[Tuple[int, int]] = None, batch_size: int = 1, score_thr: float = 0.3,
                  overrides: Optional[Dict[str, Any]] = None, compile: bool = False,
-                 flush_denormals: bool = True) -> None:
+                 flush_denormals: bool = True, precision: str = "fp32") -> None:
         if not 0.0 <= float(score_thr) <= 1.0:
             raise KnetError(f"score threshold must be between 0 and 1, got {score_thr}")
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -135,6 +138,9 @@ class Segmenter:
                 raise KnetError("a model runner holds its own weights: leave checkpoint out")
             if compile:
                 raise KnetError("compile applies to torch models, not to a model runner")
+            if (precision or "fp32").lower() != "fp32":
+                raise KnetError(f"precision {precision} applies to torch models, not to a model runner "
+                                "(an .onnx file keeps the precision it was exported in)")
             self.model = model
             self.config: KNetConfig = model.config
             runner = model
@@ -144,7 +150,7 @@ class Segmenter:
 
             self.config = with_class_meta(self.model.config)
             # an inference copy: self.model stays as it is
-            runner = as_runner(self.model, compile=compile, flush_denormals=flush_denormals)
+            runner = as_runner(self.model, compile=compile, flush_denormals=flush_denormals, precision=precision)
         self.batch_size = batch_size
         self.score_thr = float(score_thr)
         self.task = get_task(self.config.task)

@@ -69,17 +69,34 @@ def module_device(module: torch.nn.Module) -> torch.device:
 INT8_DOT_PRODUCT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp")
 
 
-def cpu_has_int8_dot_product(cpuinfo: Optional[str] = None) -> bool:
-    """Whether this CPU has 8-bit dot-product instructions (:data:`INT8_DOT_PRODUCT_FLAGS` in
-    ``/proc/cpuinfo``, or in ``cpuinfo`` when given); False where that file cannot be read."""
+# /proc/cpuinfo flags of native bfloat16 arithmetic, which oneDNN's bf16 convolutions and matrix
+# products use: AMX (Intel Sapphire Rapids and later) and AVX512-BF16 (also AMD Zen 4 and later).
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_flags(cpuinfo: Optional[str] = None) -> frozenset:
+    """The feature flags of ``/proc/cpuinfo`` (or of ``cpuinfo`` when given); empty where that file
+    cannot be read."""
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text()
         except OSError:
-            return False
+            return frozenset()
     flags = set()
     for line in cpuinfo.splitlines():
         key, _, value = line.partition(":")
         if key.strip() in ("flags", "Features"):
             flags.update(value.split())
-    return any(flag in flags for flag in INT8_DOT_PRODUCT_FLAGS)
+    return frozenset(flags)
+
+
+def cpu_has_int8_dot_product(cpuinfo: Optional[str] = None) -> bool:
+    """Whether this CPU has 8-bit dot-product instructions (:data:`INT8_DOT_PRODUCT_FLAGS` in
+    ``/proc/cpuinfo``, or in ``cpuinfo`` when given); False where that file cannot be read."""
+    return not cpu_flags(cpuinfo).isdisjoint(INT8_DOT_PRODUCT_FLAGS)
+
+
+def cpu_has_native_bf16(cpuinfo: Optional[str] = None) -> bool:
+    """Whether this CPU computes bfloat16 natively (:data:`BF16_FLAGS`); elsewhere torch emulates
+    it, slower than float32."""
+    return not cpu_flags(cpuinfo).isdisjoint(BF16_FLAGS)
