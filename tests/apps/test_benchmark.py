@@ -7,9 +7,10 @@ import json
 import pytest
 
 from knet.cli import main
+from knet.utils.device import cpu_has_native_bf16
 
 JSON_KEYS = {"model", "device", "threads", "batch_size", "size", "mode", "iters", "images_per_s",
-             "latency_ms", "peak_memory_mb", "gmacs"}
+             "latency_ms", "peak_memory_mb", "gmacs", "precision"}
 
 
 def test_benchmark_json_keys_and_values(capsys):
@@ -42,11 +43,23 @@ def test_benchmark_summary_text(capsys):
     (["benchmark", "--device", "cpu"], "--model"),
     (["benchmark", "--model", "no-such-model"], "unknown model"),
     (["benchmark", "--model", "knet-r50-fcn-tiny", "--device", "cpu", "--iters", "0"], "iters"),
+    (["benchmark", "--model", "knet-r50-fcn-tiny", "--device", "cpu", "--precision", "fp16"],
+     "precision fp16 runs on GPUs; on the CPU use bf16"),
 ])
 def test_benchmark_errors_are_one_line(capsys, argv, message):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no AMX or AVX512-BF16")
+@pytest.mark.parametrize("train", [False, True])
+def test_benchmark_in_bf16(capsys, train):
+    argv = ["benchmark", "--model", "knet-r50-fcn-tiny", "--size", "64", "--device", "cpu", "--threads", "1",
+            "--iters", "1", "--warmup", "1", "--precision", "bf16", "--json"]
+    assert main(argv + (["--train"] if train else [])) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["precision"] == "bf16" and data["mode"] == ("train" if train else "whole")
 
 
 def test_an_instance_model_at_a_size_that_is_not_square(capsys):
@@ -58,7 +71,7 @@ def test_an_instance_model_at_a_size_that_is_not_square(capsys):
 
 # ---- knet benchmark --train ---------------------------------------------------------------------
 TRAIN_KEYS = {"model", "device", "threads", "batch_size", "size", "mode", "iters", "images_per_s", "step_ms",
-              "peak_memory_mb"}
+              "peak_memory_mb", "precision"}
 
 
 def test_train_benchmark_json_keys_and_values(capsys):

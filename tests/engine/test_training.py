@@ -16,6 +16,7 @@ from knet.engine import training as T
 from knet.engine.checkpoints import CLASS_DEPENDENT_KEYS
 from knet.engine.distributed import check_amp
 from knet.errors import CheckpointError, KnetError
+from knet.utils.device import cpu_has_native_bf16
 from tests.conftest import SESSION_THREADS, assert_same_first_iteration_on_cuda, needs_cuda
 
 # A small, fast recipe for the loop tests: tiny model, 64 px crops, no warm-up surprises.
@@ -69,10 +70,11 @@ def test_training_checkpoint_contents_and_loading(toy, tmp_path):
 # --------------------------------------------------------------------------------------------
 # Mixed precision, NaN, fine-tuning
 # --------------------------------------------------------------------------------------------
-def test_bf16_on_cpu_is_refused_before_anything_runs(toy, tmp_path, monkeypatch):
-    with pytest.raises(T.TrainingError, match="bf16"):
+def test_bf16_on_a_cpu_without_it_is_refused_before_anything_runs(toy, tmp_path, monkeypatch):
+    monkeypatch.setattr("knet.utils.precision.cpu_has_native_bf16", lambda: False)
+    with pytest.raises(T.TrainingError, match="--amp bf16: this CPU has no native bfloat16 arithmetic"):
         check_amp("bf16", torch.device("cpu"))
-    with pytest.raises(T.TrainingError, match="CUDA"):
+    with pytest.raises(T.TrainingError, match="--amp fp16 runs on GPUs; on the CPU use bf16"):
         check_amp("fp16", torch.device("cpu"))
     assert check_amp(None, torch.device("cpu")) is None
 
@@ -83,6 +85,20 @@ def test_bf16_on_cpu_is_refused_before_anything_runs(toy, tmp_path, monkeypatch)
     with pytest.raises(KnetError, match="bf16"):
         T.train(fast_config(), T.TrainOptions(work_dir=tmp_path, data_root=toy.root, device="cpu", amp="bf16"))
     assert not (tmp_path / "log.jsonl").exists()
+
+
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no AMX or AVX512-BF16")
+def test_bf16_training_on_a_cpu_with_native_bf16(toy, tmp_path):
+    assert check_amp("bf16", torch.device("cpu")) is torch.bfloat16
+    result = T.train(fast_config(**{"train.iters": 2}),
+                     T.TrainOptions(work_dir=tmp_path, workers=0, quiet=True, data_root=toy.root, device="cpu",
+                                    amp="bf16"))
+    assert result.iteration == 2
+    assert {p.dtype for p in result.model.parameters()} == {torch.float32}  # master weights stay fp32
+    assert all(torch.isfinite(p).all() for p in result.model.parameters())
+    losses = [r["loss"] for r in map(json.loads, (tmp_path / "log.jsonl").read_text().splitlines()) if "loss" in r]
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    assert not torch.is_autocast_enabled("cpu")
 
 
 def test_nan_loss_stops_naming_the_iteration(toy, tmp_path):

@@ -563,3 +563,47 @@ def test_a_failed_parity_check_leaves_no_file(tmp_path, monkeypatch):
     with pytest.raises(KnetError, match=r"parity check: logits has shape \(2, 3, 256, 320\) in ONNX Runtime"):
         export_onnx(knet.build_model("knet-r50-fcn-tiny"), out)
     assert list(out.parent.iterdir()) == []
+
+
+def test_fp16_export_for_gpus_runs_in_onnx_runtime(tmp_path, capsys, one_thread):
+    name = "knet-r50-fcn-tiny"
+    checkpoint = golden_path(GOLDEN_WEIGHTS[name])
+    out = tmp_path / "fp16.onnx"
+    # Random weights amplify float16 rounding through the kernel-update stages, hence the tolerance.
+    assert main(["export", "--model", name, "--checkpoint", str(checkpoint), "--out", str(out),
+                 "--precision", "fp16", "--tolerance", "0.2"]) == 0
+    assert "fp16, opset 18, target gpu" in capsys.readouterr().out
+    graph = onnx.load(str(out))
+    metadata = {p.key: p.value for p in graph.metadata_props}
+    assert metadata["knet.precision"] == "fp16" and metadata["knet.target"] == "gpu"
+    sizes = {}
+    for tensor in graph.graph.initializer:
+        sizes[tensor.data_type] = sizes.get(tensor.data_type, 0) + int(np.prod(tensor.dims))
+    assert sizes.get(onnx.TensorProto.FLOAT16, 0) > 0.99 * sum(sizes.values()), sizes
+    runner = OnnxRunner(out, device="cpu")
+    assert runner.precision == "fp16"
+    x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    logits = runner(x)
+    with torch.no_grad():
+        expected = load_model(checkpoint, name).eval().inference(x)
+    assert logits.dtype == torch.float32
+    assert float((logits - expected).abs().max() / expected.abs().max()) < 0.2
+
+
+def test_export_precision_errors_are_one_line(tmp_path, capsys):
+    torch.manual_seed(0)
+    knet.save_pretrained(knet.build_model("knet-r50-fcn-tiny"), tmp_path / "fcn")
+    base = ["export", "--checkpoint", str(tmp_path / "fcn"), "--out", str(tmp_path / "m.onnx")]
+    _one_line_error(capsys, main(base + ["--precision", "bf16"]), "ONNX Runtime has no bfloat16 convolutions")
+    _one_line_error(capsys, main(base + ["--precision", "fp16", "--target", "cpu"]), "fp16 is for GPUs",
+                    "--target gpu")
+    (tmp_path / "photos").mkdir()
+    Image.fromarray(np.zeros((20, 30, 3), dtype=np.uint8)).save(tmp_path / "photos" / "p.png")
+    _one_line_error(capsys, main(base + ["--precision", "fp16", "--quantize", "int8", "--calibration",
+                                         str(tmp_path / "photos")]), "two different files")
+    assert not (tmp_path / "m.onnx").exists()
+    (tmp_path / "model.onnx").write_bytes(b"")
+    for verb in (["predict", "--checkpoint", str(tmp_path / "model.onnx"), str(tmp_path), "--out-dir",
+                  str(tmp_path / "o")],
+                 ["benchmark", "--checkpoint", str(tmp_path / "model.onnx")]):
+        _one_line_error(capsys, main(verb + ["--precision", "bf16"]), "--precision bf16 applies to torch models")

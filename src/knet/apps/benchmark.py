@@ -63,6 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     options.add_device(parser)
     options.add_threads(parser)
     options.add_compile(parser)
+    options.add_precision(parser)
     options.add_quiet(parser)
     parser.add_argument("--iters", type=int, default=None, metavar="N",
                         help=f"timed iterations (default {INFERENCE_DEFAULTS['iters']}; with --train "
@@ -91,8 +92,7 @@ def allocator_setting(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     if args.train and options.checkpoint_is_onnx(args):
         raise KnetError("--train times a PyTorch model's training step, which an .onnx --checkpoint cannot take")
-    if args.compile and options.checkpoint_is_onnx(args):
-        raise KnetError("--compile applies to torch models, not to an .onnx --checkpoint")
+    options.refuse_torch_options_for_onnx(args)
     if args.train and args.mode is not None:
         raise KnetError("--mode chooses the inference forward; --train times training steps on whole crops")
     if args.train and args.compile:
@@ -106,10 +106,10 @@ def run(args: argparse.Namespace) -> int:
     name = args.model or model.config.name
     if args.train:
         result: Any = benchmark_train(model, size=size, device=args.device, threads=args.threads, name=name,
-                                      low_memory=args.low_memory, **counts)
+                                      low_memory=args.low_memory, precision=args.precision, **counts)
     else:
         result = benchmark(model, size=size, device=args.device, threads=args.threads, mode=args.mode or "whole",
-                           name=name, compile=args.compile, **counts)
+                           name=name, compile=args.compile, precision=args.precision, **counts)
     if args.json:
         print(json.dumps(result.to_dict()))
     else:

@@ -16,6 +16,9 @@ calibrated on up to ``--calibration-images`` images of the ``--calibration`` fol
 far it is from the float model on them; its source may also be a float file that ``knet export``
 wrote (an ``.onnx`` ``--checkpoint``).
 
+``--precision fp16`` writes the graph in float16 for GPUs (``--target gpu``; input and outputs stay
+float32); the parity check then runs it in ONNX Runtime on the CPU without graph optimisations.
+
 ``--target`` (:mod:`knet.export.targets`: ``cpu``, the default, ``cpu-vnni`` or ``gpu``) is the
 runtime the file is for and alone decides its layout, so the same command writes the same file on
 every machine; a one-line note says when the target is a CPU unlike this one.
@@ -67,6 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="--quantize: a folder of images like those the model will see (searched recursively)")
     parser.add_argument("--calibration-images", type=int, default=None, metavar="N",
                         help="--quantize: how many of them to use (default 16, spread over the sorted file list)")
+    options.add_precision(parser)  # fp32, or fp16 for --target gpu; bf16 is refused (no ONNX Runtime kernels)
     options.add_threads(parser)
 
 
@@ -83,6 +87,15 @@ def run(args: argparse.Namespace) -> int:
         raise KnetError(f"--opset {args.opset}: the exporter writes opset {MIN_OPSET} or newer")
 
     calibration = _calibration(args)
+    if args.precision == "bf16":
+        raise KnetError("--precision bf16: ONNX Runtime has no bfloat16 convolutions; export fp32 (or --quantize int8) "
+                        "for CPUs, fp16 for GPUs")
+    if args.precision == "fp16" and calibration is not None:
+        raise KnetError("--precision fp16 and --quantize int8 are two different files: pass one of them")
+    if args.precision == "fp16" and args.target not in (None, "gpu"):
+        raise KnetError(f"--precision fp16 is for GPUs: use --target gpu (the {args.target} target runs fp32 or int8)")
+    if args.precision == "fp16":
+        args.target = "gpu"
     _refuse_overwriting(out, args)
     if options.checkpoint_is_onnx(args):  # the float source of --quantize; the target defaults to the file's own
         if calibration is None:
@@ -131,12 +144,12 @@ def _export(model, out: Path, args: argparse.Namespace, temporary: bool = False)
     from ..export.onnx import export_onnx
 
     result = export_onnx(model, out, opset=args.opset, check=args.check, tolerance=args.tolerance,
-                         winograd=args.winograd, target=args.target)
+                         winograd=args.winograd, target=args.target, precision=args.precision)
     for parity in result.parity:
         print(f"parity check, {parity.summary()}")
     # the float file of --quantize is a temporary step: its path means nothing to the user
     what = "exported the float32 model" if temporary else f"wrote {out}"
-    print(f"{what} ({result.size_mb:.1f} MB, opset {result.opset}, target {result.target}, "
+    print(f"{what} ({result.size_mb:.1f} MB, {result.precision}, opset {result.opset}, target {result.target}, "
           f"{result.winograd} Winograd 3x3 convolutions, exported in {result.seconds:.1f} s)")
 
 

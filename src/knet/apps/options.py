@@ -8,12 +8,14 @@ from __future__ import annotations
 import argparse
 from typing import Any, Optional, Tuple
 
+from ..errors import KnetError
 from ..utils.device import DEVICE_HELP
+from ..utils.precision import PRECISION_HELP, PRECISIONS
 
 # The options declared here: every verb that has one has it with the same help, default, metavar
 # and choices (tests/apps/test_options.py walks the parsers).
 SHARED_OPTIONS = ("--model", "--checkpoint", "--set", "--device", "--threads", "--quiet", "--compile",
-                  "--low-memory", "--tta", "--crop-size", "--stride", "--test-scale")
+                  "--precision", "--low-memory", "--tta", "--crop-size", "--stride", "--test-scale")
 # The verbs that run a model, and the options each of them has.
 MODEL_VERBS = ("predict", "test", "benchmark", "serve", "train", "demo")
 RUNTIME_OPTIONS = ("--device", "--threads", "--quiet")
@@ -130,6 +132,21 @@ def add_compile(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true",
                         help="run the torch model through torch.compile: each new input size compiles once "
                              "(tens of seconds), then runs faster; for long runs")
+
+
+def add_precision(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help=PRECISION_HELP)
+
+
+def refuse_torch_options_for_onnx(args: argparse.Namespace) -> None:
+    """``--compile`` and ``--precision`` apply to torch models: refused for an ``.onnx`` ``--checkpoint``."""
+    if not checkpoint_is_onnx(args):
+        return
+    if getattr(args, "compile", False):
+        raise KnetError("--compile applies to torch models, not to an .onnx --checkpoint")
+    if getattr(args, "precision", "fp32") != "fp32":
+        raise KnetError(f"--precision {args.precision} applies to torch models; an .onnx --checkpoint keeps the "
+                        "precision it was exported in (knet export --precision)")
 
 
 def check_positive(name: str, value, minimum: int = 1) -> None:

@@ -318,6 +318,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     options.add_device(parser)
     options.add_threads(parser)
     options.add_compile(parser)
+    options.add_precision(parser)
     options.add_quiet(parser)
     parser.add_argument("--opacity", type=float, default=0.5, metavar="X",
                         help="weight of the class colours in the overlays, 0..1 (default 0.5)")
@@ -351,11 +352,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _build_segmenter(args: argparse.Namespace):
     from ..inference.segmenter import Segmenter
 
-    if args.compile and options.checkpoint_is_onnx(args):
-        raise KnetError("--compile applies to torch models, not to an .onnx --checkpoint")
+    options.refuse_torch_options_for_onnx(args)
     return Segmenter(options.load_weights(args), device=args.device, mode=args.mode, tta=args.tta,
                      test_scale=args.test_scale, crop_size=args.crop_size, stride=args.stride,
-                     batch_size=args.batch_size, score_thr=args.score_thr, compile=args.compile)
+                     batch_size=args.batch_size, score_thr=args.score_thr, compile=args.compile,
+                     precision=args.precision)
 
 
 allocator_setting = options.inference_allocator

@@ -51,6 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     options.add_device(parser)
     options.add_threads(parser)
     options.add_compile(parser)
+    options.add_precision(parser)
     parser.add_argument("--out", default=None, metavar="metrics.json", help="write the metrics as JSON")
     parser.add_argument("--format-only", default=None, metavar="DIR",
                         help="panoptic / instance models: write the predictions into DIR in COCO's results "
@@ -101,9 +102,8 @@ def _evaluate(args: argparse.Namespace, info, device) -> None:
 
     if args.reduce_zero_label and args.dataset not in (None, "folder"):
         raise KnetError("--reduce-zero-label applies to folder datasets (ADE20K always reduces label 0)")
+    options.refuse_torch_options_for_onnx(args)
     if options.checkpoint_is_onnx(args):
-        if args.compile:
-            raise KnetError("--compile applies to torch models, not to an .onnx --checkpoint")
         if info.distributed:
             raise KnetError("an .onnx --checkpoint runs in one process: start knet test without torchrun")
         model = options.load_weights(args)
@@ -126,6 +126,7 @@ def _evaluate(args: argparse.Namespace, info, device) -> None:
         workers=args.workers, crop_size=args.crop_size, stride=args.stride, test_scale=args.test_scale,
         skip_bad=args.skip_bad, show_dir=args.show_dir, opacity=args.opacity,
         progress=not args.quiet, dist_info=info, format_dir=args.format_only, compile=args.compile,
+        precision=args.precision,
     )
     if not info.is_main:
         return

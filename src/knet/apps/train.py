@@ -52,7 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone-weights", metavar="PATH",
                         help="ImageNet weights for the backbone (ResNetV1c, torchvision ResNet or Swin file)")
     parser.add_argument("--amp", choices=("fp16", "bf16"), default=None,
-                        help="mixed precision on CUDA (fp16 with loss scaling, or bf16)")
+                        help="mixed precision: on CUDA fp16 (with loss scaling) or bf16; on the CPU bf16, where it "
+                             "has AMX or AVX512-BF16")
     options.add_device(parser)
     options.add_threads(parser)
     options.add_low_memory(parser)

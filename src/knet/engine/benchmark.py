@@ -45,19 +45,20 @@ class BenchmarkResult:
     latency_ms: Dict[str, float]
     peak_memory_mb: float
     gmacs: Optional[float]  # None for an ONNX Runtime session (not counted)
+    precision: str = "fp32"
 
     def to_dict(self) -> Dict[str, Any]:
         data = asdict(self)
         return {key: data[key] for key in (
             "model", "device", "threads", "batch_size", "size", "mode", "iters", "images_per_s",
-            "latency_ms", "peak_memory_mb", "gmacs")}
+            "latency_ms", "peak_memory_mb", "gmacs", "precision")}
 
     def summary(self) -> str:
         """Human-readable lines, as ``knet benchmark`` prints them without ``--json``."""
         lat = self.latency_ms
         return "\n".join([
             f"model           {self.model} ({self.mode}, {_size_text(self.size)}, batch {self.batch_size})",
-            f"device          {self.device} ({self.threads} thread{'s' if self.threads != 1 else ''})",
+            f"device          {self.device} ({self.threads} thread{'s' * (self.threads != 1)}, {self.precision})",
             f"throughput      {self.images_per_s:.2f} images/s over {self.iters} iterations",
             f"latency (batch) p50 {lat['p50']:.1f} ms   p90 {lat['p90']:.1f} ms   p99 {lat['p99']:.1f} ms",
             f"peak memory     {self.peak_memory_mb:.1f} MB",
@@ -81,19 +82,20 @@ class TrainBenchmarkResult:
     step_ms: Dict[str, float]  # p50, p90, p99 of one training step of the batch
     peak_memory_mb: float
     mode: str = "train"
+    precision: str = "fp32"
 
     def to_dict(self) -> Dict[str, Any]:
         data = asdict(self)
         return {key: data[key] for key in (
             "model", "device", "threads", "batch_size", "size", "mode", "iters", "images_per_s", "step_ms",
-            "peak_memory_mb")}
+            "peak_memory_mb", "precision")}
 
     def summary(self) -> str:
         """Human-readable lines, as ``knet benchmark --train`` prints them without ``--json``."""
         step = self.step_ms
         return "\n".join([
             f"model           {self.model} (training step, {_size_text(self.size)}, batch {self.batch_size})",
-            f"device          {self.device} ({self.threads} thread{'s' if self.threads != 1 else ''})",
+            f"device          {self.device} ({self.threads} thread{'s' * (self.threads != 1)}, {self.precision})",
             f"throughput      {self.images_per_s:.2f} images/s over {self.iters} steps",
             f"step time       p50 {step['p50']:.1f} ms   p90 {step['p90']:.1f} ms   p99 {step['p99']:.1f} ms",
             f"peak memory     {self.peak_memory_mb:.1f} MB",
@@ -223,11 +225,11 @@ def _peak_memory_mb(dev: Any) -> float:
 
 def benchmark(model: Any, size: Any = None, batch_size: int = 1, device: str = "auto",
               threads: Optional[int] = None, iters: int = 20, warmup: int = 3, mode: str = "whole",
-              name: Optional[str] = None, compile: bool = False) -> BenchmarkResult:
+              name: Optional[str] = None, compile: bool = False, precision: str = "fp32") -> BenchmarkResult:
     """Time the predict path's forward on random normalised ``(batch_size, 3, height, width)``
     inputs: the test pipeline's runner (:class:`~knet.inference.pipeline.TorchRunner`, an inference
     copy of the model with its BatchNorms folded; ``compile``: through ``torch.compile``, compiled
-    in the warm-up).
+    in the warm-up; ``precision``: ``fp32``, ``bf16`` or ``fp16``, :mod:`knet.utils.precision`).
 
     Args:
         model: a :class:`knet.KNet` or a panoptic/instance model (anything with
@@ -255,10 +257,11 @@ def benchmark(model: Any, size: Any = None, batch_size: int = 1, device: str = "
     is_torch = isinstance(model, nn.Module)
     if is_torch:
         dev = resolve_device(device)
-        runner = TorchRunner(model.to(dev), compile=compile)  # the predict path: a BN-folded copy
+        runner = TorchRunner(model.to(dev), compile=compile, precision=precision)  # the predict path: a BN-folded copy
     else:
-        if compile:
-            raise KnetError("compile applies to torch models, not to a model runner (an ONNX Runtime session)")
+        if compile or precision != "fp32":
+            raise KnetError("compile and precision apply to torch models, not to a model runner (an ONNX Runtime "
+                            "session)")
         dev = resolve_device(model.device)  # a runner names its device ("cpu")
         runner = model
     x = torch.randn(batch_size, 3, height, width, device=dev)
@@ -283,6 +286,7 @@ def benchmark(model: Any, size: Any = None, batch_size: int = 1, device: str = "
         latency_ms={q: round(_percentile(latencies, float(q[1:])), 3) for q in ("p50", "p90", "p99")},
         peak_memory_mb=round(peak, 1),
         gmacs=round(macs / 1e9, 3) if macs is not None else None,
+        precision=precision,
     )
 
 
@@ -299,7 +303,7 @@ def synthetic_train_batch(config: Any, task: Any, batch_size: int, height: int, 
 def benchmark_train(model: Any, size: Any = None, batch_size: int = TRAIN_DEFAULTS["batch_size"],
                     device: str = "auto", threads: Optional[int] = None, iters: int = TRAIN_DEFAULTS["iters"],
                     warmup: int = TRAIN_DEFAULTS["warmup"], name: Optional[str] = None,
-                    low_memory: bool = False) -> TrainBenchmarkResult:
+                    low_memory: bool = False, precision: str = "fp32") -> TrainBenchmarkResult:
     """Time full training steps of ``model`` on a synthetic batch (:func:`synthetic_train_batch`).
 
     One step is what the trainer's ``step`` does (:mod:`knet.engine.training`) but for the lr
@@ -321,6 +325,8 @@ def benchmark_train(model: Any, size: Any = None, batch_size: int = TRAIN_DEFAUL
         warmup: untimed steps before them (they also create AdamW's state).
         low_memory: as ``knet train --low-memory``: the model of :func:`knet.config.low_memory_config`
             (recomputed backbone stages and head maps) with ``model``'s weights.
+        precision: ``bf16`` / ``fp16``: the forward and losses under autocast, as ``knet train --amp``
+            (bf16 on CPUs with AMX or AVX512-BF16; fp16 with a gradient scaler on CUDA is not timed here).
 
     Returns:
         a :class:`TrainBenchmarkResult`; peak memory as :func:`benchmark`'s (CUDA: the peak
@@ -334,6 +340,7 @@ def benchmark_train(model: Any, size: Any = None, batch_size: int = TRAIN_DEFAUL
     from ..tasks import get_task
     from ..utils.device import resolve_device
     from ..utils.float_modes import flush_denormals
+    from .distributed import check_amp
     from .optim import backward_step, build_optimizer
     from .training import _LossForward, finish_cpu_training, prepare_cpu_training
 
@@ -341,6 +348,10 @@ def benchmark_train(model: Any, size: Any = None, batch_size: int = TRAIN_DEFAUL
         raise KnetError("benchmark_train times a PyTorch model's training step; an ONNX Runtime session cannot train")
     width, height = _check_values(model, size, batch_size, threads, iters, warmup)
     dev = resolve_device(device)
+    amp_dtype = check_amp(precision, dev)
+    if amp_dtype == torch.float16:
+        raise KnetError("benchmark_train times bf16 or fp32 steps; fp16 training needs a gradient scaler: "
+                        "time it with knet train --amp fp16")
     config = model.config
     task = get_task(config.task)
     if low_memory:
@@ -357,7 +368,8 @@ def benchmark_train(model: Any, size: Any = None, batch_size: int = TRAIN_DEFAUL
     def step() -> None:
         with flush_denormals(dev.type == "cpu"):  # as the trainer's steps
             images, targets = task.batch_inputs(batch, config, dev)
-            losses = net(images, targets)
+            with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                losses = net(images, targets)
             backward_step(sum(losses.values()), optimizer, params, config.train.clip_grad_norm)
 
     try:
@@ -374,6 +386,7 @@ def benchmark_train(model: Any, size: Any = None, batch_size: int = TRAIN_DEFAUL
         images_per_s=round(batch_size * iters / total, 3),
         step_ms={q: round(_percentile(step_ms, float(q[1:])), 3) for q in ("p50", "p90", "p99")},
         peak_memory_mb=round(_peak_memory_mb(dev), 1),
+        precision=precision,
     )
 
 

@@ -80,19 +80,22 @@ def process_device(name: str, local_rank: int = 0) -> torch.device:
 
 
 def check_amp(amp: Optional[str], device: torch.device) -> Optional[torch.dtype]:
-    """The autocast dtype for ``--amp`` on ``device``, or None for fp32. Refuses mixed precision
-    off CUDA (bf16 kernels can kill a CPU process with SIGILL), before any bf16 operation runs."""
+    """The autocast dtype for ``--amp`` on ``device``, or None for fp32, before any low-precision
+    operation runs: fp16 and bf16 on CUDA (bf16 where the GPU has it), bf16 on a CPU with native
+    bfloat16 arithmetic (AMX or AVX512-BF16; elsewhere torch would emulate it, slower than fp32)."""
+    from ..utils.precision import check_precision
+
     if amp in (None, "", "none", "fp32"):
         return None
     if amp not in ("fp16", "bf16"):
         raise TrainingError(f"--amp {amp!r}: valid values are fp16 and bf16")
-    if device.type != "cuda":
-        raise TrainingError(
-            f"--amp {amp} needs a CUDA device; this run uses {device.type}, where training runs in "
-            "fp32 (bf16 kernels can crash a CPU process with an illegal instruction). Drop --amp.")
-    if amp == "bf16" and not torch.cuda.is_bf16_supported():
-        raise TrainingError("--amp bf16: this GPU does not support bfloat16; use --amp fp16")
-    return torch.float16 if amp == "fp16" else torch.bfloat16
+    if device.type not in ("cuda", "cpu"):
+        raise TrainingError(f"--amp {amp} needs a CUDA device or, for bf16, a CPU with AMX or AVX512-BF16; "
+                            f"this run uses {device.type}. Drop --amp.")
+    try:
+        return check_precision(amp, device)
+    except KnetError as err:  # worded for the option: "--amp bf16: this CPU has no ..."
+        raise TrainingError(str(err).replace("precision", "--amp", 1)) from None
 
 
 def init_distributed(info: DistInfo, device: torch.device) -> bool:

@@ -101,7 +101,7 @@ def run_evaluation(model: Any, dataset: Any, *, task: Optional[Task] = None, mod
                    show_dir: Optional[Union[str, os.PathLike]] = None, opacity: float = 0.5,
                    progress: bool = False, dist_info: Optional[DistInfo] = None,
                    format_dir: Optional[Union[str, os.PathLike]] = None,
-                   compile: bool = False) -> EvaluationResult:
+                   compile: bool = False, precision: str = "fp32") -> EvaluationResult:
     """Evaluate ``model`` (a torch model or a model runner) on ``dataset``; see :func:`evaluate`.
 
     ``task`` defaults to the model config's. ``dist_info``: this process's place in a torchrun
@@ -109,7 +109,8 @@ def run_evaluation(model: Any, dataset: Any, *, task: Optional[Task] = None, mod
     every rank: each returns the same metrics. ``format_dir``: write the predictions there in the
     dataset's results format (:meth:`knet.tasks.Task.formatter`; labels are not needed) instead of
     scoring them; the metrics are then the formatter's ``{"files", "num_images"}``. ``compile``:
-    run a torch model through ``torch.compile`` (:class:`~knet.inference.pipeline.TorchRunner`).
+    run a torch model through ``torch.compile``, ``precision`` in ``fp32``, ``bf16`` or ``fp16``
+    (:class:`~knet.inference.pipeline.TorchRunner`).
     """
     from ..utils.progress import ProgressBar
 
@@ -117,7 +118,8 @@ def run_evaluation(model: Any, dataset: Any, *, task: Optional[Task] = None, mod
         raise KnetError(f"batch size must be at least 1, got {batch_size}")
     if device is not None and isinstance(model, nn.Module):
         model.to(resolve_device(device))
-    runner = as_runner(model, compile=compile)  # an inference copy of a torch model, where it now is
+    # an inference copy of a torch model, where it now is
+    runner = as_runner(model, compile=compile, precision=precision)
     config = runner.config
     task = task or get_task(config.task)
     info = dist_info or DistInfo()
@@ -180,7 +182,7 @@ def evaluate(model: nn.Module, dataset: Any, *, mode: str = "whole", tta: bool =
              crop_size: Optional[Size] = None, stride: Optional[Size] = None,
              test_scale: Optional[Size] = None, skip_bad: bool = False,
              show_dir: Optional[Union[str, os.PathLike]] = None, progress: bool = False,
-             compile: bool = False) -> Dict[str, Any]:
+             compile: bool = False, precision: str = "fp32") -> Dict[str, Any]:
     """Evaluate a model on a dataset exactly as ``knet test`` does.
 
     Args:
@@ -204,6 +206,8 @@ def evaluate(model: nn.Module, dataset: Any, *, mode: str = "whole", tta: bool =
         progress: draw a progress bar on stderr.
         compile: run the model through ``torch.compile`` (compiles on the first image of each
             size: worth it for long runs).
+        precision: ``fp32``, ``bf16`` (CPUs with AMX or AVX512-BF16, recent GPUs) or ``fp16`` (GPUs)
+            for the convolutions and matrix products (:mod:`knet.utils.precision`).
 
     Returns:
         The task's metrics, percent rounded to 2 decimals, None where undefined; semantic:
@@ -213,7 +217,8 @@ def evaluate(model: nn.Module, dataset: Any, *, mode: str = "whole", tta: bool =
     """
     return run_evaluation(model, dataset, mode=mode, tta=tta, batch_size=batch_size, device=device,
                           workers=workers, crop_size=crop_size, stride=stride, test_scale=test_scale,
-                          skip_bad=skip_bad, show_dir=show_dir, progress=progress, compile=compile).metrics
+                          skip_bad=skip_bad, show_dir=show_dir, progress=progress, compile=compile,
+                          precision=precision).metrics
 
 
 def write_json(path: Union[str, os.PathLike], data: Dict[str, Any]) -> None:

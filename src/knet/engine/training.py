@@ -484,7 +484,8 @@ class _Trainer:
 
     def _loop(self) -> None:
         t = self.cfg.train
-        autocast = torch.autocast("cuda", dtype=self.amp_dtype) if self.amp_dtype is not None else nullcontext()
+        autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
+                    else nullcontext())
         self.window: Dict[str, List[float]] = {}
         self.run_start = time.perf_counter()
         self.first_iter = self.state.iteration

@@ -47,8 +47,8 @@ from torch import nn
 
 from .. import __version__
 from ..errors import KnetError
-from ..inference.onnx_runner import (CONFIG_KEY, INPUT_NAME, INSTALL_HINT, TARGET_KEY, VERSION_KEY, WINOGRAD_KEY,
-                                     OnnxRunner, import_onnxruntime)
+from ..inference.onnx_runner import (CONFIG_KEY, INPUT_NAME, INSTALL_HINT, PRECISION_KEY, TARGET_KEY, VERSION_KEY,
+                                     WINOGRAD_KEY, OnnxRunner, import_onnxruntime)
 from ..models.fuse import fold_batch_norms
 from ..models.winograd import INPUT_TILE, OUTPUT_TILE, WinogradConv2d, transform_matrices
 from ..utils.atomic import atomic_path
@@ -233,6 +233,7 @@ class ExportResult:
     size_mb: float
     winograd: int = 0  # 3x3 convolutions written as Winograd
     target: str = DEFAULT_TARGET  # the export target (knet.export.targets)
+    precision: str = "fp32"
     parity: List[ParityResult] = field(default_factory=list)
 
 
@@ -312,7 +313,7 @@ def check_parity(model: nn.Module, runner: OnnxRunner, shape: Sequence[int], see
 
 def export_onnx(model: nn.Module, path: PathLike, opset: int = MIN_OPSET, check: bool = True,
                 tolerance: float = 1e-2, verbose: bool = False, winograd: Optional[bool] = None,
-                target: str = DEFAULT_TARGET) -> ExportResult:
+                target: str = DEFAULT_TARGET, precision: str = "fp32") -> ExportResult:
     """Export a knet model (``KNet`` or ``KNetMaskSegmentor`` with its ``config``) to ``path``.
 
     Args:
@@ -333,6 +334,9 @@ def export_onnx(model: nn.Module, path: PathLike, opset: int = MIN_OPSET, check:
         target: the runtime the file is for, one of :data:`knet.export.targets.TARGET_NAMES`
             (``cpu``, ``cpu-vnni``, ``gpu``), stored in its metadata as ``knet.target``; the
             exporting machine does not change the file.
+        precision: ``fp32``, or ``fp16`` for GPUs (``target="gpu"``): every float tensor of the
+            graph but its input and outputs in float16 (ONNX Runtime's float16 converter), stored
+            as ``knet.precision``; bf16 is refused (ONNX Runtime has no bfloat16 convolutions).
 
     Returns:
         an :class:`ExportResult` (its ``parity`` empty without ``check``).
@@ -343,6 +347,12 @@ def export_onnx(model: nn.Module, path: PathLike, opset: int = MIN_OPSET, check:
     if opset < MIN_OPSET:
         raise KnetError(f"opset {opset}: the exporter writes opset {MIN_OPSET} or newer")
     layout = get_target(target)
+    if precision not in ("fp32", "fp16"):
+        raise KnetError(f"precision {precision}: ONNX files are exported in fp32 or fp16 (for GPUs); ONNX Runtime "
+                        "has no bfloat16 convolutions (for CPUs: fp32, or --quantize int8)")
+    if precision == "fp16" and layout.name != "gpu":
+        raise KnetError(f"precision fp16 is for GPUs: export it with target gpu (the {layout.name} target runs "
+                        "fp32 or int8)")
     if winograd is None:
         winograd = layout.winograd(quantized=False)
     config = getattr(model, "config", None)
@@ -368,9 +378,12 @@ def export_onnx(model: nn.Module, path: PathLike, opset: int = MIN_OPSET, check:
     program.model.doc_string = f"knet {__version__}: {config.name} ({task.name})"
     path = Path(path)
     result = ExportResult(path=path, opset=opset, exporter="torch.onnx.export(dynamo=True)", seconds=0.0,
-                          size_mb=0.0, winograd=winograd_convolutions, target=layout.name)
+                          size_mb=0.0, winograd=winograd_convolutions, target=layout.name,
+                          precision=precision)
     with atomic_path(path) as tmp:
         program.save(tmp, external_data=False)
+        if precision == "fp16":
+            _to_float16(tmp)
         result.seconds = time.perf_counter() - start
         result.size_mb = tmp.stat().st_size / 2**20
         if check:
@@ -382,6 +395,18 @@ def export_onnx(model: nn.Module, path: PathLike, opset: int = MIN_OPSET, check:
                     raise KnetError(f"parity check failed ({parity.summary()}; tolerance {tolerance:g} x max): "
                                     "no file written")
     return result
+
+
+def _to_float16(path: Path) -> None:
+    """Rewrite the float32 ONNX file ``path`` in float16, its input and outputs kept float32."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the converter warns of values rounded to float16's range
+        model = convert_float_to_float16(onnx.load(str(path)), keep_io_types=True)
+    model.metadata_props.add(key=PRECISION_KEY, value="fp16")
+    onnx.save(model, str(path))
 
 
 __all__ = ["ExportResult", "ParityResult", "SizeGenericAdaptiveAvgPool2d", "TRANSLATIONS", "check_parity",

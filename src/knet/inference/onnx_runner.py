@@ -41,6 +41,7 @@ CONFIG_KEY = "knet.config"  # config.to_json(), task, class names, palette, norm
 VERSION_KEY = "knet.version"  # the knet that wrote it
 WINOGRAD_KEY = "knet.winograd"  # how many 3x3 convolutions the export wrote as Winograd (matrix products)
 TARGET_KEY = "knet.target"  # the runtime the file was laid out for (knet.export.targets); absent in older files
+PRECISION_KEY = "knet.precision"  # fp16 for a file of `knet export --precision fp16`; absent for float32
 INPUT_NAME = "images"
 
 INSTALL_HINT = 'pip install "knet-seg[onnx]"'
@@ -85,6 +86,17 @@ def read_config(metadata: Dict[str, str], source: str) -> ModelConfig:
         raise KnetError(f"{source}: its knet config cannot be read ({err})") from None
 
 
+def _stored_precision(path: Path) -> str:
+    """The ``knet.precision`` of an ONNX file's metadata (``fp32`` when absent or unreadable here)."""
+    try:
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # unreadable: ONNX Runtime's own error says why, right after
+        return "fp32"
+    return next((p.value for p in model.metadata_props if p.key == PRECISION_KEY), "fp32")
+
+
 class OnnxRunner:
     """The model-runner interface over a file written by ``knet export --format onnx``.
 
@@ -120,6 +132,9 @@ class OnnxRunner:
         # Denormal floats as zero, as knet's torch path: products of them are up to a hundred times slower.
         options.add_session_config_entry("session.set_denormal_as_zero", "1")
         providers = _providers(ort, device)
+        if providers == ["CPUExecutionProvider"] and _stored_precision(self.path) == "fp16":
+            # ONNX Runtime's CPU graph optimiser crashes the process on float16 graphs; unoptimised they run.
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         try:
             with calling_thread_float_environment():  # the session sets flush-to-zero on this thread too
                 self.session = ort.InferenceSession(str(self.path), options, providers=providers)
@@ -129,6 +144,7 @@ class OnnxRunner:
         metadata = self.session.get_modelmeta().custom_metadata_map
         self.config: ModelConfig = read_config(metadata, str(self.path))
         self.target: Optional[str] = metadata.get(TARGET_KEY)  # None for a file written before targets
+        self.precision: str = metadata.get(PRECISION_KEY, "fp32")
         self.task = get_task(self.config.task)
         self.output_names: Tuple[str, ...] = self.task.onnx_outputs
         inputs = [i.name for i in self.session.get_inputs()]
@@ -188,5 +204,5 @@ class OnnxRunner:
         return logits / counts
 
 
-__all__ = ["CONFIG_KEY", "VERSION_KEY", "WINOGRAD_KEY", "TARGET_KEY", "INPUT_NAME", "OnnxRunner",
+__all__ = ["CONFIG_KEY", "VERSION_KEY", "WINOGRAD_KEY", "TARGET_KEY", "PRECISION_KEY", "INPUT_NAME", "OnnxRunner",
            "import_onnxruntime", "read_config"]
