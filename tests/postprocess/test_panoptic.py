@@ -70,3 +70,15 @@ def test_merge_rules():
     assert [s.label for s in result.segments] == [5]
     result = merge_panoptic(masks, labels, scores, overlap_thr=0.5)
     assert [(s.id, s.label, s.area) for s in result.segments] == [(1, 5, 8), (2, 100, 8)]
+
+
+def test_weighted_argmax_is_argmax_with_its_ties():
+    from knet.postprocess.panoptic import weighted_argmax
+
+    generator = torch.Generator().manual_seed(0)
+    # Values on a coarse grid, so that many pixels tie between candidates (also across chunks).
+    masks = torch.randint(0, 4, (37, 9, 11), generator=generator).float() / 4
+    scores = torch.randint(1, 3, (37,), generator=generator).float() / 2
+    expected = (scores[:, None, None] * masks).argmax(dim=0)
+    for chunk in (1, 5, 16, 64):
+        assert torch.equal(weighted_argmax(masks, scores, chunk=chunk), expected)

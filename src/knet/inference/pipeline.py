@@ -60,7 +60,8 @@ class TorchRunner:
 
     The runner runs an inference copy of ``model`` made when it is built
     (:func:`knet.models.fuse.inference_copy`: eval mode, BatchNorms folded into their
-    convolutions, no gradients; on the CPU with Winograd 3x3 convolutions), so the
+    convolutions, no gradients; on the CPU with Winograd 3x3 convolutions; channels-last for
+    ResNet backbones, and its inputs made so), so the
     caller's model is never changed, and neither is the process (for glibc's allocator setting,
     which the CLI verbs opt into, see :mod:`knet.utils.memory`). On the CPU each call flushes
     denormal floats to zero on torch's threads and restores their mode afterwards
@@ -80,14 +81,15 @@ class TorchRunner:
                  precision: str = "fp32") -> None:
         import torch
 
-        from ..models.fuse import inference_copy
+        from ..models.fuse import inference_copy, prefers_channels_last
         from ..utils.device import module_device
         from ..utils.precision import check_precision
 
         self.config: KNetConfig = model.config
         self.precision = (precision or "fp32").lower()
         self.compute_dtype = check_precision(self.precision, module_device(model))
-        self.model = inference_copy(model, compute_dtype=self.compute_dtype)
+        self.channels_last = prefers_channels_last(model, self.compute_dtype)
+        self.model = inference_copy(model, compute_dtype=self.compute_dtype, channels_last=self.channels_last)
         self.flush_denormals = bool(flush_denormals)
         self.compiled = bool(compile)
         self._inference = self.model.inference
@@ -110,7 +112,7 @@ class TorchRunner:
         on_cpu = device.type == "cpu"
         autocast = (torch.autocast(device.type, dtype=self.compute_dtype) if self.compute_dtype is not None
                     else nullcontext())
-        if self.compute_dtype is not None:
+        if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), flush_denormals(self.flush_denormals and on_cpu), autocast:
             out = self._inference(x, mode=mode, crop_size=crop_size, stride=stride)

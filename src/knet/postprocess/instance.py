@@ -57,5 +57,8 @@ def instance_inference(cls_logits: torch.Tensor, mask_logits: torch.Tensor, img_
     scores, indices = cls_logits.sigmoid().flatten().topk(min(max_per_img, cls_logits.numel()), sorted=True)
     proposal_indices = indices // num_classes
     labels = indices % num_classes
-    probs = rescale_masks(mask_logits[proposal_indices], img_shape, batch_input_shape, ori_shape)
-    return InstancePrediction(masks=probs > mask_thr, labels=labels, scores=scores, proposal_indices=proposal_indices)
+    # A kernel scoring high in several classes gives several instances of one mask: rescale it once.
+    kernels, instance_kernel = torch.unique(proposal_indices, return_inverse=True)
+    masks = rescale_masks(mask_logits[kernels], img_shape, batch_input_shape, ori_shape) > mask_thr
+    return InstancePrediction(masks=masks[instance_kernel], labels=labels, scores=scores,
+                              proposal_indices=proposal_indices)

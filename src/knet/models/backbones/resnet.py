@@ -79,6 +79,10 @@ def _make_layer(in_channels: int, planes: int, num_blocks: int, stride: int, dil
 class ResNet(nn.Module):
     """Bottleneck ResNet returning the four stage outputs.
 
+    ``prefers_channels_last``: an inference copy of a model with this backbone runs channels-last
+    (:func:`knet.models.fuse.inference_copy`): oneDNN's convolutions, pooling and resizes, and
+    Winograd's tile copies, are faster in that layout.
+
     Input (N,3,H,W) -> [(N,4b,H/4,W/4), (N,8b,H/8,..), (N,16b,H/16,..), (N,32b,H/32,..)] with
     b = ``base_channels`` and the default strides (sizes round up like the convs do); dilated
     stages keep the previous stride.
@@ -100,6 +104,8 @@ class ResNet(nn.Module):
             pass instead of keeping them (:func:`~knet.models.layers.run_block`): less memory for
             more time, the same values, gradients and BatchNorm statistics.
     """
+
+    prefers_channels_last = True
 
     def __init__(self, depth: int = 50, stem_channels: Optional[int] = None, base_channels: int = 64,
                  deep_stem: bool = False, strides: Sequence[int] = (1, 2, 2, 2),

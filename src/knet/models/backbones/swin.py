@@ -304,6 +304,8 @@ class SwinTransformer(nn.Module):
     Each output is LayerNorm'd by ``norm{i}``.
     """
 
+    prefers_channels_last = False  # its tokens are (B, L, C) already; channels-last copies were slower
+
     def __init__(self, embed_dims: int = 96, depths: Sequence[int] = (2, 2, 6, 2),
                  num_heads: Sequence[int] = (3, 6, 12, 24), window_size: int = 7, patch_size: int = 4,
                  mlp_ratio: float = 4, qkv_bias: bool = True, drop_rate: float = 0.0,
