@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -24,6 +25,17 @@ def _cpuinfo() -> List[str]:
 def cpu_model() -> str:
     name = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")), "")
     return name or platform.processor() or "unknown CPU"
+
+
+def cpu_file_name() -> str:
+    """This CPU as a results file's name: its model in lower-case words joined by dashes, with
+    ``-amx`` or ``-avx512`` where it has them (the same model name covers CPUs with and without),
+    e.g. ``intel-xeon-processor-amx``."""
+    words = re.sub(r"\((r|tm)\)|\bcpu\b|@.*$", " ", cpu_model().lower())
+    name = "-".join(re.findall(r"[a-z0-9]+", words)) or "unknown-cpu"
+    flags = cpu_flags()
+    extra = "amx" if any(f.startswith("amx") for f in flags) else "avx512" if flags else ""
+    return f"{name}-{extra}" if extra and not name.endswith(extra) else name
 
 
 def cpu_flags() -> List[str]:

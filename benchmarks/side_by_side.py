@@ -44,17 +44,23 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from machine import cpu_model, machine_info, save_results  # benchmarks/machine.py, beside this script
+from machine import cpu_file_name, cpu_model, machine_info, save_results  # benchmarks/machine.py, beside this
 from realistic import make_realistic
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO.parent / "shared" / "reference"
+RESULTS = REPO / "benchmarks" / "results"
 PRESETS = {"fcn": "knet-r50-fcn", "pspnet": "knet-r50-pspnet", "deeplabv3": "knet-r50-deeplabv3",
-           "upernet": "knet-r50-upernet", "swin-t": "knet-swin-t-upernet"}
+           "upernet": "knet-r50-upernet", "swin-t": "knet-swin-t-upernet",
+           "panoptic": "knet-r50-fpn-panoptic", "instance": "knet-r50-fpn-instance"}
+DET = ("panoptic", "instance")  # against the official code (../shared/reference/det), end to end
+DET_REFERENCE = REFERENCE / "det" / "det_bench.py"
+DET_PHOTO = (640, 480)  # det_bench.py infer's default photo; the 1x recipe's batch shape for training
+DET_TRAIN_SIZE = (1088, 800)
 
 
 _LAUNCHER_CODE = """
@@ -105,7 +111,7 @@ def run_reference(python: Path, *args: str, weights: Optional[Path] = None,
     return values
 
 
-def run_knet_train(preset: str, weights: Optional[Path], batch: int, size: int, steps: int,
+def run_knet_train(preset: str, weights: Optional[Path], batch: int, size, steps: int,
                    threads: int, low_memory: bool = False) -> Dict[str, float]:
     """``knet benchmark --train --json`` in its own process (its peak memory is the step's)."""
     command = [sys.executable, "-m", "knet", "benchmark", "--train", "--json", "--model", preset,
@@ -180,7 +186,8 @@ def knet_losses(model, saved: Dict[str, np.ndarray]) -> Dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", nargs="+", default=["fcn", "upernet", "swin-t"], choices=sorted(PRESETS))
+    parser.add_argument("--models", nargs="+", default=["fcn", "upernet", "swin-t", "panoptic", "instance"],
+                        choices=sorted(PRESETS))
     parser.add_argument("--size", type=int, default=None, help="input side (default 512; --tiny: 64)")
     parser.add_argument("--tiny", action="store_true", help="the -tiny presets (no reference): a quick check")
     parser.add_argument("--no-train", dest="train", action="store_false", help="inference only")
@@ -196,10 +203,15 @@ def main() -> None:
     parser.add_argument("--inputs", type=int, default=4,
                         help="seeded inputs on which knet's logits are compared with the reference's")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--no-bf16", dest="bf16", action="store_false",
+                        help="leave out knet's --precision bf16 column (only run where the CPU has AMX or AVX512-BF16)")
     parser.add_argument("--reference-python", type=Path, default=REPO.parent / ".refenv" / "bin" / "python")
+    parser.add_argument("--det-reference-python", type=Path, default=REPO.parent / ".refdet" / "bin" / "python",
+                        help="the venv of ../shared/reference/det/setup.sh (the official panoptic/instance code)")
     parser.add_argument("--work-dir", type=Path, default=None)
-    parser.add_argument("--save", type=Path, default=None, metavar="JSON",
-                        help="also write the results as JSON (benchmarks/results/<name>.json)")
+    parser.add_argument("--save", type=Path, nargs="?", const=RESULTS / f"{cpu_file_name()}.json", default=None,
+                        metavar="JSON", help="also write the results as JSON (default file: "
+                                             "benchmarks/results/<this CPU>.json)")
     args = parser.parse_args()
     if args.inputs < 1:
         parser.error(f"--inputs must be at least 1, got {args.inputs}")
@@ -212,8 +224,10 @@ def main() -> None:
     from knet import build_model
     from knet.checkpoint import load_model
     from knet.inference.pipeline import TorchRunner
+    from knet.utils.device import cpu_has_native_bf16
     from knet.utils.memory import apply_cli_allocator
 
+    args.bf16 = args.bf16 and cpu_has_native_bf16()
     torch.set_num_threads(args.threads)
     apply_cli_allocator()  # knet's columns time what `knet predict` / `test` run: the CLI's allocator policy
     reference_python: Optional[Path] = args.reference_python
@@ -231,6 +245,15 @@ def main() -> None:
     train_rows: List[Dict] = []
     for short in args.models:
         preset = PRESETS[short] + ("-tiny" if args.tiny else "")
+        if short in DET:
+            python = None if args.tiny or not args.det_reference_python.exists() else args.det_reference_python
+            if python is None and not args.tiny:
+                print(f"official {short} code: not installed ({args.det_reference_python} is missing; run "
+                      f"{DET_REFERENCE.parent / 'setup.sh'}): knet's columns only")
+            infer_row, train_row = measure_det(short, preset, python, work, args)
+            infer_rows.extend([infer_row] if infer_row else [])
+            train_rows.extend([train_row] if train_row else [])
+            continue
         weights: Optional[Path] = None
         if reference_python is not None:
             weights = work / f"{short}.{args.weights}.pth"
@@ -246,6 +269,8 @@ def main() -> None:
         if args.inference:
             x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
             runners = {"knet": TorchRunner(model)}
+            if args.bf16:
+                runners["knet bf16"] = TorchRunner(model, precision="bf16")
             if args.compile:
                 runners["compiled"] = TorchRunner(model, compile=True)
             if args.onnx:
@@ -309,6 +334,87 @@ def main() -> None:
         write_results(args.save, infer_rows, train_rows, args, size, reference_python is not None)
 
 
+def smooth_photo(width: int, height: int, seed: int = 0) -> np.ndarray:
+    """``det_bench.py``'s test photo: seeded random colours on a coarse grid, resized bicubically
+    (uint8, H x W x 3; the same seed gives the same image on both sides)."""
+    import cv2
+
+    rng = np.random.RandomState(seed)
+    grid = rng.randint(0, 256, (height // 32 + 1, width // 32 + 1, 3)).astype(np.uint8)
+    return cv2.resize(grid, (width, height), interpolation=cv2.INTER_CUBIC)
+
+
+def run_det_reference(python: Path, *args: str) -> Dict[str, float]:
+    """``det_bench.py ARGS`` (the official code, its own process): ``median_s``, ``peak_rss_mib``."""
+    done = LAUNCHER.run([str(python), str(DET_REFERENCE), *args])
+    if done.returncode != 0:
+        sys.exit(f"official code {' '.join(args)} failed:\n{done.stderr[-2000:]}")
+    words = done.stdout.split()
+    values = {words[i]: float(words[i + 1]) for i in range(len(words) - 1) if words[i].startswith(("seconds", "peak"))}
+    return {"median_s": values.get("seconds_median", float("nan")), "peak_rss_mib": values.get("peak_rss_MiB", 0.0)}
+
+
+def measure_det(short: str, preset: str, python: Optional[Path], work: Path,
+                args: argparse.Namespace) -> Tuple[Optional[Dict], Optional[Dict]]:
+    """A panoptic or instance row against the official code: the weights ``det_bench.py export``
+    makes realistic (its own recipe: BatchNorm statistics calibrated and perturbed, every weight
+    scaled), loaded by knet; inference end to end on ``det_bench``'s 640x480 photo (the official
+    ``inference_detector`` against ``Segmenter``: resize, normalise, pad, the model,
+    post-processing); a training step at batch 2 in the 1x recipe's batch shape (each side its own
+    synthetic targets, so the losses are not compared)."""
+    import torch
+
+    from knet import Segmenter, build_model, load
+
+    weights: Optional[Path] = None
+    if python is not None:
+        weights = work / f"{short}.det.pth"
+        if not weights.exists():
+            done = LAUNCHER.run([str(python), str(DET_REFERENCE), "export", short, str(weights)])
+            if done.returncode != 0:
+                sys.exit(f"official code export failed:\n{done.stderr[-2000:]}")
+        model = load(weights, preset, device="cpu")
+    else:
+        torch.manual_seed(0)
+        model = build_model(preset).eval()
+    infer_row = train_row = None
+    if args.inference:
+        photo = smooth_photo(*DET_PHOTO)
+        segmenters = {"knet": Segmenter(model, device="cpu")}
+        if args.bf16:
+            segmenters["knet bf16"] = Segmenter(model, device="cpu", precision="bf16")
+        for segmenter in segmenters.values():
+            segmenter(photo)  # warm-up
+        times: Dict[str, List[float]] = {name: [] for name in (["reference"] if python else []) + list(segmenters)}
+        for _ in range(args.rounds):
+            if python is not None:
+                times["reference"].append(run_det_reference(python, "infer", short, str(weights), str(DET_PHOTO[0]),
+                                                            str(DET_PHOTO[1]), str(args.repeats))["median_s"])
+            for name, segmenter in segmenters.items():
+                times[name].append(timed(lambda: segmenter(photo), args.repeats))
+        infer_row = {"model": preset, **{name: statistics.median(v) for name, v in times.items()},
+                     "per_round": times, "end_to_end": f"{DET_PHOTO[0]}x{DET_PHOTO[1]} photo"}
+        print(f"inference {preset}: " + ", ".join(f"{k} {v:.3f} s" for k, v in infer_row.items()
+                                                   if isinstance(v, float)), flush=True)
+    if args.train:
+        steps: Dict[str, List[float]] = {k: [] for k in (["reference"] if python else []) + ["knet"]}
+        memory: Dict[str, float] = {}
+        size = ",".join(map(str, DET_TRAIN_SIZE))
+        for _ in range(args.rounds):
+            if python is not None:
+                ref = run_det_reference(python, "train", short, str(weights), "2", str(args.train_steps))
+                steps["reference"].append(ref["median_s"])
+                memory["reference"] = max(memory.get("reference", 0.0), ref["peak_rss_mib"])
+            mine = run_knet_train(preset, weights, 2, size, args.train_steps, args.threads)
+            steps["knet"].append(mine["median_s"])
+            memory["knet"] = max(memory.get("knet", 0.0), mine["peak_rss_mib"])
+        train_row = {"model": preset, **{k: statistics.median(v) for k, v in steps.items()}, "memory": memory,
+                     "per_round": steps, "loss_diff": None}
+        print(f"training {preset}: " + ", ".join(f"{k} {v:.3f} s" for k, v in train_row.items()
+                                                  if isinstance(v, float)), flush=True)
+    return infer_row, train_row
+
+
 def onnx_runners(model, preset: str, work: Path, size: int, threads: int) -> Dict:
     """ONNX Runtime runners of ``model`` exported fp32 (Winograd 3x3 convolutions, the default) and
     quantized int8 as ``knet export --quantize int8`` writes it on this CPU (calibrated on four
@@ -362,24 +468,30 @@ def print_tables(infer_rows: List[Dict], train_rows: List[Dict], args: argparse.
           f"{size}x{size}, {args.weights} weights; medians over {args.rounds} alternating rounds"
           + ("" if with_reference else "; reference not run"))
     if infer_rows:
-        columns = [k for k in infer_rows[0] if k not in ("model", "diffs", "per_round")]
+        columns: List[str] = []
+        for row in infer_rows:
+            columns += [k for k in row if k not in columns and isinstance(row[k], float)]
         header = ["model"] + [f"{c} (s)" if c == "reference" or not with_reference else f"{c} (s, ratio)"
                               for c in columns]
         if with_reference:
             header.append(f"logits vs reference (x max), median / max over {args.inputs} inputs")
-        print(f"\nInference, batch 1 ({args.repeats} forwards per round):\n")
+        print(f"\nInference, batch 1 ({args.repeats} forwards per round; semantic: the forward at {size}x{size}, "
+              f"panoptic/instance: end to end on a {DET_PHOTO[0]}x{DET_PHOTO[1]} photo):\n")
         print("| " + " | ".join(header) + " |")
         print("|" + "---|" * len(header))
         for row in infer_rows:
             cells = [row["model"]]
             for c in columns:
-                if c == "reference" or not with_reference:
+                if c not in row:
+                    cells.append("-")
+                elif c == "reference" or "reference" not in row:
                     cells.append(f"{row[c]:.2f}")
                 else:
                     cells.append(f"{row[c]:.2f} ({row['reference'] / row[c]:.2f}x)")
             if with_reference:
                 cells.append(", ".join(f"{k} {statistics.median(v):.1e} / {max(v):.1e}"
-                                       for k, v in row["diffs"].items()))
+                                       for k, v in row["diffs"].items()) if "diffs" in row
+                             else "not compared here (the golden tests pin the outputs)")
             print("| " + " | ".join(cells) + " |")
     if train_rows:
         print(f"\nTraining step, batch 2 ({args.train_steps} steps per round after a warm-up):\n")
@@ -389,10 +501,13 @@ def print_tables(infer_rows: List[Dict], train_rows: List[Dict], args: argparse.
             print("|---|---|---|---|---|---|---|")
             for row in train_rows:
                 m = row["memory"]
+                if "reference" not in row:
+                    continue
+                loss = "own targets each" if row["loss_diff"] is None else f"{row['loss_diff']:.1e} relative"
                 for kind in (k for k in row["memory"] if k != "reference"):
                     print(f"| {row['model']} | {kind} | {row['reference']:.2f} s, {m['reference'] / 1024:.1f} GB | "
                           f"{row[kind]:.2f} s, {m[kind] / 1024:.1f} GB | {row['reference'] / row[kind]:.2f}x | "
-                          f"{m[kind] / m['reference']:.2f}x | {row['loss_diff']:.1e} relative |")
+                          f"{m[kind] / m['reference']:.2f}x | {loss} |")
         else:
             print("| model | knet | knet (s, peak RSS) |")
             print("|---|---|---|")

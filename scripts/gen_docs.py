@@ -68,25 +68,37 @@ def _machine(record: Dict[str, Any]) -> str:
     return "Machine: " + "; ".join(parts) + "."
 
 
+WEIGHTS = {"realistic": "the reference's initialisation made like a trained network's (`benchmarks/realistic.py`; "
+                        "panoptic/instance: `det_bench.py export`'s own recipe)",
+           "init": "the reference's random initialisation"}
+
+
 def _side_by_side(record: Dict[str, Any]) -> List[str]:
     s = record["settings"]
-    lines = [f"Inputs {s['size']}x{s['size']}, batch 1, fp32; medians over {s['rounds']} alternating rounds of "
-             f"{s['repeats']} forwards, (min-max) over the rounds; the ratio is the reference's median over "
-             "knet's.", ""]
+    lines = [f"Weights: {WEIGHTS[s.get('weights', 'init')]}, the same file on both sides. Batch 1; semantic rows: "
+             f"the forward at {s['size']}x{s['size']}; panoptic/instance rows: end to end on a 640x480 photo (the "
+             "official `inference_detector` against `Segmenter`). fp32 unless the column says otherwise. Medians "
+             f"over {s['rounds']} alternating rounds of {s['repeats']} runs, (min-max) over the rounds; the ratio "
+             "is the reference's median over knet's.", ""]
     rows = record["inference"]
     if rows:
-        columns = list(rows[0]["per_round"])
+        columns: List[str] = []
+        for row in rows:
+            columns += [c for c in row["per_round"] if c not in columns]
         lines += ["| model | " + " | ".join(f"{c} (s)" for c in columns) + " |", "|---|" + "---|" * len(columns)]
         for row in rows:
             cells = []
             for c in columns:
+                if c not in row["per_round"]:
+                    cells.append("-")
+                    continue
                 cell = _spread(row["per_round"][c])
                 if c != "reference" and "reference" in row["per_round"]:
                     cell += f", {row['reference'] / row[c]:.2f}x"
                 cells.append(cell)
             lines.append(f"| {row['model']} | " + " | ".join(cells) + " |")
-        diffs = [(row["model"], row.get("diffs") or {}) for row in rows]
-        if any(d for _, d in diffs):
+        diffs = [(row["model"], row["diffs"]) for row in rows if row.get("diffs")]
+        if diffs:
             lines += ["", f"Logits against the reference's, x max |logit|, median / max over {s['inputs']} inputs:", "",
                       "| model | " + " | ".join(diffs[0][1]) + " |", "|---|" + "---|" * len(diffs[0][1])]
             for model, d in diffs:
@@ -94,10 +106,32 @@ def _side_by_side(record: Dict[str, Any]) -> List[str]:
                                                           for v in d.values()) + " |")
     for row in record.get("training") or []:
         if row is record["training"][0]:
-            lines += ["", "Training step, batch 2:", "",
+            lines += ["", "Training step, batch 2 (semantic: at the input size; panoptic/instance: 1088x800, each "
+                      "side its own synthetic targets), with the process's peak resident memory:", "",
                       "| model | run | step (s) | peak RSS (GB) |", "|---|---|---|---|"]
+        reference = row["memory"].get("reference")
         for kind, peak in row["memory"].items():
-            lines.append(f"| {row['model']} | {kind} | {_spread(row['per_round'][kind])} | {peak / 1024:.1f} |")
+            ratios = (f", {row['reference'] / row[kind]:.2f}x" if reference and kind != "reference" else "")
+            memory = (f", {peak / reference:.2f}x" if reference and kind != "reference" else "")
+            lines.append(f"| {row['model']} | {kind} | {_spread(row['per_round'][kind])}{ratios} | "
+                         f"{peak / 1024:.1f}{memory} |")
+    return lines
+
+
+def _precision_accuracy(record: Dict[str, Any]) -> List[str]:
+    lines = ["The demo models (`knet demo`, trained on generated scenes) on their held-out scenes: the task's "
+             "metric in each precision (percent) and the agreement with fp32 (semantic: pixels with the same "
+             "label; panoptic: pixels with the same class; instance: fp32's instances scoring at least 0.3 found "
+             "with the same class at mask IoU 0.5). bf16: `--precision bf16`; int8: `knet export --quantize int8` "
+             f"calibrated on {record['settings']['calibration_scenes']} training scenes, in ONNX Runtime.", "",
+             "| task | metric | fp32 | bf16 | int8 | bf16 agreement | int8 agreement |",
+             "|---|---|---|---|---|---|---|"]
+    for row in record["rows"]:
+        values = [("-" if row["values"].get(k) is None else f"{row['values'][k]:.2f}")
+                  for k in ("fp32", "bf16", "int8")]
+        agree = [(f"{100 * row['agreement_with_fp32'][k]:.2f}%" if k in row["agreement_with_fp32"] else "-")
+                 for k in ("bf16", "int8")]
+        lines.append(f"| {row['task']} | {row['metric']} | " + " | ".join(values + agree) + " |")
     return lines
 
 
@@ -144,14 +178,15 @@ def _denormals(record: Dict[str, Any]) -> List[str]:
 
 
 TABLES = {"side_by_side": _side_by_side, "serve_memory": _serve_memory, "video_throughput": _video_throughput,
-          "denormals": _denormals}
+          "denormals": _denormals, "precision_accuracy": _precision_accuracy}
 
 
 def benchmarks_page() -> str:
     lines = ["# Benchmarks", "",
              "Each table below is one file of `benchmarks/results/`, written by the script that measured it",
              "(`benchmarks/side_by_side.py --save`, `benchmarks/serve_memory.py --out`,",
-             "`benchmarks/video_throughput.py --save`, `benchmarks/denormals.py --save`) and shown here by",
+             "`benchmarks/video_throughput.py --save`, `benchmarks/denormals.py --save`,",
+             "`benchmarks/precision_accuracy.py --save`) and shown here by",
              "`python scripts/gen_docs.py`. Times from different machines or runs do not compare: each",
              "file's ratios come from one run, knet and the reference alternating on the same inputs.", ""]
     for path in sorted(RESULTS.glob("*.json")):
