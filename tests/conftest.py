@@ -156,3 +156,13 @@ def count_winograd_calls(monkeypatch) -> list:
 
     monkeypatch.setattr(WinogradConv2d, "runs_winograd", counted)
     return calls
+
+
+def assert_near_ties_only(labels, expected, probabilities) -> None:
+    """Label maps equal except where the two best classes of ``probabilities`` (C, H, W) are within
+    1e-4: the float rounding of another batch, backend or layout can flip only those."""
+    import numpy as np
+
+    top2 = np.sort(probabilities, axis=0)[-2:]
+    differ = np.asarray(labels) != np.asarray(expected)
+    assert np.all(top2[1][differ] - top2[0][differ] < 1e-4), int(differ.sum())

@@ -34,7 +34,7 @@ from knet.cli import main  # noqa: E402
 from knet.errors import KnetError  # noqa: E402
 from knet.export.onnx import SizeGenericAdaptiveAvgPool2d, export_onnx  # noqa: E402
 from knet.inference.onnx_runner import CONFIG_KEY, TARGET_KEY, WINOGRAD_KEY, OnnxRunner  # noqa: E402
-from tests.conftest import golden_path, logits_tolerance  # noqa: E402
+from tests.conftest import assert_near_ties_only, golden_path, logits_tolerance  # noqa: E402
 
 # preset -> the reference's tiny checkpoint of it (shared/goldens): trained-like statistics, so
 # float32 rounding stays far below the tolerance (random initial weights amplify it ~10x per stage).
@@ -158,13 +158,6 @@ def test_sliding_windows_run_through_the_file(exported, one_thread):
     assert float((got - expected).abs().max()) <= logits_tolerance(expected)
 
 
-def _near_ties_only(labels: np.ndarray, expected: np.ndarray, probabilities: np.ndarray) -> None:
-    """Label maps equal except where the two best classes are within 1e-4 in probability."""
-    top2 = np.sort(probabilities, axis=0)[-2:]
-    differ = labels != expected
-    assert np.all(top2[1][differ] - top2[0][differ] < 1e-4), int(differ.sum())
-
-
 def test_predict_onnx_gives_the_torch_label_maps(exported, tmp_path, capsys):
     model, path = exported("knet-r50-fcn-tiny")
     image = np.random.default_rng(0).integers(0, 256, size=(60, 90, 3), dtype=np.uint8)
@@ -174,7 +167,7 @@ def test_predict_onnx_gives_the_torch_label_maps(exported, tmp_path, capsys):
     assert "with Segmenter(knet-r50-fcn-tiny, semantic, 150 classes" in capsys.readouterr().err
     labels = np.asarray(Image.open(tmp_path / "ort" / "x.png"))
     torch_result = knet.Segmenter(model, device="cpu", test_scale=(96, 64))(image)
-    _near_ties_only(labels, torch_result.labels, torch_result.probabilities())
+    assert_near_ties_only(labels, torch_result.labels, torch_result.probabilities())
     onnx_result = knet.Segmenter.from_onnx(path, threads=1, test_scale=(96, 64))(image)
     np.testing.assert_array_equal(onnx_result.labels, labels)
     assert onnx_result.class_names == torch_result.class_names

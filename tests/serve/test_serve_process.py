@@ -24,8 +24,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import knet
 from knet.inference.visualize import colorize, overlay
 from serve_helpers import encoded, scene
+from tests.conftest import assert_near_ties_only
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -84,7 +86,7 @@ def labels_of(body: dict) -> np.ndarray:
 
 
 # ---- many clients --------------------------------------------------------------------------------
-def test_concurrent_clients_are_batched_with_bounded_memory(server):
+def test_concurrent_clients_are_batched_with_bounded_memory(server, semantic_dir):
     # Four pictures in two sizes; each one's answer alone is the reference.
     images = [encoded(scene(10 + i, *((96, 128) if i % 2 else (80, 120)))) for i in range(4)]
     with httpx.Client() as client:
@@ -102,9 +104,13 @@ def test_concurrent_clients_are_batched_with_bounded_memory(server):
     with ThreadPoolExecutor(8) as pool:  # 8 clients x 4 requests
         answers = [a for per_client in pool.map(client_thread, range(8)) for a in per_client]
     assert len(answers) == 32
+    local = knet.Segmenter(checkpoint=semantic_dir, device="cpu")  # the class scores of each picture alone
     for index, answer in enumerate(answers):
-        expected = alone[(index // 4 + index % 4) % 4]
-        np.testing.assert_array_equal(labels_of(answer), expected)
+        which = (index // 4 + index % 4) % 4
+        labels = labels_of(answer)
+        if not np.array_equal(labels, alone[which]):  # a batch rounds differently: only near-ties may flip
+            picture = np.asarray(Image.open(io.BytesIO(images[which])).convert("RGB"))
+            assert_near_ties_only(labels, alone[which], local(picture).probabilities())
     assert max(a["batch"] for a in answers) > 1  # waiting requests shared a run of the model
     peak = server.memory()["VmHWM"]
     assert peak <= 2 * idle + one_batch, (peak, idle, one_batch)

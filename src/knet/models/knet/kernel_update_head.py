@@ -142,7 +142,9 @@ class KernelUpdateHead(nn.Module):
         # over the second of four axes and its einsum were each ~10% of Swin-T UPerNet's forward.
         weights = resize(masks, (height, width)).flatten(2).transpose(1, 2)
         if self.mask_gather == "softmax":
-            weights = weights.float().softmax(dim=-1)  # in float32 under bf16/fp16 autocast too
+            if weights.dtype in (torch.bfloat16, torch.float16):
+                weights = weights.float()  # the softmax in float32 under bf16/fp16 autocast
+            weights = weights.softmax(dim=-1)
         else:
             weights = (weights.sigmoid() > self.hard_mask_thr).to(feats.dtype)
         group_feats = torch.matmul(feats.flatten(2), weights).transpose(1, 2)  # (B, N, C)
