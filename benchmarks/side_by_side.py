@@ -1,9 +1,9 @@
-"""knet against the reference implementation (mmsegmentation 1.2.2), side by side in one run.
+"""knet against the reference implementations, side by side in one run: mmsegmentation 1.2.2 for
+the semantic models, the official K-Net code (mmdetection 2.28.2) for the panoptic and instance ones.
 
-    python benchmarks/side_by_side.py                         # R50-FCN, R50-UPerNet, Swin-T UPerNet at 512
+    python benchmarks/side_by_side.py --save --low-memory     # every row; benchmarks/results/<cpu>.json
     python benchmarks/side_by_side.py --models fcn --onnx --compile
     python benchmarks/side_by_side.py --tiny                  # the -tiny presets, knet's columns only
-    python benchmarks/side_by_side.py --no-train --save benchmarks/results/side_by_side_inference.json
 
 For each model the reference (``../shared/reference``, in the venv its ``setup.sh`` makes, default
 ``../.refenv``) writes its initialisation made like a trained network's (``--weights realistic``, the
@@ -28,6 +28,10 @@ same threads:
   ``knet benchmark --train --low-memory``. knet's losses on the reference's first batch are
   compared with the reference's on it (``reference_losses.py``), with every dropout off in both:
   ``ref_bench.py``'s own saved losses leave the heads' ``nn.Dropout2d`` on, so they are random.
+- panoptic and instance (``../shared/reference/det``, its venv default ``../.refdet``): see
+  :func:`measure_det`: end to end on one photo, and a training step at the 1x recipe's batch shape.
+- on a CPU with native bf16 (AMX, AVX512-BF16) a ``knet bf16`` column (``--precision bf16``)
+  beside knet's fp32 one (``--no-bf16`` leaves it out).
 
 Where the reference is not installed (CI) or for ``--tiny`` (no reference config has those
 widths), it says so and prints knet's columns only. The CPU model and thread count are printed
