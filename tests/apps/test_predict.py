@@ -15,6 +15,7 @@ from knet.cli import main
 from knet.data.io import read_image
 from knet.inference import pipeline as inference
 from knet.errors import DataError
+from knet.utils.device import cpu_has_native_bf16
 
 NUM_CLASSES = 4
 TEST_SCALE = (96, 64)
@@ -136,6 +137,15 @@ def test_predict_folder_writes_labels_and_overlays(model_dir, images, tmp_path, 
         np.testing.assert_array_equal(probs.argmax(0), labels)
         overlay = cv2.imread(str(out / f"{stem}_overlay.png"))
         assert overlay.shape[0] >= image.shape[0] and overlay.shape[1] > image.shape[1]  # + legend
+
+
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no AMX or AVX512-BF16")
+def test_predict_in_bf16_writes_the_segmenters_bf16_labels(model_dir, images, tmp_path):
+    out = tmp_path / "out"
+    assert main(["predict", "--checkpoint", str(model_dir), str(images / "a.png"), "--out-dir", str(out),
+                 "--device", "cpu", "--precision", "bf16", "--quiet"]) == 0
+    expected = knet.Segmenter(checkpoint=model_dir, device="cpu", precision="bf16")(images / "a.png").labels
+    np.testing.assert_array_equal(_labels(out / "a.png"), expected)
 
 
 def test_predict_files_and_glob(model_dir, images, tmp_path):

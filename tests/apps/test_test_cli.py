@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 import knet
+from knet.utils.device import cpu_has_native_bf16
 from knet.cli import main
 from knet.data.datasets import build_dataset
 from knet.engine.evaluation import run_evaluation
@@ -107,6 +108,15 @@ def test_folder_layout_whole_slide_tta(tmp_path, folder_model, capsys, extra, kw
     expected = run_evaluation(knet.load(folder_model), build_dataset("folder", root), device="cpu", **kwargs)
     assert metrics == expected.metrics
     assert capsys.readouterr().err == ""  # --quiet: no progress bar
+
+
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no AMX or AVX512-BF16")
+def test_precision_bf16_gives_the_python_apis_bf16_metrics(tmp_path, folder_model):
+    root = make_folder(tmp_path / "data")
+    out = tmp_path / "m.json"
+    assert _test("--checkpoint", folder_model, "--data-root", root, "--out", out, "--quiet", "--precision", "bf16") == 0
+    expected = run_evaluation(knet.load(folder_model), build_dataset("folder", root), device="cpu", precision="bf16")
+    assert json.loads(out.read_text()) == expected.metrics
 
 
 def test_reference_checkpoint_with_model_name_and_overrides(tmp_path, capsys):
