@@ -67,8 +67,8 @@ class PlainResNetConfig:
     dcn_stages: Tuple[bool, bool, bool, bool] = (False, False, False, False)
     deform_groups: int = 1
     recompute_stages: Tuple[int, ...] = ()
-    # Empty: ``low_memory_config`` recomputes none of these backbones' stages.
-    low_memory_recompute_stages: Tuple[int, ...] = ()
+    # All four, as ResNetConfig's; a frozen stage (``frozen_stages``) keeps no activations anyway.
+    low_memory_recompute_stages: Tuple[int, ...] = (0, 1, 2, 3)
 
     def __post_init__(self) -> None:
         _check_stages(self, 4)

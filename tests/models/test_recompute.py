@@ -94,7 +94,7 @@ def test_low_memory_training_recomputes_the_listed_stages():
 
 @pytest.mark.parametrize("preset, stages", [("knet-r50-fcn-tiny", (0, 1, 2, 3)),
                                             ("knet-swin-t-upernet-tiny", (0, 1, 2)),
-                                            ("knet-r50-fpn-panoptic-tiny", ())])
+                                            ("knet-r50-fpn-panoptic-tiny", (0, 1, 2, 3))])
 def test_low_memory_config_by_backbone(preset, stages):
     cfg = low_memory_config(get_config(preset))
     assert cfg.backbone.recompute_stages == stages
