@@ -81,21 +81,18 @@ def run(args: argparse.Namespace) -> int:
         raise KnetError(f"--out {out}: is a folder; give the file to write, e.g. {out / 'model.onnx'}")
     if not args.tolerance > 0:
         raise KnetError(f"--tolerance must be positive, got {args.tolerance}")
-    from ..export.onnx import MIN_OPSET
+    from ..export.onnx import MIN_OPSET, check_export_precision
+    from ..export.targets import DEFAULT_TARGET, get_target
 
     if args.opset < MIN_OPSET:
         raise KnetError(f"--opset {args.opset}: the exporter writes opset {MIN_OPSET} or newer")
 
     calibration = _calibration(args)
-    if args.precision == "bf16":
-        raise KnetError("--precision bf16: ONNX Runtime has no bfloat16 convolutions; export fp32 (or --quantize int8) "
-                        "for CPUs, fp16 for GPUs")
     if args.precision == "fp16" and calibration is not None:
         raise KnetError("--precision fp16 and --quantize int8 are two different files: pass one of them")
-    if args.precision == "fp16" and args.target not in (None, "gpu"):
-        raise KnetError(f"--precision fp16 is for GPUs: use --target gpu (the {args.target} target runs fp32 or int8)")
-    if args.precision == "fp16":
-        args.target = "gpu"
+    if args.precision == "fp16" and args.target is None:
+        args.target = "gpu"  # the one target of a float16 file
+    check_export_precision(args.precision, args.target or DEFAULT_TARGET)
     _refuse_overwriting(out, args)
     if options.checkpoint_is_onnx(args):  # the float source of --quantize; the target defaults to the file's own
         if calibration is None:
@@ -105,8 +102,6 @@ def run(args: argparse.Namespace) -> int:
             raise KnetError("--set does not apply to an .onnx --checkpoint: its config is fixed when it is exported")
         _quantize(Path(args.checkpoint), out, calibration, args)
         return 0
-    from ..export.targets import DEFAULT_TARGET, get_target
-
     target = get_target(args.target or DEFAULT_TARGET)
     args.target = target.name
     if args.winograd is None:

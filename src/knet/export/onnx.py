@@ -347,12 +347,7 @@ def export_onnx(model: nn.Module, path: PathLike, opset: int = MIN_OPSET, check:
     if opset < MIN_OPSET:
         raise KnetError(f"opset {opset}: the exporter writes opset {MIN_OPSET} or newer")
     layout = get_target(target)
-    if precision not in ("fp32", "fp16"):
-        raise KnetError(f"precision {precision}: ONNX files are exported in fp32 or fp16 (for GPUs); ONNX Runtime "
-                        "has no bfloat16 convolutions (for CPUs: fp32, or --quantize int8)")
-    if precision == "fp16" and layout.name != "gpu":
-        raise KnetError(f"precision fp16 is for GPUs: export it with target gpu (the {layout.name} target runs "
-                        "fp32 or int8)")
+    check_export_precision(precision, layout.name)
     if winograd is None:
         winograd = layout.winograd(quantized=False)
     config = getattr(model, "config", None)
@@ -397,6 +392,19 @@ def export_onnx(model: nn.Module, path: PathLike, opset: int = MIN_OPSET, check:
     return result
 
 
+def check_export_precision(precision: str, target: str) -> None:
+    """A one-line error unless ``precision`` can be exported for ``target``: fp32 for every target,
+    fp16 for ``gpu``; bf16 never (ONNX Runtime has no bfloat16 convolutions)."""
+    if precision == "bf16":
+        raise KnetError("precision bf16: ONNX Runtime has no bfloat16 convolutions; export fp32 (or int8 with "
+                        "--quantize) for CPUs, fp16 for GPUs")
+    if precision not in ("fp32", "fp16"):
+        raise KnetError(f"precision {precision!r}: ONNX files are exported in fp32 or fp16")
+    if precision == "fp16" and target != "gpu":
+        raise KnetError(f"precision fp16 is for GPUs: export it for --target gpu (the {target} target runs fp32 "
+                        "or int8)")
+
+
 def _to_float16(path: Path) -> None:
     """Rewrite the float32 ONNX file ``path`` in float16, its input and outputs kept float32."""
     import onnx
@@ -410,4 +418,4 @@ def _to_float16(path: Path) -> None:
 
 
 __all__ = ["ExportResult", "ParityResult", "SizeGenericAdaptiveAvgPool2d", "TRANSLATIONS", "check_parity",
-           "export_onnx", "exportable_copy", "winograd_onnx"]
+           "check_export_precision", "export_onnx", "exportable_copy", "winograd_onnx"]
