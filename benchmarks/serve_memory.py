@@ -1,7 +1,7 @@
 """The resident memory of a ``knet serve`` process over a stream of requests of varied sizes.
 
     python benchmarks/serve_memory.py                      # 120 requests, 64-700 px, the tiny FCN
-    python benchmarks/serve_memory.py --requests 300 --out benchmarks/results/serve_memory.json
+    python benchmarks/serve_memory.py --requests 300 --save benchmarks/results/serve_memory.json
 
 Each setting runs its own server (``--threads 1``, batch 4) with the same random weights and the
 same seeded requests, one client sending them one after another; RSS is read from /proc after the
@@ -12,7 +12,7 @@ first 20 requests and after the last. The settings:
 - ``reuse``: the process opts into :func:`knet.utils.memory.reuse_freed_memory` first (freed
   buffers stay in the heap for reuse) and hands nothing back: a server that only grows.
 
-Writes JSON (the CPU, versions, commit, each setting's RSS after every 20 requests) to ``--out``.
+Writes JSON (the CPU, versions, commit, each setting's RSS after every 20 requests) to ``--save``.
 """
 from __future__ import annotations
 
@@ -103,7 +103,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=120)
     parser.add_argument("--settings", nargs="+", choices=tuple(SETTINGS), default=list(SETTINGS))
-    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
+    parser.add_argument("--save", type=Path, default=None, metavar="JSON", help="write the results as JSON")
     args = parser.parse_args()
     if args.requests < 20:
         parser.error(f"--requests must be at least 20 (memory is read every 20), got {args.requests}")
@@ -119,8 +119,8 @@ def main() -> int:
                   f"{series[-1]:.0f} MB (+{series[-1] - series[1]:.0f} MB)", flush=True)
     record = {"benchmark": "serve_memory", "model": "knet-r50-fcn-tiny", "requests": args.requests,
               "sizes_px": [64, 700], "machine": machine_info(), "results": results}
-    if args.out:
-        save_results(args.out, record)
+    if args.save:
+        save_results(args.save, record)
     return 0
 
 

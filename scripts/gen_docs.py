@@ -184,7 +184,7 @@ TABLES = {"side_by_side": _side_by_side, "serve_memory": _serve_memory, "video_t
 def benchmarks_page() -> str:
     lines = ["# Benchmarks", "",
              "Each table below is one file of `benchmarks/results/`, written by the script that measured it",
-             "(`benchmarks/side_by_side.py --save`, `benchmarks/serve_memory.py --out`,",
+             "(`benchmarks/side_by_side.py --save`, `benchmarks/serve_memory.py --save`,",
              "`benchmarks/video_throughput.py --save`, `benchmarks/denormals.py --save`,",
              "`benchmarks/precision_accuracy.py --save`) and shown here by",
              "`python scripts/gen_docs.py`. Times from different machines or runs do not compare: each",
