@@ -600,3 +600,14 @@ def test_export_precision_errors_are_one_line(tmp_path, capsys):
                   str(tmp_path / "o")],
                  ["benchmark", "--checkpoint", str(tmp_path / "model.onnx")]):
         _one_line_error(capsys, main(verb + ["--precision", "bf16"]), "--precision bf16 applies to torch models")
+
+
+def test_the_stored_precision_is_read_from_the_metadata_alone(tmp_path):
+    from knet.inference.onnx_runner import PRECISION_KEY, _stored_precision
+
+    other = {"knet.target": "gpu", "producer": "x" * 300}  # entries before and after, one long
+    assert _stored_precision(_plain_onnx(tmp_path / "a.onnx", {**other, PRECISION_KEY: "fp16"})) == "fp16"
+    assert _stored_precision(_plain_onnx(tmp_path / "b.onnx", other)) == "fp32"
+    (tmp_path / "junk.onnx").write_bytes(b"not a protobuf \xff\xff\xff")
+    assert _stored_precision(tmp_path / "junk.onnx") == "fp32"
+    assert _stored_precision(tmp_path / "missing.onnx") == "fp32"

@@ -21,6 +21,7 @@ Sliding-window inference of a semantic model runs every window batch through the
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -86,15 +87,50 @@ def read_config(metadata: Dict[str, str], source: str) -> ModelConfig:
         raise KnetError(f"{source}: its knet config cannot be read ({err})") from None
 
 
-def _stored_precision(path: Path) -> str:
-    """The ``knet.precision`` of an ONNX file's metadata (``fp32`` when absent or unreadable here)."""
-    try:
-        import onnx
+def _length_delimited_fields(data: Any, wanted: Sequence[int]) -> Any:
+    """(field number, bytes) of each length-delimited field numbered in ``wanted`` of the protobuf
+    message read from the binary stream ``data``. Every other field is skipped by seeking, so
+    walking a model file's top level reads a few bytes, not its graph."""
+    def varint() -> Optional[int]:
+        value, shift = 0, 0
+        while True:
+            byte = data.read(1)
+            if not byte:
+                return None
+            value |= (byte[0] & 0x7F) << shift
+            if byte[0] < 0x80:
+                return value
+            shift += 7
 
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:  # unreadable: ONNX Runtime's own error says why, right after
-        return "fp32"
-    return next((p.value for p in model.metadata_props if p.key == PRECISION_KEY), "fp32")
+    while (tag := varint()) is not None:
+        field, kind = tag >> 3, tag & 7
+        if kind == 0:
+            varint()
+        elif kind in (1, 5):  # fixed 64 and 32 bits
+            data.seek(8 if kind == 1 else 4, os.SEEK_CUR)
+        elif kind == 2:
+            length = varint() or 0
+            if field in wanted:
+                yield field, data.read(length)
+            else:
+                data.seek(length, os.SEEK_CUR)
+        else:  # not a message this function can walk
+            return
+
+
+def _stored_precision(path: Path) -> str:
+    """The ``knet.precision`` of an ONNX file's metadata (``fp32`` when absent or unreadable), read
+    from the file's top-level fields without parsing its graph and without the onnx package:
+    ModelProto's ``metadata_props`` is field 14, each a StringStringEntryProto (key 1, value 2)."""
+    try:
+        with open(path, "rb") as data:
+            for _, entry in _length_delimited_fields(data, (14,)):
+                values = dict(_length_delimited_fields(io.BytesIO(entry), (1, 2)))
+                if values.get(1) == PRECISION_KEY.encode():
+                    return values.get(2, b"fp32").decode()
+    except (OSError, UnicodeDecodeError):  # unreadable: ONNX Runtime's own error says why, right after
+        pass
+    return "fp32"
 
 
 class OnnxRunner:
