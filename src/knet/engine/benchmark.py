@@ -250,7 +250,7 @@ def benchmark(model: Any, size: Any = None, batch_size: int = 1, device: str = "
 
     from torch import nn
 
-    from ..inference.pipeline import TorchRunner
+    from ..inference.pipeline import TorchRunner, as_runner
     from ..utils.device import resolve_device
 
     width, height = _check_values(model, size, batch_size, threads, iters, warmup)
@@ -259,11 +259,8 @@ def benchmark(model: Any, size: Any = None, batch_size: int = 1, device: str = "
         dev = resolve_device(device)
         runner = TorchRunner(model.to(dev), compile=compile, precision=precision)  # the predict path: a BN-folded copy
     else:
-        if compile or precision != "fp32":
-            raise KnetError("compile and precision apply to torch models, not to a model runner (an ONNX Runtime "
-                            "session)")
+        runner = as_runner(model, compile=compile, precision=precision)
         dev = resolve_device(model.device)  # a runner names its device ("cpu")
-        runner = model
     x = torch.randn(batch_size, 3, height, width, device=dev)
 
     def forward() -> Any:

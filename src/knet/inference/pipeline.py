@@ -120,10 +120,16 @@ class TorchRunner:
 
 
 def as_runner(model: Any, compile: bool = False, flush_denormals: bool = True, precision: str = "fp32") -> Any:
-    """A torch model wrapped as a :class:`TorchRunner`; a runner is returned as it is."""
-    if not is_torch_module(model):
-        return model
-    return TorchRunner(model, compile=compile, flush_denormals=flush_denormals, precision=precision)
+    """A torch model wrapped as a :class:`TorchRunner`; a runner (ONNX Runtime's, say) is returned
+    as it is, and ``compile`` or a ``precision`` other than fp32 for it is an error."""
+    if is_torch_module(model):
+        return TorchRunner(model, compile=compile, flush_denormals=flush_denormals, precision=precision)
+    if compile:
+        raise KnetError("compile applies to torch models, not to a model runner")
+    if (precision or "fp32").lower() != "fp32":
+        raise KnetError(f"precision {precision} applies to torch models, not to a model runner "
+                        "(an .onnx file keeps the precision it was exported in)")
+    return model
 
 
 class TestPipeline:

@@ -136,14 +136,9 @@ class Segmenter:
             # completed when it was written.
             if checkpoint is not None:
                 raise KnetError("a model runner holds its own weights: leave checkpoint out")
-            if compile:
-                raise KnetError("compile applies to torch models, not to a model runner")
-            if (precision or "fp32").lower() != "fp32":
-                raise KnetError(f"precision {precision} applies to torch models, not to a model runner "
-                                "(an .onnx file keeps the precision it was exported in)")
+            runner = as_runner(model, compile=compile, precision=precision)
             self.model = model
             self.config: KNetConfig = model.config
-            runner = model
         else:
             self.model = self._torch_model(model, checkpoint, device, overrides)
             from ..checkpoint import with_class_meta
