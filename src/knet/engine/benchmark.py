@@ -55,12 +55,11 @@ class BenchmarkResult:
 
     def summary(self) -> str:
         """Human-readable lines, as ``knet benchmark`` prints them without ``--json``."""
-        lat = self.latency_ms
         return "\n".join([
             f"model           {self.model} ({self.mode}, {_size_text(self.size)}, batch {self.batch_size})",
-            f"device          {self.device} ({self.threads} thread{'s' * (self.threads != 1)}, {self.precision})",
+            _device_line(self),
             f"throughput      {self.images_per_s:.2f} images/s over {self.iters} iterations",
-            f"latency (batch) p50 {lat['p50']:.1f} ms   p90 {lat['p90']:.1f} ms   p99 {lat['p99']:.1f} ms",
+            f"latency (batch) {_quantiles_text(self.latency_ms)}",
             f"peak memory     {self.peak_memory_mb:.1f} MB",
             (f"compute         {self.gmacs:.2f} GMACs per forward of the batch" if self.gmacs is not None
              else "compute         not counted (ONNX Runtime)"),
@@ -92,12 +91,11 @@ class TrainBenchmarkResult:
 
     def summary(self) -> str:
         """Human-readable lines, as ``knet benchmark --train`` prints them without ``--json``."""
-        step = self.step_ms
         return "\n".join([
             f"model           {self.model} (training step, {_size_text(self.size)}, batch {self.batch_size})",
-            f"device          {self.device} ({self.threads} thread{'s' * (self.threads != 1)}, {self.precision})",
+            _device_line(self),
             f"throughput      {self.images_per_s:.2f} images/s over {self.iters} steps",
-            f"step time       p50 {step['p50']:.1f} ms   p90 {step['p90']:.1f} ms   p99 {step['p99']:.1f} ms",
+            f"step time       {_quantiles_text(self.step_ms)}",
             f"peak memory     {self.peak_memory_mb:.1f} MB",
         ])
 
@@ -143,6 +141,22 @@ def _percentile(values: List[float], q: float) -> float:
     import numpy as np
 
     return float(np.percentile(np.asarray(values, dtype=np.float64), q))
+
+
+def _device_line(result: Any) -> str:
+    """The summary line of where a benchmark ran: device, threads, precision."""
+    return f"device          {result.device} ({result.threads} thread{'s' * (result.threads != 1)}, {result.precision})"
+
+
+_QUANTILES = ("p50", "p90", "p99")  # of the per-call times, in the results and their summaries
+
+
+def _quantiles(milliseconds: List[float]) -> Dict[str, float]:
+    return {q: round(_percentile(milliseconds, float(q[1:])), 3) for q in _QUANTILES}
+
+
+def _quantiles_text(milliseconds: Dict[str, float]) -> str:
+    return "   ".join(f"{q} {milliseconds[q]:.1f} ms" for q in _QUANTILES)
 
 
 def _size_text(size: Any) -> str:
@@ -280,7 +294,7 @@ def benchmark(model: Any, size: Any = None, batch_size: int = 1, device: str = "
         mode=mode,
         iters=iters,
         images_per_s=round(batch_size * iters / total, 3),
-        latency_ms={q: round(_percentile(latencies, float(q[1:])), 3) for q in ("p50", "p90", "p99")},
+        latency_ms=_quantiles(latencies),
         peak_memory_mb=round(peak, 1),
         gmacs=round(macs / 1e9, 3) if macs is not None else None,
         precision=precision,
@@ -381,7 +395,7 @@ def benchmark_train(model: Any, size: Any = None, batch_size: int = TRAIN_DEFAUL
         size=width if width == height else [width, height],
         iters=iters,
         images_per_s=round(batch_size * iters / total, 3),
-        step_ms={q: round(_percentile(step_ms, float(q[1:])), 3) for q in ("p50", "p90", "p99")},
+        step_ms=_quantiles(step_ms),
         peak_memory_mb=round(_peak_memory_mb(dev), 1),
         precision=precision,
     )
