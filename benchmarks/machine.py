@@ -34,13 +34,15 @@ def cpu_file_name() -> str:
     words = re.sub(r"\((r|tm)\)|\bcpu\b|@.*$", " ", cpu_model().lower())
     name = "-".join(re.findall(r"[a-z0-9]+", words)) or "unknown-cpu"
     flags = cpu_flags()
-    extra = "amx" if any(f.startswith("amx") for f in flags) else "avx512" if flags else ""
+    extra = next((kind for kind in ("amx", "avx512") if any(f.startswith(kind) for f in flags)), "")
     return f"{name}-{extra}" if extra and not name.endswith(extra) else name
 
 
 def cpu_flags() -> List[str]:
-    flags = next((line.split(":", 1)[1].split() for line in _cpuinfo() if line.startswith("flags")), [])
-    return sorted(flag for flag in flags if flag.startswith(FLAG_PREFIXES))
+    """The flags of :data:`FLAG_PREFIXES` this CPU has, sorted (knet's own reading of /proc/cpuinfo)."""
+    from knet.utils.device import cpu_flags as all_flags
+
+    return sorted(flag for flag in all_flags() if flag.startswith(FLAG_PREFIXES))
 
 
 def _version(distribution: str) -> Optional[str]:
