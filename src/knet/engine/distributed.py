@@ -93,9 +93,9 @@ def check_amp(amp: Optional[str], device: torch.device) -> Optional[torch.dtype]
         raise TrainingError(f"--amp {amp} needs a CUDA device or, for bf16, a CPU with AMX or AVX512-BF16; "
                             f"this run uses {device.type}. Drop --amp.")
     try:
-        return check_precision(amp, device)
-    except KnetError as err:  # worded for the option: "--amp bf16: this CPU has no ..."
-        raise TrainingError(str(err).replace("precision", "--amp", 1)) from None
+        return check_precision(amp, device, option="--amp")
+    except KnetError as err:
+        raise TrainingError(str(err)) from None
 
 
 def init_distributed(info: DistInfo, device: torch.device) -> bool:

@@ -22,28 +22,30 @@ PRECISION_HELP = ("fp32 (default), bf16 (CPUs with AMX or AVX512-BF16, recent GP
                   "format of convolutions and matrix products; softmaxes and post-processing stay fp32")
 
 
-def check_precision(precision: Optional[str], device: "torch.device | str" = "cpu") -> Optional["torch.dtype"]:
+def check_precision(precision: Optional[str], device: "torch.device | str" = "cpu",
+                    option: str = "precision") -> Optional["torch.dtype"]:
     """The autocast dtype of ``precision`` on ``device``: None for fp32, else bfloat16 or float16.
 
-    Raises :class:`~knet.errors.KnetError` (one line) for an unknown name, for bf16 on a CPU
-    without native bfloat16, for fp16 on the CPU and for bf16 on a GPU without it."""
+    Raises :class:`~knet.errors.KnetError` (one line, naming the setting as ``option``: e.g.
+    ``--amp`` for training) for an unknown name, for bf16 on a CPU without native bfloat16, for
+    fp16 on the CPU and for bf16 on a GPU without it."""
     import torch
 
     name = (precision or "fp32").strip().lower()
     if name not in PRECISIONS:
-        raise KnetError(f"precision {precision!r} is not one of: {', '.join(PRECISIONS)}")
+        raise KnetError(f"{option} {precision!r} is not one of: {', '.join(PRECISIONS)}")
     if name == "fp32":
         return None
     kind = torch.device(device).type
     if kind == "cpu" and name == "fp16":
-        raise KnetError("precision fp16 runs on GPUs; on the CPU use bf16 (with AMX or AVX512-BF16) or fp32")
+        raise KnetError(f"{option} fp16 runs on GPUs; on the CPU use bf16 (with AMX or AVX512-BF16) or fp32")
     if kind == "cpu" and not cpu_has_native_bf16():
-        raise KnetError(f"precision bf16: this CPU has no native bfloat16 arithmetic ({' or '.join(BF16_FLAGS)}); "
+        raise KnetError(f"{option} bf16: this CPU has no native bfloat16 arithmetic ({' or '.join(BF16_FLAGS)}); "
                         "torch would emulate it, slower than fp32: use fp32")
     if kind == "cuda" and name == "bf16" and not torch.cuda.is_bf16_supported():
-        raise KnetError("precision bf16: this GPU does not support bfloat16; use fp16")
+        raise KnetError(f"{option} bf16: this GPU does not support bfloat16; use fp16")
     if kind not in ("cpu", "cuda"):
-        raise KnetError(f"precision {name} is available on the CPU and CUDA, not on {kind}: use fp32")
+        raise KnetError(f"{option} {name} is available on the CPU and CUDA, not on {kind}: use fp32")
     return torch.bfloat16 if name == "bf16" else torch.float16
 
 
