@@ -17,6 +17,7 @@ from knet.engine import training as T
 from knet.engine.optim import WarmupStepSchedule, build_optimizer, build_param_groups, epochs_to_iterations
 from knet.errors import CheckpointError, DataError
 from knet.tasks import get_task
+from knet.utils.device import cpu_has_native_bf16
 from tests.conftest import assert_same_first_iteration_on_cuda, needs_cuda
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -146,6 +147,18 @@ def test_short_panoptic_run_adopts_the_classes_and_keeps_the_best_pq(coco, tmp_p
     captured = capsys.readouterr()
     assert "train:" in captured.err and "iter 4/4" in captured.out and "validation: PQ" in captured.out
     assert "6 classes, panoptic" in captured.out and "backbone x0.25" in captured.out
+
+
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no AMX or AVX512-BF16")
+def test_bf16_panoptic_training_on_a_cpu_with_native_bf16(coco, tmp_path):
+    """The matching and the losses run in float32 under autocast (the Hungarian matching took a
+    bf16 cost matrix before, which scipy refuses)."""
+    result = T.train(small_config(**{"train.iters": 2, "train.val_interval": 2}),
+                     T.TrainOptions(work_dir=tmp_path, workers=0, data_root=coco.root, quiet=True, device="cpu",
+                                    amp="bf16"))
+    assert result.iteration == 2 and {p.dtype for p in result.model.parameters()} == {torch.float32}
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["loss"]) for r in records if "loss" in r)
 
 
 def test_epoch_schedule_of_an_instance_run(coco, tmp_path, capsys):

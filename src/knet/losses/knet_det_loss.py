@@ -368,14 +368,19 @@ class KNetDetCriterion(nn.Module):
             raise ValueError(f"expected {self.num_stages} stages of predictions, got {len(stage_mask_preds)} "
                              f"mask and {len(stage_cls_scores)} class tensors")
         self._check_stuff_labels(targets)
-        assignments = self.assign(rpn_mask_preds, stage_mask_preds, stage_cls_scores, targets)
-        losses: Dict[str, Tensor] = {}
-        for stage in range(self.num_stages):
-            stage_losses = self.stage_losses(stage_mask_preds[stage], stage_cls_scores[stage],
-                                             assignments[f"s{stage}"], targets)
-            for key, value in stage_losses.items():
-                losses[f"s{stage}_{key}"] = value * self.stage_loss_weights[stage]
-        losses.update(self.rpn_losses(rpn_mask_preds, rpn_seg_preds, assignments["rpn"], targets))
+        # Matching and losses in float32 under autocast too, as the official code's force_fp32 losses.
+        with torch.autocast(device_type=rpn_mask_preds.device.type, enabled=False):
+            rpn_mask_preds, rpn_seg_preds = rpn_mask_preds.float(), rpn_seg_preds.float()
+            stage_mask_preds = [preds.float() for preds in stage_mask_preds]
+            stage_cls_scores = [scores.float() for scores in stage_cls_scores]
+            assignments = self.assign(rpn_mask_preds, stage_mask_preds, stage_cls_scores, targets)
+            losses: Dict[str, Tensor] = {}
+            for stage in range(self.num_stages):
+                stage_losses = self.stage_losses(stage_mask_preds[stage], stage_cls_scores[stage],
+                                                 assignments[f"s{stage}"], targets)
+                for key, value in stage_losses.items():
+                    losses[f"s{stage}_{key}"] = value * self.stage_loss_weights[stage]
+            losses.update(self.rpn_losses(rpn_mask_preds, rpn_seg_preds, assignments["rpn"], targets))
         return losses
 
 
