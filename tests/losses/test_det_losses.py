@@ -153,6 +153,38 @@ def test_stage_targets_and_accuracy_on_a_hand_example(one_thread):
         float(losses["loss_cls"])
 
 
+@pytest.mark.parametrize("weight_kind", [None, "rows", "elements"])
+def test_sigmoid_focal_loss_gradient_equals_autograd_of_the_formula(weight_kind, monkeypatch):
+    """The written-out backward (which keeps only logits and labels) against autograd through
+    the plain formula, in float64, over several bands of rows."""
+    import knet.losses.mask_losses as mask_losses
+
+    monkeypatch.setattr(mask_losses, "_FOCAL_CHUNK_ELEMENTS", 20)  # 4 rows of 5 classes a band
+    generator = torch.Generator().manual_seed(0)
+    logits = (4 * torch.randn(13, 5, generator=generator, dtype=torch.float64)).requires_grad_()
+    labels = torch.randint(0, 6, (13,), generator=generator)  # 5 = background
+    weight = {None: None, "rows": torch.rand(13, generator=generator, dtype=torch.float64),
+              "elements": torch.rand(13, 5, generator=generator, dtype=torch.float64)}[weight_kind]
+    plain = logits.detach().clone().requires_grad_()
+    target = F.one_hot(labels, 6)[:, :5].to(plain.dtype)
+    p = plain.sigmoid()
+    pt = (1 - p) * target + p * (1 - target)
+    terms = (F.binary_cross_entropy_with_logits(plain, target, reduction="none")
+             * (0.25 * target + 0.75 * (1 - target)) * pt.pow(2.0))
+    if weight is not None:
+        terms = terms * (weight.view(-1, 1) if weight.dim() == 1 else weight)
+    expected = terms.sum() / (3.0 + torch.finfo(torch.float32).eps)
+    loss = sigmoid_focal_loss(logits, labels, weight, avg_factor=3.0)
+    assert torch.allclose(loss, expected, rtol=1e-12)
+    loss.backward()
+    expected.backward(retain_graph=True)
+    assert torch.allclose(logits.grad, plain.grad, rtol=1e-10, atol=1e-14)
+    # and with the mean reduction
+    logits.grad = None
+    sigmoid_focal_loss(logits, labels, weight).backward()
+    assert torch.allclose(logits.grad, torch.autograd.grad(terms.mean(), plain)[0], rtol=1e-10, atol=1e-14)
+
+
 def test_elementary_losses_against_direct_formulas():
     logits = torch.tensor([[0.5, -1.0, 2.0], [-0.3, 0.1, -2.0]])
     labels = torch.tensor([1, 3])  # 3 = background
