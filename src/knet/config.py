@@ -217,12 +217,15 @@ class KernelHeadConfig:
 
     ``num_groups``: GroupNorm groups of its convs. ``pos_num_feats``: per-axis channels of the
     sine positional encoding added to the coarsest FPN level; None means half the FPN width (128
-    in the reference).
+    in the reference). ``recompute_fusion``: when training, the semantic FPN that fuses the four
+    levels at stride 8 recomputes its activations in the backward pass instead of keeping them
+    (less memory for more time; ``low_memory_config`` turns it on).
     """
 
     num_proposals: int = 100
     num_groups: int = 32
     pos_num_feats: Optional[int] = None
+    recompute_fusion: bool = False
 
 
 @dataclass
@@ -534,15 +537,16 @@ def low_memory_config(cfg: ModelConfig) -> ModelConfig:
     """``cfg`` for training with less memory, for more time (``knet train --low-memory``): the
     backbone recomputes its ``low_memory_recompute_stages`` in the backward pass (unless
     ``recompute_stages`` already names some), and a head that can rebuild its largest maps in the
-    backward pass (``recompute_fusion``: UPerNet) does. Values, gradients and BatchNorm statistics
+    backward pass (``recompute_fusion``: UPerNet, the panoptic/instance kernel head) does. Values, gradients and BatchNorm statistics
     stay those of the plain model."""
     backbone = cfg.backbone
     if not backbone.recompute_stages and backbone.low_memory_recompute_stages:
         cfg = dataclasses.replace(cfg, backbone=dataclasses.replace(
             backbone, recompute_stages=tuple(backbone.low_memory_recompute_stages)))
-    head = getattr(cfg, "decode_head", None)
-    if hasattr(head, "recompute_fusion") and not head.recompute_fusion:
-        cfg = dataclasses.replace(cfg, decode_head=dataclasses.replace(head, recompute_fusion=True))
+    for name in ("decode_head", "kernel_head"):
+        head = getattr(cfg, name, None)
+        if hasattr(head, "recompute_fusion") and not head.recompute_fusion:
+            cfg = dataclasses.replace(cfg, **{name: dataclasses.replace(head, recompute_fusion=True)})
     return cfg
 
 

@@ -98,6 +98,8 @@ def test_low_memory_training_recomputes_the_listed_stages():
 def test_low_memory_config_by_backbone(preset, stages):
     cfg = low_memory_config(get_config(preset))
     assert cfg.backbone.recompute_stages == stages
+    if preset.startswith("knet-r50-fpn"):  # and the kernel head's semantic FPN
+        assert cfg.kernel_head.recompute_fusion and build_model(cfg).kernel_head.recompute_fusion
     assert build_model(cfg).backbone.recompute_stages == stages
     # stages the config already names are kept
     chosen = low_memory_config(get_config(preset, {"backbone.recompute_stages": "1"}))
@@ -170,6 +172,26 @@ def test_uper_head_rebuilds_its_fusion_with_the_same_gradients_and_statistics(wi
         assert torch.equal(other, value), name  # BatchNorm statistics updated once
     assert alive_plain == {"fused": True, "lateral": True}
     assert alive_re == {"fused": False, "lateral": False}
+
+
+def test_kernel_head_recomputes_its_semantic_fpn_with_the_same_gradients():
+    torch.manual_seed(0)
+    plain = build_model("knet-r50-fpn-panoptic-tiny").kernel_head.train()
+    recomputed = copy.deepcopy(plain)
+    recomputed.recompute_fusion = True
+    feats = [torch.randn(2, 32, 32 // 2 ** i, 32 // 2 ** i) for i in range(4)]
+    results = []
+    for head in (plain, recomputed):
+        head.zero_grad()
+        out, saved = _saved_bytes(lambda: head(feats))
+        (out.mask_logits.square().mean() + out.semantic_logits.square().mean()).backward()
+        results.append((out, {n: p.grad.clone() for n, p in head.named_parameters() if p.grad is not None}, saved))
+    (out_plain, grads_plain, saved_plain), (out_re, grads_re, saved_re) = results
+    assert torch.equal(out_plain.mask_logits, out_re.mask_logits)
+    assert grads_plain.keys() == grads_re.keys() and any("localization_fpn" in n for n in grads_plain)
+    for name, grad in grads_plain.items():
+        assert float((grads_re[name] - grad).abs().max()) <= 1e-5 * float(grad.abs().max()), name
+    assert saved_re < 0.6 * saved_plain
 
 
 def test_rebuilt_for_backward_keeps_nothing_of_the_tensor_and_rebuilds_it():

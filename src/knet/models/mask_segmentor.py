@@ -50,6 +50,8 @@ class KNetMaskSegmentor(nn.Module):
         dropout: the stages' dropout.
         updator_channels: width of the stages' KernelUpdator (default ``channels``, as the reference).
         mask_upsample_stride: factor from the stages' stride 8 to the stride-4 output masks.
+        recompute_fusion: when training, the kernel head's semantic FPN recomputes its activations
+            in the backward pass (``KernelHeadConfig.recompute_fusion``).
 
     ``config`` is the :class:`KNetMaskConfig` the model was built from (set by
     :func:`build_mask_model`; None for a model assembled by hand).
@@ -60,7 +62,8 @@ class KNetMaskSegmentor(nn.Module):
                  num_groups: int = 32, pos_num_feats: Optional[int] = None, num_stages: int = 3,
                  num_heads: int = 8, feedforward_channels: int = 2048, num_ffn_fcs: int = 2,
                  num_cls_fcs: int = 1, num_mask_fcs: int = 1, dropout: float = 0.0,
-                 updator_channels: Optional[int] = None, mask_upsample_stride: int = 2) -> None:
+                 updator_channels: Optional[int] = None, mask_upsample_stride: int = 2,
+                 recompute_fusion: bool = False) -> None:
         super().__init__()
         self.config: Optional[KNetMaskConfig] = None
         self.num_thing_classes = num_thing_classes
@@ -71,7 +74,8 @@ class KNetMaskSegmentor(nn.Module):
         self.backbone = backbone
         self.neck = neck
         self.kernel_head = ConvKernelHead(channels, channels, num_proposals, num_thing_classes, num_stuff_classes,
-                                          num_groups=num_groups, pos_num_feats=pos_num_feats)
+                                          num_groups=num_groups, pos_num_feats=pos_num_feats,
+                                          recompute_fusion=recompute_fusion)
         self.kernel_update_head = nn.ModuleList(
             KernelUpdateHead(in_channels=channels, out_channels=channels, num_heads=num_heads,
                              feedforward_channels=feedforward_channels,
@@ -143,7 +147,7 @@ def build_mask_model(config: KNetMaskConfig) -> KNetMaskSegmentor:
         pos_num_feats=head.pos_num_feats, num_stages=stages.num_stages, num_heads=stages.num_heads,
         feedforward_channels=stages.feedforward_channels, num_ffn_fcs=stages.num_ffn_fcs,
         num_cls_fcs=stages.num_cls_fcs, num_mask_fcs=stages.num_mask_fcs, dropout=stages.dropout,
-        updator_channels=stages.updator_channels)
+        updator_channels=stages.updator_channels, recompute_fusion=head.recompute_fusion)
     model.init_weights()
     model.config = config
     return model

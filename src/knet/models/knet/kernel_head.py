@@ -13,6 +13,8 @@ from typing import List, NamedTuple, Sequence
 import torch
 from torch import nn
 
+from ..layers import run_block
+
 
 def sine_positional_encoding(batch: int, height: int, width: int, num_feats: int, temperature: float = 10000.0,
                              scale: float = 2 * math.pi, eps: float = 1e-6,
@@ -136,8 +138,9 @@ class ConvKernelHead(nn.Module):
     def __init__(self, in_channels: int = 256, channels: int = 256, num_proposals: int = 100,
                  num_thing_classes: int = 80, num_stuff_classes: int = 53, num_groups: int = 32,
                  fpn_num_groups: int | None = None, pos_num_feats: int | None = None,
-                 num_loc_convs: int = 1, num_seg_convs: int = 1) -> None:
+                 num_loc_convs: int = 1, num_seg_convs: int = 1, recompute_fusion: bool = False) -> None:
         super().__init__()
+        self.recompute_fusion = recompute_fusion  # a training-time choice, not in the state dict
         self.num_proposals = num_proposals
         self.num_thing_classes = num_thing_classes
         self.num_stuff_classes = num_stuff_classes
@@ -161,7 +164,7 @@ class ConvKernelHead(nn.Module):
         nn.init.constant_(self.conv_seg.bias, -math.log((1 - prior_prob) / prior_prob))
 
     def forward(self, feats: Sequence[torch.Tensor]) -> KernelHeadOutput:
-        loc_feats, sem_feats = self.localization_fpn(feats)
+        loc_feats, sem_feats = run_block(self.localization_fpn, self.recompute_fusion, feats)
         for conv in self.loc_convs:
             loc_feats = conv(loc_feats)
         for conv in self.seg_convs:
