@@ -1,7 +1,8 @@
 """Training on the CPU gives the caller plain convolutions: Winograd F(4x4, 3x3) runs only inside
 the loop (``TrainOptions.cpu_winograd``, ``knet train --no-winograd``), the checkpoints have the
 plain model's keys, and the trained model runs anywhere (float64, ``meta``, CUDA) with the direct
-convolution."""
+convolution. Likewise the channels-last layout (``TrainOptions.cpu_channels_last``, ``knet train
+--no-channels-last``) holds only inside the loop."""
 from __future__ import annotations
 
 import copy
@@ -105,9 +106,59 @@ def test_knet_train_no_winograd_reaches_the_trainer(toy, tmp_path, monkeypatch):
 
     monkeypatch.setattr(T, "train", fake_train)
     args = ["train", "--model", "knet-r50-fcn-tiny", "--data-root", str(toy.root), "--device", "cpu", "--quiet"]
-    assert main(args + ["--work-dir", str(tmp_path / "a"), "--no-winograd"]) == 0
+    assert main(args + ["--work-dir", str(tmp_path / "a"), "--no-winograd", "--no-channels-last"]) == 0
     assert main(args + ["--work-dir", str(tmp_path / "b")]) == 0
     assert [o.cpu_winograd for o in seen] == [False, True]
+    assert [o.cpu_channels_last for o in seen] == [False, None]
+
+
+def _conv_layouts(model):
+    """The memory layouts of the model's 3x3 convolution weights (1x1 ones are both at once)."""
+    return {"channels_last" if p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+            else "contiguous" for p in model.parameters() if p.dim() == 4 and p.shape[-1] > 1}
+
+
+@pytest.mark.parametrize("channels_last", [None, False])
+def test_resnet_models_train_channels_last_inside_the_loop_only(toy, tmp_path, monkeypatch, capsys, channels_last):
+    seen = []
+    step = T._Trainer.step
+
+    def recording_step(self, it, batch, autocast):
+        seen.append(_conv_layouts(self.state.model))
+        return step(self, it, batch, autocast)
+
+    monkeypatch.setattr(T._Trainer, "step", recording_step)
+    _, result = _train(toy, tmp_path, quiet=False, cpu_channels_last=channels_last)
+    expected = {"channels_last"} if channels_last is None else {"contiguous"}  # a ResNet prefers channels-last
+    assert seen and all(layouts == expected for layouts in seen)
+    assert ("trains channels-last" in capsys.readouterr().out) == (channels_last is None)
+    assert _conv_layouts(result.model) == {"contiguous"}
+    checkpoint = torch.load(tmp_path / "iter_2.pth", weights_only=True)  # written while channels-last
+    assert all(v.is_contiguous() for v in checkpoint["state_dict"].values())
+
+
+def test_prepare_and_finish_cpu_training_keep_the_parameters_and_the_callers_layout():
+    cpu = torch.device("cpu")
+    model = knet.build_model("knet-r50-fcn-tiny").train()
+    parameters = list(model.parameters())
+    done = T.prepare_cpu_training(model, cpu)
+    assert done.made_channels_last and _conv_layouts(model) == {"channels_last"}
+    assert any("trains channels-last" in note for note in done.notes)
+    T.finish_cpu_training(model, done)
+    assert _conv_layouts(model) == {"contiguous"} and list(model.parameters()) == parameters
+    assert not any(isinstance(m, WinogradConv2d) for m in model.modules())
+
+    # A model the caller made channels-last stays so; under bf16 autocast no Winograd (it would not run).
+    model.to(memory_format=torch.channels_last)
+    done = T.prepare_cpu_training(model, cpu, amp_dtype=torch.bfloat16)
+    assert not done.made_channels_last and not any(isinstance(m, WinogradConv2d) for m in model.modules())
+    T.finish_cpu_training(model, done)
+    assert _conv_layouts(model) == {"channels_last"}
+
+    # Swin trains contiguous in float32 (channels-last is slower there), channels-last under bf16.
+    swin = knet.build_model("knet-swin-t-upernet-tiny").train()
+    assert not T.prepare_cpu_training(swin, cpu).made_channels_last
+    assert T.prepare_cpu_training(swin, cpu, amp_dtype=torch.bfloat16).made_channels_last
 
 
 @needs_cuda

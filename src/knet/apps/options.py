@@ -128,6 +128,13 @@ def add_no_winograd(parser: argparse.ArgumentParser) -> None:
                              "Winograd F(4x4,3x3) (the trained model holds plain convolutions either way)")
 
 
+def add_no_channels_last(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-channels-last", dest="channels_last", action="store_const", const=False, default=None,
+                        help="on the CPU, train in the contiguous (N, C, H, W) layout; by default ResNet models, and "
+                             "every model under --amp bf16, train channels-last, which is faster there (the trained "
+                             "model is contiguous either way)")
+
+
 def add_compile(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true",
                         help="run the torch model through torch.compile: each new input size compiles once "

@@ -58,6 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     options.add_threads(parser)
     options.add_low_memory(parser)
     options.add_no_winograd(parser)
+    options.add_no_channels_last(parser)
     parser.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
     parser.add_argument("--workers", type=int, default=2, metavar="N",
                         help="data loading workers per process (default 2)")
@@ -95,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         val_split=args.val_split, device=args.device, amp=args.amp,
         seed=args.seed, workers=args.workers, keep=args.keep, resume=args.resume, load_from=args.load_from,
         backbone_weights=args.backbone_weights, quiet=args.quiet, progress=False if args.quiet else None,
-        low_memory=args.low_memory, cpu_winograd=args.winograd,
+        low_memory=args.low_memory, cpu_winograd=args.winograd, cpu_channels_last=args.channels_last,
     )
     result = train(cfg, train_options)
     if not args.quiet and dist_info_from_env().is_main:

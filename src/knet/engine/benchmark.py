@@ -325,7 +325,7 @@ def benchmark_train(model: Any, size: Any = None, batch_size: int = TRAIN_DEFAUL
     ``train.clip_grad_norm``, and the step of the recipe's AdamW (:func:`knet.engine.optim.build_optimizer`,
     at its base lr, with its parameter groups). The model is trained in place: its weights change
     (with ``low_memory``, a copy built from its low-memory config is trained instead); on the CPU it
-    holds plain convolutions again afterwards, as after ``knet train``.
+    holds plain convolutions in its own memory layout again afterwards, as after ``knet train``.
 
     Args:
         model: a :class:`knet.KNet` or a panoptic/instance model, moved to ``device``, in train mode.
@@ -370,7 +370,7 @@ def benchmark_train(model: Any, size: Any = None, batch_size: int = TRAIN_DEFAUL
         model = build_model(low_memory_config(config))
         model.load_state_dict(weights)
     model = model.to(dev).train()
-    prepare_cpu_training(model, dev)  # what knet train does on this device
+    cpu_training = prepare_cpu_training(model, dev, amp_dtype=amp_dtype)  # what knet train does on this device
     optimizer = build_optimizer(model, config.train)
     params = [p for p in model.parameters() if p.requires_grad]
     net = _LossForward(model, task)
@@ -386,7 +386,7 @@ def benchmark_train(model: Any, size: Any = None, batch_size: int = TRAIN_DEFAUL
     try:
         step_ms, total = _timed(step, dev, warmup, iters)
     finally:
-        finish_cpu_training(model)
+        finish_cpu_training(model, cpu_training)
     return TrainBenchmarkResult(
         model=name or getattr(config, "name", type(model).__name__),
         device=str(dev),
