@@ -537,8 +537,8 @@ def low_memory_config(cfg: ModelConfig) -> ModelConfig:
     """``cfg`` for training with less memory, for more time (``knet train --low-memory``): the
     backbone recomputes its ``low_memory_recompute_stages`` in the backward pass (unless
     ``recompute_stages`` already names some), and a head that can rebuild its largest maps in the
-    backward pass (``recompute_fusion``: UPerNet, the panoptic/instance kernel head) does. Values, gradients and BatchNorm statistics
-    stay those of the plain model."""
+    backward pass (``recompute_fusion``: UPerNet, the panoptic/instance kernel head) does. Values,
+    gradients and BatchNorm statistics stay those of the plain model."""
     backbone = cfg.backbone
     if not backbone.recompute_stages and backbone.low_memory_recompute_stages:
         cfg = dataclasses.replace(cfg, backbone=dataclasses.replace(
