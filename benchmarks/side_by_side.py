@@ -30,8 +30,9 @@ same threads:
   ``ref_bench.py``'s own saved losses leave the heads' ``nn.Dropout2d`` on, so they are random.
 - panoptic and instance (``../shared/reference/det``, its venv default ``../.refdet``): see
   :func:`measure_det`: end to end on one photo, and a training step at the 1x recipe's batch shape.
-- on a CPU with native bf16 (AMX, AVX512-BF16) a ``knet bf16`` column (``--precision bf16``)
-  beside knet's fp32 one (``--no-bf16`` leaves it out).
+- on a CPU with native bf16 (AMX, AVX512-BF16) a ``knet bf16`` inference column (``--precision
+  bf16``) beside knet's fp32 one, and ``knet --amp bf16`` training columns (``knet benchmark
+  --train --precision bf16``, with and without ``--low-memory``); ``--no-bf16`` leaves them out.
 
 Where the reference is not installed (CI) or for ``--tiny`` (no reference config has those
 widths), it says so and prints knet's columns only. The CPU model and thread count are printed
@@ -115,12 +116,25 @@ def run_reference(python: Path, *args: str, weights: Optional[Path] = None,
     return values
 
 
+def training_kinds(args: argparse.Namespace) -> Dict[str, Tuple[bool, str]]:
+    """knet's training columns: name -> (``--low-memory``, ``--precision``)."""
+    kinds = {"knet": (False, "fp32")}
+    if args.low_memory:
+        kinds["knet --low-memory"] = (True, "fp32")
+    if args.bf16:
+        kinds["knet --amp bf16"] = (False, "bf16")
+        if args.low_memory:
+            kinds["knet --amp bf16 --low-memory"] = (True, "bf16")
+    return kinds
+
+
 def run_knet_train(preset: str, weights: Optional[Path], batch: int, size, steps: int,
-                   threads: int, low_memory: bool = False) -> Dict[str, float]:
+                   threads: int, low_memory: bool = False, precision: str = "fp32") -> Dict[str, float]:
     """``knet benchmark --train --json`` in its own process (its peak memory is the step's)."""
     command = [sys.executable, "-m", "knet", "benchmark", "--train", "--json", "--model", preset,
                "--batch-size", str(batch), "--size", str(size), "--iters", str(steps), "--warmup", "1",
-               "--threads", str(threads), "--device", "cpu"] + (["--low-memory"] if low_memory else [])
+               "--threads", str(threads), "--device", "cpu", "--precision", precision]
+    command += ["--low-memory"] if low_memory else []
     if weights is not None:
         command += ["--checkpoint", str(weights)]
     done = LAUNCHER.run(command)
@@ -306,8 +320,8 @@ def main() -> None:
             del runners
 
         if args.train:
-            kinds = ["knet"] + (["knet --low-memory"] if args.low_memory else [])
-            steps: Dict[str, List[float]] = {k: [] for k in (["reference"] if reference_python else []) + kinds}
+            kinds = training_kinds(args)
+            steps: Dict[str, List[float]] = {k: [] for k in (["reference"] if reference_python else []) + list(kinds)}
             memory: Dict[str, float] = {}
             saved_train = work / f"{short}.train.npz"
             for round_index in range(args.rounds):
@@ -316,9 +330,9 @@ def main() -> None:
                                         weights=weights, save=saved_train if round_index == 0 else None)
                     steps["reference"].append(ref["median_s"])
                     memory["reference"] = max(memory.get("reference", 0.0), ref["peak_rss_mib"])
-                for kind in kinds:
+                for kind, (low_memory, precision) in kinds.items():
                     mine = run_knet_train(preset, weights, 2, size, args.train_steps, args.threads,
-                                          low_memory=kind != "knet")
+                                          low_memory=low_memory, precision=precision)
                     steps[kind].append(mine["median_s"])
                     memory[kind] = max(memory.get(kind, 0.0), mine["peak_rss_mib"])
             row = {"model": preset, **{k: statistics.median(v) for k, v in steps.items()}, "memory": memory,
@@ -401,7 +415,8 @@ def measure_det(short: str, preset: str, python: Optional[Path], work: Path,
         print(f"inference {preset}: " + ", ".join(f"{k} {v:.3f} s" for k, v in infer_row.items()
                                                    if isinstance(v, float)), flush=True)
     if args.train:
-        steps: Dict[str, List[float]] = {k: [] for k in (["reference"] if python else []) + ["knet"]}
+        kinds = training_kinds(args)
+        steps: Dict[str, List[float]] = {k: [] for k in (["reference"] if python else []) + list(kinds)}
         memory: Dict[str, float] = {}
         size = ",".join(map(str, DET_TRAIN_SIZE))
         for _ in range(args.rounds):
@@ -409,9 +424,11 @@ def measure_det(short: str, preset: str, python: Optional[Path], work: Path,
                 ref = run_det_reference(python, "train", short, str(weights), "2", str(args.train_steps))
                 steps["reference"].append(ref["median_s"])
                 memory["reference"] = max(memory.get("reference", 0.0), ref["peak_rss_mib"])
-            mine = run_knet_train(preset, weights, 2, size, args.train_steps, args.threads)
-            steps["knet"].append(mine["median_s"])
-            memory["knet"] = max(memory.get("knet", 0.0), mine["peak_rss_mib"])
+            for kind, (low_memory, precision) in kinds.items():
+                mine = run_knet_train(preset, weights, 2, size, args.train_steps, args.threads,
+                                      low_memory=low_memory, precision=precision)
+                steps[kind].append(mine["median_s"])
+                memory[kind] = max(memory.get(kind, 0.0), mine["peak_rss_mib"])
         train_row = {"model": preset, **{k: statistics.median(v) for k, v in steps.items()}, "memory": memory,
                      "per_round": steps, "loss_diff": None}
         print(f"training {preset}: " + ", ".join(f"{k} {v:.3f} s" for k, v in train_row.items()

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from knet.utils.device import cpu_has_native_bf16
 from tests.conftest import subprocess_env
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "side_by_side.py"
@@ -29,7 +30,8 @@ def test_side_by_side_runs_knets_columns_without_the_reference(tmp_path):
     assert "| model | knet (s) |" in inference and "| knet-r50-fcn-tiny |" in inference
     training = out[out.index("Training step"):]
     rows = [line.split("|") for line in training.splitlines() if line.startswith("| knet-r50-fcn-tiny |")]
-    assert [row[2].strip() for row in rows] == ["knet", "knet --low-memory"]
+    bf16 = ["knet --amp bf16", "knet --amp bf16 --low-memory"] if cpu_has_native_bf16() else []
+    assert [row[2].strip() for row in rows] == ["knet", "knet --low-memory"] + bf16
     for row in rows:
         seconds, memory = row[3].split(",")
         assert float(seconds.strip().rstrip("s")) > 0 and float(memory.strip().split()[0]) > 0
