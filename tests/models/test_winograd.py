@@ -67,9 +67,13 @@ def test_bands_of_tile_rows_give_the_same_result(rows_per_band, monkeypatch):
     whole = WinogradConv2d.from_conv(conv)(x)
     bytes_per_tile_row = 36 * 2 * 2 * 4 * 8 * x.element_size()  # 36 elements, d^2 residues, 4 tiles, 8 channels
     monkeypatch.setattr(winograd, "TRANSFORM_BUDGET_BYTES", rows_per_band * bytes_per_tile_row)
+    monkeypatch.setattr(winograd, "MIN_BAND_TILES", 1)
     tiling = winograd._Tiling(x.shape, 2, x.element_size())
     assert tiling.rows_per_band == rows_per_band and list(tiling.bands())[-1][1] == 1
     assert torch.equal(WinogradConv2d.from_conv(conv)(x), whole)
+    # a band holds at least MIN_BAND_TILES tiles (16 a tile row here: 4 tiles x 2 x 2 residues)
+    monkeypatch.setattr(winograd, "MIN_BAND_TILES", 40)
+    assert winograd._Tiling(x.shape, 2, x.element_size()).rows_per_band == max(rows_per_band, 3)
 
 
 def _gradients(conv, x, grad_out):
@@ -86,6 +90,7 @@ def test_the_backward_pass_gives_the_direct_convolutions_gradients(dilation, siz
     expected = _gradients(conv.double(), x.double(), grad_out.double())
     fast = WinogradConv2d.from_conv(conv.float())
     assert fast.weight is conv.weight and fast.bias is conv.bias  # shared: an optimizer sees no change
+    monkeypatch.setattr(winograd, "MIN_BAND_TILES", 1)
     for budget in (winograd.TRANSFORM_BUDGET_BYTES, 1):  # the whole image, then a tile row per band
         monkeypatch.setattr(winograd, "TRANSFORM_BUDGET_BYTES", budget)
         got = _gradients(fast, x, grad_out)

@@ -60,9 +60,12 @@ _A_T = [[1, 1, 1, 1, 1, 0],
         [0, 1, 1, 4, 4, 0],
         [0, 1, -1, 8, -8, 1]]
 
-# Bytes of transformed input (36 x tiles x C floats) one band of tile rows may use: a few bands
-# per image keep the matrix products as fast as one, and training's peak memory low.
-TRANSFORM_BUDGET_BYTES = 64 * 2 ** 20
+# Bytes of transformed input (36 x tiles x C floats) one band of tile rows may use: bands this
+# small run the transforms and the matrix products faster than larger ones (their data stays in
+# the caches), and keep training's peak memory low; but a band holds at least MIN_BAND_TILES
+# tiles, below which the products of wide convolutions slow down.
+TRANSFORM_BUDGET_BYTES = 16 * 2 ** 20
+MIN_BAND_TILES = 256
 
 
 # Moving a (C, H, W) map into (H, W, C) order and back, in blocks: one strided copy of the whole
@@ -155,7 +158,8 @@ class _Tiling:
         self.tiles_y, self.tiles_x = math.ceil(self.height / step), math.ceil(self.width / step)
         self.out_h, self.out_w = self.tiles_y * step, self.tiles_x * step
         per_row = INPUT_TILE * INPUT_TILE * dilation * dilation * self.tiles_x * self.channels * element_size
-        self.rows_per_band = max(1, TRANSFORM_BUDGET_BYTES // per_row)
+        tiles_per_row = self.tiles_x * dilation * dilation
+        self.rows_per_band = max(1, TRANSFORM_BUDGET_BYTES // per_row, math.ceil(MIN_BAND_TILES / tiles_per_row))
         self._buffers: Dict[int, torch.Tensor] = {}
 
     def pad(self, x: torch.Tensor, n: int, out: Optional[torch.Tensor] = None) -> torch.Tensor:
