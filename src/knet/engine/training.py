@@ -239,8 +239,8 @@ def prepare_cpu_training(model: nn.Module, device: torch.device, *, winograd: bo
 
     - ``channels_last`` (None: :func:`knet.models.fuse.prefers_channels_last`, the inference copy's
       choice: ResNet backbones, and any model under bf16 autocast): the model's parameters become
-      channels-last, so the convolutions run oneDNN's (N, H, W, C) kernels, forward and backward
-      (twice as fast under bf16 autocast; ~15% in float32);
+      channels-last, so the convolutions run oneDNN's (N, H, W, C) kernels, forward and backward,
+      its fastest for these models;
     - ``winograd`` (float32 only: under autocast the direct convolutions run in bf16): the wide 3x3
       convolutions run as Winograd F(4x4, 3x3), forward and backward
       (:func:`knet.models.winograd.use_winograd`: the same parameters and state-dict keys,
