@@ -2,7 +2,7 @@
 the loop (``TrainOptions.cpu_winograd``, ``knet train --no-winograd``), the checkpoints have the
 plain model's keys, and the trained model runs anywhere (float64, ``meta``, CUDA) with the direct
 convolution. Likewise the channels-last layout (``TrainOptions.cpu_channels_last``, ``knet train
---no-channels-last``) holds only inside the loop."""
+--channels-last``; the default under bf16 autocast) holds only inside the loop."""
 from __future__ import annotations
 
 import copy
@@ -106,10 +106,11 @@ def test_knet_train_no_winograd_reaches_the_trainer(toy, tmp_path, monkeypatch):
 
     monkeypatch.setattr(T, "train", fake_train)
     args = ["train", "--model", "knet-r50-fcn-tiny", "--data-root", str(toy.root), "--device", "cpu", "--quiet"]
-    assert main(args + ["--work-dir", str(tmp_path / "a"), "--no-winograd", "--no-channels-last"]) == 0
+    assert main(args + ["--work-dir", str(tmp_path / "a"), "--no-winograd", "--channels-last"]) == 0
     assert main(args + ["--work-dir", str(tmp_path / "b")]) == 0
-    assert [o.cpu_winograd for o in seen] == [False, True]
-    assert [o.cpu_channels_last for o in seen] == [False, None]
+    assert main(args + ["--work-dir", str(tmp_path / "c"), "--no-channels-last"]) == 0
+    assert [o.cpu_winograd for o in seen] == [False, True, True]
+    assert [o.cpu_channels_last for o in seen] == [True, None, False]
 
 
 def _conv_layouts(model):
@@ -118,8 +119,9 @@ def _conv_layouts(model):
             else "contiguous" for p in model.parameters() if p.dim() == 4 and p.shape[-1] > 1}
 
 
-@pytest.mark.parametrize("channels_last", [None, False])
-def test_resnet_models_train_channels_last_inside_the_loop_only(toy, tmp_path, monkeypatch, capsys, channels_last):
+@pytest.mark.parametrize("channels_last", [None, True])
+def test_a_model_trains_channels_last_inside_the_loop_only_when_asked(toy, tmp_path, monkeypatch, capsys,
+                                                                      channels_last):
     seen = []
     step = T._Trainer.step
 
@@ -129,9 +131,9 @@ def test_resnet_models_train_channels_last_inside_the_loop_only(toy, tmp_path, m
 
     monkeypatch.setattr(T._Trainer, "step", recording_step)
     _, result = _train(toy, tmp_path, quiet=False, cpu_channels_last=channels_last)
-    expected = {"channels_last"} if channels_last is None else {"contiguous"}  # a ResNet prefers channels-last
+    expected = {"channels_last"} if channels_last else {"contiguous"}  # float32: contiguous unless asked
     assert seen and all(layouts == expected for layouts in seen)
-    assert ("trains channels-last" in capsys.readouterr().out) == (channels_last is None)
+    assert ("trains channels-last" in capsys.readouterr().out) == bool(channels_last)
     assert _conv_layouts(result.model) == {"contiguous"}
     checkpoint = torch.load(tmp_path / "iter_2.pth", weights_only=True)  # written while channels-last
     assert all(v.is_contiguous() for v in checkpoint["state_dict"].values())
@@ -141,24 +143,23 @@ def test_prepare_and_finish_cpu_training_keep_the_parameters_and_the_callers_lay
     cpu = torch.device("cpu")
     model = knet.build_model("knet-r50-fcn-tiny").train()
     parameters = list(model.parameters())
-    done = T.prepare_cpu_training(model, cpu)
+    assert not T.prepare_cpu_training(model, cpu).made_channels_last  # float32: contiguous by default
+    done = T.prepare_cpu_training(model, cpu, amp_dtype=torch.bfloat16)  # under autocast: channels-last
     assert done.made_channels_last and _conv_layouts(model) == {"channels_last"}
     assert any("trains channels-last" in note for note in done.notes)
+    assert not any(isinstance(m, WinogradConv2d) for m in model.modules())  # Winograd is float32 only
     T.finish_cpu_training(model, done)
     assert _conv_layouts(model) == {"contiguous"} and list(model.parameters()) == parameters
-    assert not any(isinstance(m, WinogradConv2d) for m in model.modules())
 
-    # A model the caller made channels-last stays so; under bf16 autocast no Winograd (it would not run).
+    # A model the caller made channels-last stays so.
     model.to(memory_format=torch.channels_last)
-    done = T.prepare_cpu_training(model, cpu, amp_dtype=torch.bfloat16)
-    assert not done.made_channels_last and not any(isinstance(m, WinogradConv2d) for m in model.modules())
+    done = T.prepare_cpu_training(model, cpu, channels_last=True)
+    assert not done.made_channels_last
     T.finish_cpu_training(model, done)
     assert _conv_layouts(model) == {"channels_last"}
-
-    # Swin trains contiguous in float32 (channels-last is slower there), channels-last under bf16.
+    # Asked for contiguous under autocast: nothing changes.
     swin = knet.build_model("knet-swin-t-upernet-tiny").train()
-    assert not T.prepare_cpu_training(swin, cpu).made_channels_last
-    assert T.prepare_cpu_training(swin, cpu, amp_dtype=torch.bfloat16).made_channels_last
+    assert not T.prepare_cpu_training(swin, cpu, channels_last=False, amp_dtype=torch.bfloat16).made_channels_last
 
 
 @needs_cuda

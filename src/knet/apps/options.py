@@ -128,11 +128,11 @@ def add_no_winograd(parser: argparse.ArgumentParser) -> None:
                              "Winograd F(4x4,3x3) (the trained model holds plain convolutions either way)")
 
 
-def add_no_channels_last(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--no-channels-last", dest="channels_last", action="store_const", const=False, default=None,
-                        help="on the CPU, train in the contiguous (N, C, H, W) layout; by default ResNet models, and "
-                             "every model under --amp bf16, train channels-last, which is faster there (the trained "
-                             "model is contiguous either way)")
+def add_channels_last(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                        help="on the CPU, train in the channels-last (N, H, W, C) layout (default: under --amp bf16 "
+                             "only, where oneDNN's bf16 convolutions need it; in float32 somewhat faster for ResNet "
+                             "models); the trained model is contiguous either way")
 
 
 def add_compile(parser: argparse.ArgumentParser) -> None:

@@ -58,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     options.add_threads(parser)
     options.add_low_memory(parser)
     options.add_no_winograd(parser)
-    options.add_no_channels_last(parser)
+    options.add_channels_last(parser)
     parser.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
     parser.add_argument("--workers", type=int, default=2, metavar="N",
                         help="data loading workers per process (default 2)")
