@@ -118,6 +118,22 @@ def _side_by_side(record: Dict[str, Any]) -> List[str]:
     return lines
 
 
+def _amp_training_accuracy(record: Dict[str, Any]) -> List[str]:
+    lines = ["Each demo recipe (`knet demo`: the preset, its iterations, seed 0, its generated scenes) "
+             "trained on the CPU in fp32 and with `--amp bf16`, then evaluated in fp32 on the held-out "
+             "scenes: the task's metric (percent) and the training's wall time. These tiny models' "
+             "scores move by several points with any change of rounding (the thread count included), "
+             "so the two columns are two draws, not a paired difference.", "",
+             "| task | metric | iterations | fp32 | bf16 | fp32 training (s) | bf16 training (s) |",
+             "|---|---|---|---|---|---|---|"]
+    for row in record["rows"]:
+        values = ["-" if row["values"][k] is None else f"{row['values'][k]:.2f}" for k in ("fp32", "bf16")]
+        seconds = ["-" if row["train_seconds"][k] is None else f"{row['train_seconds'][k]:.0f}"
+                   for k in ("fp32", "bf16")]
+        lines.append(f"| {row['task']} | {row['metric']} | {row['iters']} | " + " | ".join(values + seconds) + " |")
+    return lines
+
+
 def _precision_accuracy(record: Dict[str, Any]) -> List[str]:
     lines = ["The demo models (`knet demo`, trained on generated scenes) on their held-out scenes: the task's "
              "metric in each precision (percent) and the agreement with fp32 (semantic: pixels with the same "
@@ -178,7 +194,8 @@ def _denormals(record: Dict[str, Any]) -> List[str]:
 
 
 TABLES = {"side_by_side": _side_by_side, "serve_memory": _serve_memory, "video_throughput": _video_throughput,
-          "denormals": _denormals, "precision_accuracy": _precision_accuracy}
+          "denormals": _denormals, "precision_accuracy": _precision_accuracy,
+          "amp_training_accuracy": _amp_training_accuracy}
 
 
 def benchmarks_page() -> str:
@@ -186,7 +203,8 @@ def benchmarks_page() -> str:
              "Each table below is one file of `benchmarks/results/`, written by the script that measured it",
              "(`benchmarks/side_by_side.py --save`, `benchmarks/serve_memory.py --save`,",
              "`benchmarks/video_throughput.py --save`, `benchmarks/denormals.py --save`,",
-             "`benchmarks/precision_accuracy.py --save`) and shown here by",
+             "`benchmarks/precision_accuracy.py --save`, `benchmarks/amp_training_accuracy.py --save`)",
+             "and shown here by",
              "`python scripts/gen_docs.py`. Times from different machines or runs do not compare: each",
              "file's ratios come from one run, knet and the reference alternating on the same inputs.", ""]
     for path in sorted(RESULTS.glob("*.json")):
