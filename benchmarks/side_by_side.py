@@ -49,7 +49,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -126,6 +126,28 @@ def training_kinds(args: argparse.Namespace) -> Dict[str, Tuple[bool, str]]:
         if args.low_memory:
             kinds["knet --amp bf16 --low-memory"] = (True, "bf16")
     return kinds
+
+
+def time_training(preset: str, weights: Optional[Path], size, args: argparse.Namespace,
+                  reference_step: Optional[Callable[[int], Dict[str, float]]]) -> Tuple[Dict, Dict]:
+    """The training steps' medians per round and the peak memory of the reference (``reference_step(round)``,
+    None where it is not run) and of each of knet's :func:`training_kinds`, alternating in rounds:
+    (name -> list of seconds, name -> peak MiB)."""
+    kinds = training_kinds(args)
+    steps: Dict[str, List[float]] = {k: [] for k in (["reference"] if reference_step else []) + list(kinds)}
+    memory: Dict[str, float] = {}
+
+    def record(name: str, measured: Dict[str, float]) -> None:
+        steps[name].append(measured["median_s"])
+        memory[name] = max(memory.get(name, 0.0), measured["peak_rss_mib"])
+
+    for round_index in range(args.rounds):
+        if reference_step is not None:
+            record("reference", reference_step(round_index))
+        for kind, (low_memory, precision) in kinds.items():
+            record(kind, run_knet_train(preset, weights, 2, size, args.train_steps, args.threads,
+                                        low_memory=low_memory, precision=precision))
+    return steps, memory
 
 
 def run_knet_train(preset: str, weights: Optional[Path], batch: int, size, steps: int,
@@ -320,21 +342,14 @@ def main() -> None:
             del runners
 
         if args.train:
-            kinds = training_kinds(args)
-            steps: Dict[str, List[float]] = {k: [] for k in (["reference"] if reference_python else []) + list(kinds)}
-            memory: Dict[str, float] = {}
             saved_train = work / f"{short}.train.npz"
-            for round_index in range(args.rounds):
-                if reference_python is not None:
-                    ref = run_reference(reference_python, "train", short, "2", str(size), str(args.train_steps),
-                                        weights=weights, save=saved_train if round_index == 0 else None)
-                    steps["reference"].append(ref["median_s"])
-                    memory["reference"] = max(memory.get("reference", 0.0), ref["peak_rss_mib"])
-                for kind, (low_memory, precision) in kinds.items():
-                    mine = run_knet_train(preset, weights, 2, size, args.train_steps, args.threads,
-                                          low_memory=low_memory, precision=precision)
-                    steps[kind].append(mine["median_s"])
-                    memory[kind] = max(memory.get(kind, 0.0), mine["peak_rss_mib"])
+
+            def reference_step(round_index: int) -> Dict[str, float]:
+                return run_reference(reference_python, "train", short, "2", str(size), str(args.train_steps),
+                                     weights=weights, save=saved_train if round_index == 0 else None)
+
+            steps, memory = time_training(preset, weights, size, args,
+                                          reference_step if reference_python is not None else None)
             row = {"model": preset, **{k: statistics.median(v) for k, v in steps.items()}, "memory": memory,
                    "per_round": {k: list(v) for k, v in steps.items()}}
             if reference_python is not None:
@@ -415,20 +430,11 @@ def measure_det(short: str, preset: str, python: Optional[Path], work: Path,
         print(f"inference {preset}: " + ", ".join(f"{k} {v:.3f} s" for k, v in infer_row.items()
                                                    if isinstance(v, float)), flush=True)
     if args.train:
-        kinds = training_kinds(args)
-        steps: Dict[str, List[float]] = {k: [] for k in (["reference"] if python else []) + list(kinds)}
-        memory: Dict[str, float] = {}
-        size = ",".join(map(str, DET_TRAIN_SIZE))
-        for _ in range(args.rounds):
-            if python is not None:
-                ref = run_det_reference(python, "train", short, str(weights), "2", str(args.train_steps))
-                steps["reference"].append(ref["median_s"])
-                memory["reference"] = max(memory.get("reference", 0.0), ref["peak_rss_mib"])
-            for kind, (low_memory, precision) in kinds.items():
-                mine = run_knet_train(preset, weights, 2, size, args.train_steps, args.threads,
-                                      low_memory=low_memory, precision=precision)
-                steps[kind].append(mine["median_s"])
-                memory[kind] = max(memory.get(kind, 0.0), mine["peak_rss_mib"])
+        def reference_step(_: int) -> Dict[str, float]:
+            return run_det_reference(python, "train", short, str(weights), "2", str(args.train_steps))
+
+        steps, memory = time_training(preset, weights, ",".join(map(str, DET_TRAIN_SIZE)), args,
+                                      reference_step if python is not None else None)
         train_row = {"model": preset, **{k: statistics.median(v) for k, v in steps.items()}, "memory": memory,
                      "per_round": steps, "loss_diff": None}
         print(f"training {preset}: " + ", ".join(f"{k} {v:.3f} s" for k, v in train_row.items()
