@@ -16,7 +16,7 @@ import statistics
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -51,6 +51,11 @@ def cli_reference() -> str:
             sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[verb]
             lines += [f"## knet {verb}", "", "```text", sub.format_help().rstrip(), "```", ""]
     return "\n".join(lines)
+
+
+def _or_dash(value: Optional[float], spec: str) -> str:
+    """``value`` formatted with ``spec``, or "-" where it was not measured (None)."""
+    return "-" if value is None else format(value, spec)
 
 
 def _spread(values: List[float]) -> str:
@@ -127,9 +132,8 @@ def _amp_training_accuracy(record: Dict[str, Any]) -> List[str]:
              "| task | metric | iterations | fp32 | bf16 | fp32 training (s) | bf16 training (s) |",
              "|---|---|---|---|---|---|---|"]
     for row in record["rows"]:
-        values = ["-" if row["values"][k] is None else f"{row['values'][k]:.2f}" for k in ("fp32", "bf16")]
-        seconds = ["-" if row["train_seconds"][k] is None else f"{row['train_seconds'][k]:.0f}"
-                   for k in ("fp32", "bf16")]
+        values = [_or_dash(row["values"][k], ".2f") for k in ("fp32", "bf16")]
+        seconds = [_or_dash(row["train_seconds"][k], ".0f") for k in ("fp32", "bf16")]
         lines.append(f"| {row['task']} | {row['metric']} | {row['iters']} | " + " | ".join(values + seconds) + " |")
     return lines
 
@@ -143,8 +147,7 @@ def _precision_accuracy(record: Dict[str, Any]) -> List[str]:
              "| task | metric | fp32 | bf16 | int8 | bf16 agreement | int8 agreement |",
              "|---|---|---|---|---|---|---|"]
     for row in record["rows"]:
-        values = [("-" if row["values"].get(k) is None else f"{row['values'][k]:.2f}")
-                  for k in ("fp32", "bf16", "int8")]
+        values = [_or_dash(row["values"].get(k), ".2f") for k in ("fp32", "bf16", "int8")]
         agree = [(f"{100 * row['agreement_with_fp32'][k]:.2f}%" if k in row["agreement_with_fp32"] else "-")
                  for k in ("bf16", "int8")]
         lines.append(f"| {row['task']} | {row['metric']} | " + " | ".join(values + agree) + " |")
