@@ -158,7 +158,6 @@ def refuse_torch_options_for_onnx(args: argparse.Namespace) -> None:
 
 def check_positive(name: str, value, minimum: int = 1) -> None:
     """A one-line error for ``--name`` values below ``minimum``."""
-
     if value is not None and value < minimum:
         raise KnetError(f"--{name} must be at least {minimum}, got {value}")
 

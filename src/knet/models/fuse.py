@@ -104,8 +104,8 @@ def inference_copy(model: nn.Module, winograd: bool = True, compute_dtype: Optio
 
 def prefers_channels_last(model: nn.Module, compute_dtype: Optional[torch.dtype] = None) -> bool:
     """Whether an inference copy of ``model`` runs channels-last by default: in low precision
-    (``compute_dtype``), or when its backbone ``prefers_channels_last`` (ResNets: 10-20% faster on
-    the CPU in float32; Swin: slower)."""
+    (``compute_dtype``), or when its backbone ``prefers_channels_last`` (ResNets, faster so on the
+    CPU in float32; Swin, slower so)."""
     backbone = getattr(model, "backbone", None)
     return compute_dtype is not None or bool(getattr(backbone, "prefers_channels_last", False))
 
