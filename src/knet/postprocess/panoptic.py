@@ -8,11 +8,11 @@ one (mask probability, label, score) per kernel at the original image size, and
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from .instance import rescale_masks
+from .instance import rescale_masks, rescaled_mask_chunks
 
 
 @dataclass
@@ -50,14 +50,21 @@ def panoptic_candidates(cls_logits: torch.Tensor, mask_logits: torch.Tensor, img
     Returns masks (K, ori_h, ori_w) probabilities (:func:`rescale_masks`), labels (K,) int64,
     scores (K,).
     """
+    labels, scores = candidate_labels_and_scores(cls_logits, num_thing_classes)
+    return rescale_masks(mask_logits, img_shape, batch_input_shape, ori_shape), labels, scores
+
+
+def candidate_labels_and_scores(cls_logits: torch.Tensor,
+                                num_thing_classes: int = 80) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(K, num_classes) class logits -> the candidates' labels (K,) int64 and scores (K,), as
+    :func:`panoptic_candidates` gives them."""
     num_stuff = cls_logits.shape[1] - num_thing_classes
     num_proposals = cls_logits.shape[0] - num_stuff
     probs = cls_logits.sigmoid()
     thing_scores, thing_labels = probs[:num_proposals, :num_thing_classes].max(dim=1)
     stuff_scores = probs[num_proposals:, num_thing_classes:].diagonal()
     stuff_labels = torch.arange(num_thing_classes, num_thing_classes + num_stuff, device=thing_labels.device)
-    masks = rescale_masks(mask_logits, img_shape, batch_input_shape, ori_shape)
-    return masks, torch.cat([thing_labels, stuff_labels]), torch.cat([thing_scores, stuff_scores])
+    return torch.cat([thing_labels, stuff_labels]), torch.cat([thing_scores, stuff_scores])
 
 
 def merge_panoptic(masks: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor, num_thing_classes: int = 80,
@@ -70,55 +77,107 @@ def merge_panoptic(masks: torch.Tensor, labels: torch.Tensor, scores: torch.Tens
     in descending score order (stable for ties); a thing scoring below ``instance_score_thr`` is
     skipped, and so is any candidate whose won area is empty, whose own mask (prob >= mask_thr)
     is empty, or whose won area / own mask area < ``overlap_thr``. The others become segments
-    1, 2, ... Pixels left to skipped candidates are void (0). (Won areas are counted once for every
-    candidate and the map painted in one lookup: the same result as visiting the pixels per
-    candidate.)
+    1, 2, ... Pixels left to skipped candidates are void (0). (Won areas and mask areas are counted
+    once for every candidate and the map painted in one lookup: the same result as visiting the
+    pixels per candidate.)
     """
-    winner = weighted_argmax(masks, scores)
-    won_areas = torch.bincount(winner.flatten(), minlength=masks.shape[0]).tolist()
-    segment_ids = torch.zeros(masks.shape[0], dtype=torch.int32, device=masks.device)  # 0: void
-    segments: List[PanopticSegment] = []
-    for k in torch.sort(scores, descending=True, stable=True).indices.tolist():
-        label = int(labels[k])
-        is_thing = label < num_thing_classes
-        score = float(scores[k])
-        if (is_thing and score < instance_score_thr) or won_areas[k] == 0:
-            continue
-        mask_area = int((masks[k] >= mask_thr).sum())
-        if mask_area == 0 or won_areas[k] / mask_area < overlap_thr:
-            continue
-        segment_id = len(segments) + 1
-        segment_ids[k] = segment_id
-        segments.append(PanopticSegment(segment_id, label, score, won_areas[k], k, is_thing))
-    return PanopticPrediction(segment_ids[winner], segments)
+    votes = PanopticVotes(scores, mask_thr)
+    votes.add(0, masks)
+    return votes.merge(labels, num_thing_classes, instance_score_thr, overlap_thr)
 
 
-def weighted_argmax(masks: torch.Tensor, scores: torch.Tensor, chunk: int = 16) -> torch.Tensor:
+class PanopticVotes:
+    """What :func:`merge_panoptic` needs of the candidates' (K, H, W) mask probabilities, gathered
+    from consecutive chunks of them (``add(start, masks)`` in kernel order), so that the masks need
+    not exist all at once: per pixel the candidate with the largest ``scores[k] x masks[k]`` (ties
+    to the first, as ``argmax``) and per candidate the area of its mask (prob >= ``mask_thr``).
+    One candidate at a time into (H, W) buffers that stay in the CPU's caches: a maximum over a
+    chunk's first axis took twice as long.
+
+    scores: (K,) the candidates' scores.
+    """
+
+    def __init__(self, scores: torch.Tensor, mask_thr: float = 0.5) -> None:
+        self.scores, self.mask_thr = scores, mask_thr
+        self.count = 0
+        self._areas: List[torch.Tensor] = []
+        self.best: Optional[torch.Tensor] = None  # (H, W) the largest score x probability so far
+        self.winner: Optional[torch.Tensor] = None  # (H, W) int64 its candidate
+
+    def add(self, start: int, masks: torch.Tensor) -> None:
+        """Candidates ``start .. start + n - 1``: (n, H, W) probabilities."""
+        if start != self.count:
+            raise ValueError(f"candidates must come in order: expected {self.count}, got {start}")
+        for mask in masks:
+            k = self.count
+            self.count += 1
+            if self.best is None or self.winner is None:
+                self.best = mask * self.scores[k]
+                self.winner = torch.zeros(mask.shape, dtype=torch.int64, device=mask.device)
+                self._weighted = torch.empty_like(self.best)
+                self._flags = torch.empty(mask.shape, dtype=torch.bool, device=mask.device)
+            else:
+                torch.mul(mask, self.scores[k], out=self._weighted)
+                # Strictly greater: an equal later candidate does not take the pixel.
+                torch.gt(self._weighted, self.best, out=self._flags)
+                torch.where(self._flags, self._weighted, self.best, out=self.best)
+                self.winner.masked_fill_(self._flags, k)
+            self._areas.append(torch.count_nonzero(torch.ge(mask, self.mask_thr, out=self._flags)))
+
+    @property
+    def mask_areas(self) -> List[int]:
+        """Per candidate added, its number of pixels with prob >= ``mask_thr``."""
+        return torch.stack(self._areas).tolist() if self._areas else []
+
+    def merge(self, labels: torch.Tensor, num_thing_classes: int = 80, instance_score_thr: float = 0.3,
+              overlap_thr: float = 0.6) -> PanopticPrediction:
+        """The segment map and segments by :func:`merge_panoptic`'s rules (``labels``: (K,))."""
+        if self.winner is None:
+            raise ValueError("no candidates were added")
+        winner, scores, mask_areas = self.winner, self.scores, self.mask_areas
+        won_areas = torch.bincount(winner.flatten(), minlength=scores.shape[0]).tolist()
+        segment_ids = torch.zeros(scores.shape[0], dtype=torch.int32, device=winner.device)  # 0: void
+        segments: List[PanopticSegment] = []
+        for k in torch.sort(scores, descending=True, stable=True).indices.tolist():
+            label = int(labels[k])
+            is_thing = label < num_thing_classes
+            score = float(scores[k])
+            if (is_thing and score < instance_score_thr) or won_areas[k] == 0:
+                continue
+            mask_area = mask_areas[k]
+            if mask_area == 0 or won_areas[k] / mask_area < overlap_thr:
+                continue
+            segment_id = len(segments) + 1
+            segment_ids[k] = segment_id
+            segments.append(PanopticSegment(segment_id, label, score, won_areas[k], k, is_thing))
+        return PanopticPrediction(segment_ids[winner], segments)
+
+
+def weighted_argmax(masks: torch.Tensor, scores: torch.Tensor, chunk: Optional[int] = None) -> torch.Tensor:
     """``(scores[:, None, None] * masks).argmax(dim=0)`` for (K, H, W) ``masks`` and (K,) ``scores``:
-    (H, W) int64, ties to the first candidate as ``argmax``. Computed ``chunk`` candidates at a
-    time with a running maximum: the same products and comparisons, without the (K, H, W)
-    product tensor, whose reduction over its first axis took twice as long."""
-    best = winner = None
+    (H, W) int64, ties to the first candidate as ``argmax`` (:class:`PanopticVotes`, given
+    ``chunk`` candidates at a time; default all)."""
+    chunk = chunk or max(masks.shape[0], 1)
+    votes = PanopticVotes(scores)
     for start in range(0, masks.shape[0], chunk):
-        values, indices = (scores[start:start + chunk, None, None] * masks[start:start + chunk]).max(dim=0)
-        if best is None:
-            best, winner = values, indices
-            continue
-        better = values > best  # strictly: an equal later candidate does not take the pixel
-        best = torch.where(better, values, best)
-        winner = torch.where(better, indices + start, winner)
-    return winner
+        votes.add(start, masks[start:start + chunk])
+    assert votes.winner is not None
+    return votes.winner
 
 
 def panoptic_inference(cls_logits: torch.Tensor, mask_logits: torch.Tensor, img_shape: Sequence[int],
                        batch_input_shape: Sequence[int], ori_shape: Sequence[int], num_thing_classes: int = 80,
                        instance_score_thr: float = 0.3, overlap_thr: float = 0.6,
                        mask_thr: float = 0.5) -> PanopticPrediction:
-    """One image's last-stage predictions -> its panoptic result at the original size
-    (:func:`panoptic_candidates` then :func:`merge_panoptic`; shapes as there)."""
-    masks, labels, scores = panoptic_candidates(cls_logits, mask_logits, img_shape, batch_input_shape, ori_shape,
-                                                num_thing_classes)
-    return merge_panoptic(masks, labels, scores, num_thing_classes, instance_score_thr, overlap_thr, mask_thr)
+    """One image's last-stage predictions -> its panoptic result at the original size: the result
+    of :func:`panoptic_candidates` then :func:`merge_panoptic` (shapes as there), with the masks
+    rescaled and counted a few at a time (:func:`rescaled_mask_chunks`, :class:`PanopticVotes`)
+    rather than held at the original size all at once."""
+    labels, scores = candidate_labels_and_scores(cls_logits, num_thing_classes)
+    votes = PanopticVotes(scores, mask_thr)
+    for start, masks in rescaled_mask_chunks(mask_logits, img_shape, batch_input_shape, ori_shape):
+        votes.add(start, masks)
+    return votes.merge(labels, num_thing_classes, instance_score_thr, overlap_thr)
 
 
 def reference_encoding(result: PanopticPrediction, void_label: int = 133, offset: int = 1000) -> torch.Tensor:
