@@ -102,7 +102,7 @@ class PanopticVotes:
         self.count = 0
         self._areas: List[torch.Tensor] = []
         self.best: Optional[torch.Tensor] = None  # (H, W) the largest score x probability so far
-        self.winner: Optional[torch.Tensor] = None  # (H, W) int64 its candidate
+        self.winner: Optional[torch.Tensor] = None  # (H, W) int32 its candidate
 
     def add(self, start: int, masks: torch.Tensor) -> None:
         """Candidates ``start .. start + n - 1``: (n, H, W) probabilities."""
@@ -113,21 +113,21 @@ class PanopticVotes:
             self.count += 1
             if self.best is None or self.winner is None:
                 self.best = mask * self.scores[k]
-                self.winner = torch.zeros(mask.shape, dtype=torch.int64, device=mask.device)
+                self.winner = torch.zeros(mask.shape, dtype=torch.int32, device=mask.device)
                 self._weighted = torch.empty_like(self.best)
-                self._flags = torch.empty(mask.shape, dtype=torch.bool, device=mask.device)
-            else:
-                torch.mul(mask, self.scores[k], out=self._weighted)
-                # Strictly greater: an equal later candidate does not take the pixel.
-                torch.gt(self._weighted, self.best, out=self._flags)
-                torch.where(self._flags, self._weighted, self.best, out=self.best)
-                self.winner.masked_fill_(self._flags, k)
-            self._areas.append(torch.count_nonzero(torch.ge(mask, self.mask_thr, out=self._flags)))
+                self._better = torch.empty(mask.shape, dtype=torch.bool, device=mask.device)
+                continue
+            torch.mul(mask, self.scores[k], out=self._weighted)
+            # Strictly greater: an equal later candidate does not take the pixel.
+            torch.gt(self._weighted, self.best, out=self._better)
+            torch.maximum(self.best, self._weighted, out=self.best)
+            self.winner.masked_fill_(self._better, k)
+        self._areas.append(torch.count_nonzero(masks >= self.mask_thr, dim=(1, 2)))
 
     @property
     def mask_areas(self) -> List[int]:
         """Per candidate added, its number of pixels with prob >= ``mask_thr``."""
-        return torch.stack(self._areas).tolist() if self._areas else []
+        return torch.cat(self._areas).tolist() if self._areas else []
 
     def merge(self, labels: torch.Tensor, num_thing_classes: int = 80, instance_score_thr: float = 0.3,
               overlap_thr: float = 0.6) -> PanopticPrediction:
@@ -162,7 +162,7 @@ def weighted_argmax(masks: torch.Tensor, scores: torch.Tensor, chunk: Optional[i
     for start in range(0, masks.shape[0], chunk):
         votes.add(start, masks[start:start + chunk])
     assert votes.winner is not None
-    return votes.winner
+    return votes.winner.long()
 
 
 def panoptic_inference(cls_logits: torch.Tensor, mask_logits: torch.Tensor, img_shape: Sequence[int],
