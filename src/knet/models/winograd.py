@@ -235,11 +235,12 @@ class _Tiling:
         step = self.d * OUTPUT_TILE
         return slice(row * step, (row + rows) * step)
 
-    def to_band(self, blocks: torch.Tensor, rows: int) -> torch.Tensor:
-        """(16, tiles * K) output blocks -> the band's output rows (rows m d, W', K)."""
+    def to_band(self, blocks: torch.Tensor, rows: int, out: torch.Tensor) -> None:
+        """(16, tiles * K) output blocks -> the band's output rows, written into ``out``
+        (rows m d, W', K), contiguous: one strided copy."""
         m, d = OUTPUT_TILE, self.d
         blocks = blocks.view(m, m, d, rows, d, self.tiles_x, -1)
-        return blocks.permute(3, 0, 2, 5, 1, 4, 6).reshape(rows * m * d, self.out_w, -1)
+        out.view(rows, m, d, self.tiles_x, m, d, -1).copy_(blocks.permute(3, 0, 2, 5, 1, 4, 6))
 
     def from_band(self, band: torch.Tensor, rows: int) -> torch.Tensor:
         """The adjoint of :meth:`to_band`: (rows m d, W', K) -> (16, tiles * K)."""
@@ -271,8 +272,9 @@ def _output_transform(like: torch.Tensor) -> torch.Tensor:
     return torch.kron(a_t, a_t)
 
 
-def _convolve(x: torch.Tensor, u: torch.Tensor, dilation: int) -> torch.Tensor:
-    """(N, C, H, W) with transformed filters (36, C, K) -> (N, K, H, W) in ``x``'s layout, no bias."""
+def _convolve(x: torch.Tensor, u: torch.Tensor, dilation: int, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(N, C, H, W) with transformed filters (36, C, K) and an optional (K,) bias -> (N, K, H, W) in
+    ``x``'s layout. The bias is added to each band while it is in the caches."""
     tiling = _Tiling(x.shape, dilation, x.element_size())
     output_transform = _output_transform(u)
     out = x.new_empty((tiling.batch, tiling.out_h, tiling.out_w, u.shape[2]))
@@ -280,24 +282,32 @@ def _convolve(x: torch.Tensor, u: torch.Tensor, dilation: int) -> torch.Tensor:
     for n in range(tiling.batch):
         padded = tiling.pad(x, n, out=padded)
         for row, rows in tiling.bands():
-            # (36, tiles, K): the convolution's multiplications
-            products = torch.bmm(tiling.transform(padded, row, rows), u)
-            blocks = output_transform @ products.view(u.shape[0], -1)
-            out[n, tiling.band_rows(row, rows)] = tiling.to_band(blocks, rows)
+            # (36, tiles, K): the convolution's multiplications, into buffers kept for the next band
+            transformed = tiling.transform(padded, row, rows)
+            products = torch.bmm(transformed, u, out=tiling._workspace(2, x, (u.shape[0], transformed.shape[1],
+                                                                               u.shape[2])))
+            blocks = torch.mm(output_transform, products.view(u.shape[0], -1),
+                              out=tiling._workspace(3, x, (output_transform.shape[0], products[0].numel())))
+            band = out[n, tiling.band_rows(row, rows)]
+            tiling.to_band(blocks, rows, out=band)
+            if bias is not None:
+                band.add_(bias)
     return _like_input(out[:, :tiling.height, :tiling.width].permute(0, 3, 1, 2), x)
 
 
 @torch.library.custom_op("knet::winograd_convolution", mutates_args=())
-def winograd_convolution(x: torch.Tensor, transformed_weight: torch.Tensor, dilation: int) -> torch.Tensor:
+def winograd_convolution(x: torch.Tensor, transformed_weight: torch.Tensor, dilation: int,
+                         bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """:func:`_convolve` as one operator, for the calls without gradients. ``torch.compile`` sees
     it whole (its output's shape comes from the fake implementation below) and calls it as it is,
     instead of unrolling its loops over images and bands into the graph, which made Inductor's
     copies of the tiles slower than the eager path."""
-    return _convolve(x, transformed_weight, dilation)
+    return _convolve(x, transformed_weight, dilation, bias)
 
 
 @winograd_convolution.register_fake
-def _(x: torch.Tensor, transformed_weight: torch.Tensor, dilation: int) -> torch.Tensor:
+def _(x: torch.Tensor, transformed_weight: torch.Tensor, dilation: int,
+      bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     return torch.empty((x.shape[0], transformed_weight.shape[2], x.shape[2], x.shape[3]), dtype=x.dtype,
                        device=x.device, memory_format=memory_layout(x))
 
@@ -412,13 +422,14 @@ class WinogradConv2d(nn.Conv2d):
         if not self.runs_winograd(x):
             return self._conv_forward(x, self.weight, self.bias)
         dilation = self.dilation[0]
-        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
+        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad or
+                                        (self.bias is not None and self.bias.requires_grad)):
             out = _WinogradFunction.apply(x, self.weight, dilation)
-        else:
-            frozen = self.transformed_weight
-            out = winograd_convolution(x, transform_weight(self.weight.detach()) if frozen is None else frozen,
-                                       dilation)
-        return out if self.bias is None else out + self.bias.view(1, -1, 1, 1)
+            return out if self.bias is None else out + self.bias.view(1, -1, 1, 1)
+        frozen = self.transformed_weight
+        bias = None if self.bias is None else self.bias.detach()
+        return winograd_convolution(x, transform_weight(self.weight.detach()) if frozen is None else frozen,
+                                    dilation, bias)
 
 
 def use_winograd(model: nn.Module, min_channels: int = 128, freeze: bool = False) -> int:

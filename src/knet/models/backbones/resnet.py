@@ -55,7 +55,8 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
+        out += identity  # in place: no backward pass needs bn3's output, and a copy costs a pass over memory
+        return self.relu(out)
 
 
 def _make_layer(in_channels: int, planes: int, num_blocks: int, stride: int, dilation: int,

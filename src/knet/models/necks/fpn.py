@@ -106,9 +106,9 @@ class FPN(nn.Module):
         laterals = [conv(inputs[self.start_level + i]) for i, conv in enumerate(self.lateral_convs)]
         used = len(laterals)
         for i in range(used - 1, 0, -1):
-            # Upsample to the finer level's exact size: odd sizes do not double exactly.
-            laterals[i - 1] = laterals[i - 1] + F.interpolate(laterals[i], size=laterals[i - 1].shape[2:],
-                                                              mode="nearest")
+            # Upsample to the finer level's exact size: odd sizes do not double exactly. In place:
+            # no backward pass needs the lateral convolution's output.
+            laterals[i - 1] += F.interpolate(laterals[i], size=laterals[i - 1].shape[2:], mode="nearest")
         outs = [self.fpn_convs[i](laterals[i]) for i in range(used)]
 
         if self.num_outs > used:
