@@ -38,3 +38,24 @@ def test_topk_runs_over_kernel_class_pairs():
     assert result.masks.shape == (6, 4, 4)
     assert result.masks[0].all() and not result.masks[2].any()
     assert len(instance_inference(cls_logits, mask_logits, (2, 2), (2, 2), (2, 2), max_per_img=2).labels) == 2
+
+
+def test_masks_are_rescaled_a_few_at_a_time_with_the_same_values():
+    import torch.nn.functional as F
+
+    from knet.postprocess.instance import rescaled_mask_chunks
+
+    generator = torch.Generator().manual_seed(0)
+    mask_logits = torch.randn(7, 12, 16, generator=generator) * 4
+    shapes = (45, 61), (48, 64), (30, 41)  # resized image, padded batch, original image
+    whole = F.interpolate(mask_logits[None].sigmoid(), size=shapes[1], mode="bilinear", align_corners=False)
+    whole = F.interpolate(whole[:, :, :45, :61], size=shapes[2], mode="bilinear", align_corners=False)[0]
+    assert torch.equal(rescale_masks(mask_logits, *shapes), whole)
+    for chunk in (1, 3, 7, 10):
+        pieces = list(rescaled_mask_chunks(mask_logits, *shapes, chunk=chunk))
+        assert [start for start, _ in pieces] == list(range(0, 7, chunk))
+        assert torch.equal(torch.cat([probs for _, probs in pieces]), whole), chunk
+    # The instances' masks are those probabilities thresholded, kernel by kernel.
+    cls_logits = torch.randn(7, 5, generator=generator)
+    result = instance_inference(cls_logits, mask_logits, *shapes, max_per_img=12, mask_thr=0.5)
+    assert torch.equal(result.masks, whole[result.proposal_indices] > 0.5)

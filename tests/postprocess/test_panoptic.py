@@ -82,3 +82,28 @@ def test_weighted_argmax_is_argmax_with_its_ties():
     expected = (scores[:, None, None] * masks).argmax(dim=0)
     for chunk in (1, 5, 16, 64):
         assert torch.equal(weighted_argmax(masks, scores, chunk=chunk), expected)
+
+
+@pytest.mark.parametrize("i", [0, 1])
+def test_streamed_inference_equals_the_merge_of_all_candidates(golden, i):
+    # panoptic_inference rescales and counts a few masks at a time; merging every rescaled
+    # candidate at once gives the same map and segments.
+    _, ref = golden
+    inputs = image_inputs(ref, i)
+    # Scores pushed up so that several things pass the threshold of these tiny models.
+    cls_logits = inputs[0] + 3.0
+    streamed = panoptic_inference(cls_logits, *inputs[1:])
+    merged = merge_panoptic(*panoptic_candidates(cls_logits, *inputs[1:]))
+    assert torch.equal(streamed.segment_map, merged.segment_map)
+    assert streamed.segments == merged.segments and len(streamed.segments) > 0
+
+
+def test_votes_come_in_kernel_order():
+    from knet.postprocess.panoptic import PanopticVotes
+
+    votes = PanopticVotes(torch.ones(4))
+    votes.add(0, torch.rand(2, 3, 3))
+    with pytest.raises(ValueError, match="expected 2, got 3"):
+        votes.add(3, torch.rand(1, 3, 3))
+    votes.add(2, torch.rand(2, 3, 3))
+    assert len(votes.mask_areas) == 4

@@ -99,11 +99,12 @@ class SizeGenericAdaptiveAvgPool2d(nn.Module):
         return torch.matmul(torch.matmul(rows, x), cols.transpose(0, 1))
 
 
-def winograd_onnx(x: Any, transformed_weight: Any, dilation: int) -> Any:
+def winograd_onnx(x: Any, transformed_weight: Any, dilation: int, bias: Any = None) -> Any:
     """The ONNX graph of ``knet::winograd_convolution`` (:mod:`knet.models.winograd`), undilated:
-    (N, C, H, W) with transformed filters (36, C, K) -> (N, K, H, W), for any size (shapes are read
-    from the tensors at run time, so ``torch.export`` sees one operator whose output has its
-    input's size, instead of reasoning about tile counts: that took minutes per convolution).
+    (N, C, H, W) with transformed filters (36, C, K) and an optional (K,) bias -> (N, K, H, W), for
+    any size (shapes are read from the tensors at run time, so ``torch.export`` sees one operator
+    whose output has its input's size, instead of reasoning about tile counts: that took minutes
+    per convolution).
 
     - input transform ``B^T d B`` of every 6x6 tile (stride 4): two convolutions of each channel
       alone (N C images of one channel) with B^T's rows as filters, (6, 1) with stride (4, 1), then
@@ -140,7 +141,8 @@ def winograd_onnx(x: Any, transformed_weight: Any, dilation: int) -> Any:
     blocks = op.Reshape(blocks, op.Concat(_ints(m, m), batch, _ints(-1), grid, axis=0))
     blocks = op.Transpose(blocks, perm=[2, 3, 4, 0, 5, 1])  # (N, K, tiles_y, 4, tiles_x, 4)
     out = op.Reshape(blocks, op.Concat(batch, _ints(-1), op.Mul(grid, _ints(m)), axis=0))
-    return op.Slice(out, _ints(0, 0), size, _ints(2, 3))
+    out = op.Slice(out, _ints(0, 0), size, _ints(2, 3))
+    return out if bias is None else op.Add(out, op.Reshape(bias, _ints(1, -1, 1, 1)))
 
 
 # The exporter's translations of knet's own operators.
