@@ -211,3 +211,31 @@ def test_full_size_parameter_counts():
         assert _num_params(backbone) == expected_backbone, name
         heads.add(official_total - _num_params(backbone) - _num_params(neck))
     assert heads == {10_684_436}
+
+
+def test_bottleneck_sums_in_place_without_touching_its_input():
+    from knet.models.backbones.resnet import Bottleneck
+
+    torch.manual_seed(0)
+    block = Bottleneck(16, 4).train()
+    x = torch.randn(2, 16, 6, 5, requires_grad=True)
+    before = x.detach().clone()
+    out = block(x)
+    expected = torch.relu(block.bn3(block.conv3(block.relu(block.bn2(block.conv2(block.relu(block.bn1(
+        block.conv1(x)))))))) + x)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    assert torch.equal(x.detach(), before)
+    out.sum().backward()  # the in-place sum leaves every saved tensor intact
+    assert x.grad is not None and block.conv1.weight.grad is not None
+    # A sum that needs the identity's wider dtype is not done in place (it would round to bf16).
+
+    class ToBfloat16(nn.Module):
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            return t.bfloat16()
+
+    block.eval().bn3 = ToBfloat16()
+    with torch.no_grad():
+        mixed = block(x)
+        narrow = block.conv3(block.relu(block.bn2(block.conv2(block.relu(block.bn1(block.conv1(x))))))).bfloat16()
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, torch.relu(narrow + x), rtol=0, atol=0)

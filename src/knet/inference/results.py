@@ -402,7 +402,7 @@ class PanopticResult(SegmentationResult):
                                  else prediction.segment_map).astype(np.int32)
         segments = [Segment(id=int(s.id), label=int(s.label), name=meta.name(int(s.label)),
                             category_id=meta.category_id(int(s.label)), is_thing=bool(s.is_thing),
-                            score=float(s.score), area=int((segment_map == s.id).sum()),
+                            score=float(s.score), area=int(np.count_nonzero(segment_map == s.id)),
                             bbox=bounding_box(segment_map == s.id))
                     for s in prediction.segments]
         return cls(image, segment_map, segments, meta, source)
@@ -487,7 +487,7 @@ class InstanceResult(SegmentationResult):
         self.meta = meta
         self.instances = [Segment(id=i + 1, label=int(label), name=meta.name(int(label)),
                                   category_id=meta.category_id(int(label)), is_thing=True, score=float(score),
-                                  area=int(mask.sum()), bbox=bounding_box(mask))
+                                  area=int(np.count_nonzero(mask)), bbox=bounding_box(mask))
                           for i, (mask, label, score) in enumerate(zip(self.masks, self.labels, self.scores))]
 
     @classmethod

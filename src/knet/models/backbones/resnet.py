@@ -55,7 +55,9 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        out += identity  # in place: no backward pass needs bn3's output, and a copy costs a pass over memory
+        # In place (no backward pass needs bn3's output, and a copy costs a pass over memory) unless
+        # the sum must be promoted to the identity's wider dtype.
+        out = out.add_(identity) if out.dtype == identity.dtype else out + identity
         return self.relu(out)
 
 
