@@ -72,8 +72,8 @@ def test_merge_rules():
     assert [(s.id, s.label, s.area) for s in result.segments] == [(1, 5, 8), (2, 100, 8)]
 
 
-def test_weighted_argmax_is_argmax_with_its_ties():
-    from knet.postprocess.panoptic import weighted_argmax
+def test_votes_winner_is_the_weighted_argmax_with_its_ties():
+    from knet.postprocess.panoptic import PanopticVotes
 
     generator = torch.Generator().manual_seed(0)
     # Values on a coarse grid, so that many pixels tie between candidates (also across chunks).
@@ -81,7 +81,10 @@ def test_weighted_argmax_is_argmax_with_its_ties():
     scores = torch.randint(1, 3, (37,), generator=generator).float() / 2
     expected = (scores[:, None, None] * masks).argmax(dim=0)
     for chunk in (1, 5, 16, 64):
-        assert torch.equal(weighted_argmax(masks, scores, chunk=chunk), expected)
+        votes = PanopticVotes(scores)
+        for start in range(0, masks.shape[0], chunk):
+            votes.add(start, masks[start:start + chunk])
+        assert votes.winner is not None and torch.equal(votes.winner.long(), expected)
 
 
 @pytest.mark.parametrize("i", [0, 1])

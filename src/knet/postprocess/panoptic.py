@@ -153,18 +153,6 @@ class PanopticVotes:
         return PanopticPrediction(segment_ids[winner], segments)
 
 
-def weighted_argmax(masks: torch.Tensor, scores: torch.Tensor, chunk: Optional[int] = None) -> torch.Tensor:
-    """``(scores[:, None, None] * masks).argmax(dim=0)`` for (K, H, W) ``masks`` and (K,) ``scores``:
-    (H, W) int64, ties to the first candidate as ``argmax`` (:class:`PanopticVotes`, given
-    ``chunk`` candidates at a time; default all)."""
-    chunk = chunk or max(masks.shape[0], 1)
-    votes = PanopticVotes(scores)
-    for start in range(0, masks.shape[0], chunk):
-        votes.add(start, masks[start:start + chunk])
-    assert votes.winner is not None
-    return votes.winner.long()
-
-
 def panoptic_inference(cls_logits: torch.Tensor, mask_logits: torch.Tensor, img_shape: Sequence[int],
                        batch_input_shape: Sequence[int], ori_shape: Sequence[int], num_thing_classes: int = 80,
                        instance_score_thr: float = 0.3, overlap_thr: float = 0.6,
