@@ -196,7 +196,31 @@ def _denormals(record: Dict[str, Any]) -> List[str]:
     return lines
 
 
-TABLES = {"side_by_side": _side_by_side, "serve_memory": _serve_memory, "video_throughput": _video_throughput,
+def _time_budget(record: Dict[str, Any]) -> List[str]:
+    s = record["settings"]
+    width, height = s["input_size"]
+    lines = [f"Where knet's time goes at the 1x recipe's {width}x{height} input (weights: {s['weights']}; "
+             "`det_bench.py export` writes realistic ones), under "
+             "torch's profiler: the self time of the operators that are matrix products (direct convolutions and "
+             "their backward, `bmm`, `mm`, `addmm`) and the rest of the wall time. Arithmetic counted by torch's "
+             "`FlopCounterMode`: the reference's (every convolution direct) and knet's (wide 3x3 convolutions as "
+             f"Winograd F(4x4, 3x3)). The rate of this machine's fp32 matrix products was taken before each row "
+             "(`torch.mm`, 2048x2048); the last column is each side's arithmetic alone at that rate.", "",
+             "| model | work | knet (s) | matrix products (s, GFLOP/s) | the rest (s) | largest of the rest (s) "
+             "| arithmetic: reference / knet (GFLOP) | `torch.mm` (GFLOP/s) | at that rate: reference / knet (s) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for row in record["rows"]:
+        others = ", ".join(f"`{name.split('::')[-1]}` {seconds:.2f}"
+                           for name, seconds in list(row["top_others_s"].items())[:4])
+        lines.append(f"| {row['model']} | {row['work']} | {row['wall_s']:.2f} | {row['matrix_s']:.2f}, "
+                     f"{row['matrix_gflops']:.0f} | {row['wall_s'] - row['matrix_s']:.2f} | {others} | "
+                     f"{row['reference_gflop']:.0f} / {row['knet_gflop']:.0f} | {row['matrix_product_gflops']:.0f} | "
+                     f"{row['reference_floor_s']:.2f} / {row['knet_floor_s']:.2f} |")
+    return lines
+
+
+TABLES = {"side_by_side": _side_by_side, "time_budget": _time_budget, "serve_memory": _serve_memory,
+          "video_throughput": _video_throughput,
           "denormals": _denormals, "precision_accuracy": _precision_accuracy,
           "amp_training_accuracy": _amp_training_accuracy}
 
@@ -206,7 +230,8 @@ def benchmarks_page() -> str:
              "Each table below is one file of `benchmarks/results/`, written by the script that measured it",
              "(`benchmarks/side_by_side.py --save`, `benchmarks/serve_memory.py --save`,",
              "`benchmarks/video_throughput.py --save`, `benchmarks/denormals.py --save`,",
-             "`benchmarks/precision_accuracy.py --save`, `benchmarks/amp_training_accuracy.py --save`)",
+             "`benchmarks/precision_accuracy.py --save`, `benchmarks/amp_training_accuracy.py --save`,",
+             "`benchmarks/time_budget.py --save`)",
              "and shown here by",
              "`python scripts/gen_docs.py`. Times from different machines or runs do not compare: each",
              "file's ratios come from one run, knet and the reference alternating on the same inputs.", ""]

@@ -314,7 +314,8 @@ def synthetic_train_batch(config: Any, task: Any, batch_size: int, height: int, 
 def benchmark_train(model: Any, size: Any = None, batch_size: int = TRAIN_DEFAULTS["batch_size"],
                     device: str = "auto", threads: Optional[int] = None, iters: int = TRAIN_DEFAULTS["iters"],
                     warmup: int = TRAIN_DEFAULTS["warmup"], name: Optional[str] = None,
-                    low_memory: bool = False, precision: str = "fp32") -> TrainBenchmarkResult:
+                    low_memory: bool = False, precision: str = "fp32",
+                    cpu_winograd: bool = True) -> TrainBenchmarkResult:
     """Time full training steps of ``model`` on a synthetic batch (:func:`synthetic_train_batch`).
 
     One step is what the trainer's ``step`` does (:mod:`knet.engine.training`) but for the lr
@@ -338,6 +339,8 @@ def benchmark_train(model: Any, size: Any = None, batch_size: int = TRAIN_DEFAUL
             (recomputed backbone stages and head maps) with ``model``'s weights.
         precision: ``bf16`` / ``fp16``: the forward and losses under autocast, as ``knet train --amp``
             (bf16 on CPUs with AMX or AVX512-BF16; fp16 with a gradient scaler on CUDA is not timed here).
+        cpu_winograd: as the trainer's option of that name: on the CPU in fp32 the wide 3x3
+            convolutions train as Winograd F(4x4, 3x3); False times the direct ones.
 
     Returns:
         a :class:`TrainBenchmarkResult`; peak memory as :func:`benchmark`'s (CUDA: the peak
@@ -370,7 +373,7 @@ def benchmark_train(model: Any, size: Any = None, batch_size: int = TRAIN_DEFAUL
         model = build_model(low_memory_config(config))
         model.load_state_dict(weights)
     model = model.to(dev).train()
-    cpu_training = prepare_cpu_training(model, dev, amp_dtype=amp_dtype)  # what knet train does on this device
+    cpu_training = prepare_cpu_training(model, dev, winograd=cpu_winograd, amp_dtype=amp_dtype)  # as knet train
     optimizer = build_optimizer(model, config.train)
     params = [p for p in model.parameters() if p.requires_grad]
     net = _LossForward(model, task)
