@@ -20,8 +20,8 @@ For each model, at the 1x recipe's sizes (a 1088x800 input: what a 640x480 photo
 
 From these: the rate knet's matrix products run at, and two floors at the measured matrix-product
 rate: knet's arithmetic alone, and the reference's. Weights: ``--weights`` files in the models'
-order (``det_bench.py export``'s realistic ones), else knet's initialisation; the forward runs with
-flush-to-zero as knet's does, so the values do not change the split.
+order (``det_bench.py export``'s realistic ones), else knet's initialisation; both run with
+flush-to-zero on, as knet's forward and training do, so denormal floats do not slow them.
 """
 from __future__ import annotations
 
@@ -121,7 +121,6 @@ def forward_row(model: Any) -> Dict[str, Any]:
     import torch
 
     from knet.inference.pipeline import TorchRunner
-
     from knet.models.fuse import inference_copy
 
     runner = TorchRunner(model)
