@@ -5,9 +5,10 @@ import torch
 
 import knet
 from knet.errors import KnetError
+from knet.inference.pipeline import TorchRunner
 from knet.utils import precision as precision_module
 from knet.utils.device import cpu_has_native_bf16
-from knet.utils.precision import check_precision
+from knet.utils.precision import check_precision, precision_name
 
 native_bf16 = pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no AMX or AVX512-BF16")
 
@@ -49,6 +50,17 @@ def test_a_model_runner_keeps_its_own_precision():
 
     with pytest.raises(KnetError, match="precision bf16 applies to torch models, not to a model runner"):
         knet.Segmenter(Runner(), precision="bf16")
+    runner = Runner()
+    assert knet.Segmenter(runner, precision=" FP32 ").pipeline.runner is runner  # the name read as everywhere
+
+
+def test_precision_names_are_read_in_one_place():
+    assert [precision_name(name) for name in (None, "", "fp32", " BF16 ", "Fp16")] == ["fp32", "fp32", "fp32",
+                                                                                        "bf16", "fp16"]
+    with pytest.raises(KnetError, match="--amp 'int8' is not one of: fp32, bf16, fp16"):
+        precision_name("int8", option="--amp")
+    runner = TorchRunner(knet.build_model("knet-r50-fcn-tiny").eval(), precision=" FP32")
+    assert runner.precision == "fp32" and runner.compute_dtype is None
 
 
 # Largest difference from fp32 (x max) per output. Random weights amplify rounding through the

@@ -35,6 +35,7 @@ import numpy as np
 from ..config import KNetConfig
 from ..data.transforms import Size, normalize, resize_keep_ratio, scaled
 from ..errors import KnetError
+from ..utils.precision import check_precision, precision_name
 
 MODES = ("whole", "slide")
 
@@ -83,10 +84,9 @@ class TorchRunner:
 
         from ..models.fuse import inference_copy, prefers_channels_last
         from ..utils.device import module_device
-        from ..utils.precision import check_precision
 
         self.config: KNetConfig = model.config
-        self.precision = (precision or "fp32").lower()
+        self.precision = precision_name(precision)
         self.compute_dtype = check_precision(self.precision, module_device(model))
         self.channels_last = prefers_channels_last(model, self.compute_dtype)
         self.model = inference_copy(model, compute_dtype=self.compute_dtype, channels_last=self.channels_last)
@@ -126,7 +126,7 @@ def as_runner(model: Any, compile: bool = False, flush_denormals: bool = True, p
         return TorchRunner(model, compile=compile, flush_denormals=flush_denormals, precision=precision)
     if compile:
         raise KnetError("compile applies to torch models, not to a model runner")
-    if (precision or "fp32").lower() != "fp32":
+    if precision_name(precision) != "fp32":
         raise KnetError(f"precision {precision} applies to torch models, not to a model runner "
                         "(an .onnx file keeps the precision it was exported in)")
     return model

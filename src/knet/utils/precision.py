@@ -22,6 +22,15 @@ PRECISION_HELP = ("fp32 (default), bf16 (CPUs with AMX or AVX512-BF16, recent GP
                   "format of convolutions and matrix products; softmaxes and post-processing stay fp32")
 
 
+def precision_name(precision: Optional[str], option: str = "precision") -> str:
+    """``precision`` as one of :data:`PRECISIONS` (None: fp32; case and surrounding spaces ignored);
+    :class:`~knet.errors.KnetError` naming ``option`` for anything else."""
+    name = (precision or "fp32").strip().lower()
+    if name not in PRECISIONS:
+        raise KnetError(f"{option} {precision!r} is not one of: {', '.join(PRECISIONS)}")
+    return name
+
+
 def check_precision(precision: Optional[str], device: "torch.device | str" = "cpu",
                     option: str = "precision") -> Optional["torch.dtype"]:
     """The autocast dtype of ``precision`` on ``device``: None for fp32, else bfloat16 or float16.
@@ -31,9 +40,7 @@ def check_precision(precision: Optional[str], device: "torch.device | str" = "cp
     fp16 on the CPU and for bf16 on a GPU without it."""
     import torch
 
-    name = (precision or "fp32").strip().lower()
-    if name not in PRECISIONS:
-        raise KnetError(f"{option} {precision!r} is not one of: {', '.join(PRECISIONS)}")
+    name = precision_name(precision, option)
     if name == "fp32":
         return None
     kind = torch.device(device).type
@@ -49,4 +56,4 @@ def check_precision(precision: Optional[str], device: "torch.device | str" = "cp
     return torch.bfloat16 if name == "bf16" else torch.float16
 
 
-__all__ = ["PRECISIONS", "PRECISION_HELP", "check_precision"]
+__all__ = ["PRECISIONS", "PRECISION_HELP", "check_precision", "precision_name"]
