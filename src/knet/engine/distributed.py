@@ -8,8 +8,10 @@ from __future__ import annotations
 import gc
 import hashlib
 import os
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, Iterator, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -28,7 +30,26 @@ __all__ = [
     "leave_process_group",
     "parameter_digest",
     "process_device",
+    "without_stride_warning",
 ]
+
+# DDP compares each gradient's strides with its bucket's in full. A 1x1 convolution weight stored
+# channels-last that a head also uses as a matrix (K-Net's kernels) gets gradients whose strides
+# differ from it only along size-1 dimensions, the same memory order: DDP then warns of a slowdown
+# that does not happen.
+DDP_STRIDE_WARNING = "Grad strides do not match bucket view strides"
+
+
+@contextmanager
+def without_stride_warning(active: bool = True) -> Iterator[None]:
+    """Around a DDP backward pass of a model made channels-last: DDP's stride warning left out
+    (see :data:`DDP_STRIDE_WARNING`); the process's warning filters are restored afterwards."""
+    if not active:
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=DDP_STRIDE_WARNING)
+        yield
 
 
 @dataclass(frozen=True)

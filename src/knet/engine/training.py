@@ -57,7 +57,8 @@ from ..utils.atomic import atomic_write_text
 from ..utils.float_modes import flush_denormals
 from .checkpoints import CheckpointManager, load_for_finetuning, read_training_checkpoint
 from .distributed import (all_gather_objects, all_reduce_sum, check_amp, decide_on_main, dist_info_from_env,
-                          init_distributed, leave_process_group, parameter_digest, process_device)
+                          init_distributed, leave_process_group, parameter_digest, process_device,
+                          without_stride_warning)
 from .evaluation import run_evaluation
 from .optim import WarmupStepSchedule, backward_step, build_optimizer, epochs_to_iterations
 from .rng import get_rng_state, preserved_rng, seed_everything, set_rng_state
@@ -575,7 +576,9 @@ class _Trainer:
                 f"the loss is {averaged[0]} at iteration {it + 1} (non-finite: {', '.join(bad)}); "
                 f"stopping: {keep}. Lower the lr or check the data.")
         params = [p for p in self.state.model.parameters() if p.requires_grad]
-        grad_norm = backward_step(loss, self.state.optimizer, params, t.clip_grad_norm, self.state.scaler)
+        channels_last = self.cpu_training is not None and self.cpu_training.made_channels_last
+        with without_stride_warning(self.info.distributed and channels_last):
+            grad_norm = backward_step(loss, self.state.optimizer, params, t.clip_grad_norm, self.state.scaler)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return {**dict(zip(names, averaged)), "grad_norm": grad_norm}, lr
