@@ -83,7 +83,8 @@ def counted_flops(call: Callable[[], Any], model: Any = None) -> float:
     inside = [0]
 
     def count(module: Any, inputs: Tuple[Any, ...], output: Any) -> None:
-        inside[0] += winograd_flops(tuple(inputs[0].shape), module.out_channels, module.dilation[0])
+        if module.runs_winograd(inputs[0]):  # else the counter saw its direct convolution
+            inside[0] += winograd_flops(tuple(inputs[0].shape), module.out_channels, module.dilation[0])
 
     hooks = [m.register_forward_hook(count) for m in (model.modules() if model is not None else [])
              if isinstance(m, WinogradConv2d)]
