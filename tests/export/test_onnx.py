@@ -602,6 +602,14 @@ def test_export_precision_errors_are_one_line(tmp_path, capsys):
         _one_line_error(capsys, main(verb + ["--precision", "bf16"]), "--precision bf16 applies to torch models")
 
 
+def test_export_precision_names_are_read_as_everywhere():
+    from knet.export.onnx import check_export_precision
+
+    assert check_export_precision(" FP16", "gpu") == "fp16" and check_export_precision(None, "cpu") == "fp32"
+    with pytest.raises(KnetError, match="precision 'int8' is not one of: fp32, bf16, fp16"):
+        check_export_precision("int8", "cpu")
+
+
 def test_the_stored_precision_is_read_from_the_metadata_alone(tmp_path):
     from knet.inference.onnx_runner import PRECISION_KEY, _stored_precision
 

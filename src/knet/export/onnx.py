@@ -53,6 +53,7 @@ from ..models.fuse import fold_batch_norms
 from ..models.winograd import INPUT_TILE, OUTPUT_TILE, WinogradConv2d, transform_matrices
 from ..utils.atomic import atomic_path
 from ..utils.device import module_device
+from ..utils.precision import precision_name
 from .targets import DEFAULT_TARGET, get_target
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -349,7 +350,7 @@ def export_onnx(model: nn.Module, path: PathLike, opset: int = MIN_OPSET, check:
     if opset < MIN_OPSET:
         raise KnetError(f"opset {opset}: the exporter writes opset {MIN_OPSET} or newer")
     layout = get_target(target)
-    check_export_precision(precision, layout.name)
+    precision = check_export_precision(precision, layout.name)
     if winograd is None:
         winograd = layout.winograd(quantized=False)
     config = getattr(model, "config", None)
@@ -394,17 +395,18 @@ def export_onnx(model: nn.Module, path: PathLike, opset: int = MIN_OPSET, check:
     return result
 
 
-def check_export_precision(precision: str, target: str) -> None:
-    """A one-line error unless ``precision`` can be exported for ``target``: fp32 for every target,
-    fp16 for ``gpu``; bf16 never (ONNX Runtime has no bfloat16 convolutions)."""
+def check_export_precision(precision: str, target: str) -> str:
+    """``precision``'s name (:func:`knet.utils.precision.precision_name`), or a one-line error unless
+    it can be exported for ``target``: fp32 for every target, fp16 for ``gpu``; bf16 never (ONNX
+    Runtime has no bfloat16 convolutions)."""
+    precision = precision_name(precision)
     if precision == "bf16":
         raise KnetError("precision bf16: ONNX Runtime has no bfloat16 convolutions; export fp32 (or int8 with "
                         "--quantize) for CPUs, fp16 for GPUs")
-    if precision not in ("fp32", "fp16"):
-        raise KnetError(f"precision {precision!r}: ONNX files are exported in fp32 or fp16")
     if precision == "fp16" and target != "gpu":
         raise KnetError(f"precision fp16 is for GPUs: export it for --target gpu (the {target} target runs fp32 "
                         "or int8)")
+    return precision
 
 
 def _to_float16(path: Path) -> None:
