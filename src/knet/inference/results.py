@@ -400,10 +400,12 @@ class PanopticResult(SegmentationResult):
         """From a :class:`knet.postprocess.PanopticPrediction` (segment map + segments)."""
         segment_map = np.asarray(prediction.segment_map.cpu() if hasattr(prediction.segment_map, "cpu")
                                  else prediction.segment_map).astype(np.int32)
+        # Every segment's pixel count in one pass over the map (ids are small non-negative integers).
+        areas = np.bincount(segment_map.ravel(),
+                            minlength=max((int(s.id) for s in prediction.segments), default=0) + 1)
         segments = [Segment(id=int(s.id), label=int(s.label), name=meta.name(int(s.label)),
                             category_id=meta.category_id(int(s.label)), is_thing=bool(s.is_thing),
-                            score=float(s.score), area=int(np.count_nonzero(segment_map == s.id)),
-                            bbox=bounding_box(segment_map == s.id))
+                            score=float(s.score), area=int(areas[int(s.id)]), bbox=bounding_box(segment_map == s.id))
                     for s in prediction.segments]
         return cls(image, segment_map, segments, meta, source)
 
