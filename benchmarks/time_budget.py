@@ -44,11 +44,10 @@ MATRIX_OPERATORS = ("aten::mkldnn_convolution", "aten::convolution_backward", "a
 TOP_OTHERS = 6
 
 
-def matrix_product_rate(threads: int, repeats: int = 10) -> float:
-    """This machine's fp32 ``torch.mm`` rate on 2048x2048 matrices, GFLOP/s (median)."""
+def matrix_product_rate(repeats: int = 10) -> float:
+    """This machine's fp32 ``torch.mm`` rate on 2048x2048 matrices on torch's threads, GFLOP/s (median)."""
     import torch
 
-    torch.set_num_threads(threads)
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     out = torch.empty(2048, 2048)
     for _ in range(3):
@@ -182,7 +181,7 @@ def main() -> int:
         model = load(args.weights[index], preset, device="cpu") if args.weights else build_model(preset)
         for measure in [forward_row] + ([training_row] if args.train else []):
             # The machine's speed drifts: its matrix-product rate is taken just before each row.
-            rate = matrix_product_rate(args.threads)
+            rate = matrix_product_rate()
             row = measure(model.eval() if measure is forward_row else model.train())
             row.update(model=preset, matrix_product_gflops=rate, matrix_gflops=row["knet_gflop"] / row["matrix_s"],
                        knet_floor_s=row["knet_gflop"] / rate, reference_floor_s=row["reference_gflop"] / rate)
