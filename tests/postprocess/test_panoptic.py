@@ -87,6 +87,26 @@ def test_votes_winner_is_the_weighted_argmax_with_its_ties():
         assert votes.winner is not None and torch.equal(votes.winner.long(), expected)
 
 
+def test_votes_order_probabilities_of_every_magnitude_as_numbers():
+    # The votes compare the float32 bits as integers: zeros, denormals and values near 1 must
+    # order as numbers do, and a negative score (which would not) is refused.
+    from knet.postprocess.panoptic import PanopticVotes
+
+    generator = torch.Generator().manual_seed(1)
+    exponents = torch.randint(-140, 1, (23, 7, 5), generator=generator).float()
+    masks = torch.rand((23, 7, 5), generator=generator) * torch.pow(2.0, exponents)
+    masks[:, 0] = 0.0
+    masks[3:, 1] = 1e-40  # a denormal, tied from candidate 3 on
+    scores = torch.rand(23, generator=generator)
+    votes = PanopticVotes(scores)
+    votes.add(0, masks)
+    assert votes.winner is not None
+    assert torch.equal(votes.winner.long(), (scores[:, None, None] * masks).argmax(dim=0))
+    assert (votes.winner[0] == 0).all()
+    with pytest.raises(ValueError, match="scores must be >= 0"):
+        PanopticVotes(torch.tensor([0.5, -0.1]))
+
+
 @pytest.mark.parametrize("i", [0, 1])
 def test_streamed_inference_equals_the_merge_of_all_candidates(golden, i):
     # panoptic_inference rescales and counts a few masks at a time; merging every rescaled
