@@ -40,16 +40,23 @@ def test_topk_runs_over_kernel_class_pairs():
     assert len(instance_inference(cls_logits, mask_logits, (2, 2), (2, 2), (2, 2), max_per_img=2).labels) == 2
 
 
-def test_masks_are_rescaled_a_few_at_a_time_with_the_same_values():
+# (stride-4 mask size, resized image, padded batch, original image): torch's kernel for a small
+# output, and a larger one that resize_and_crop computes in two passes
+RESCALE_SHAPES = [((12, 16), (45, 61), (48, 64), (30, 41)), ((30, 40), (117, 150), (120, 160), (90, 115))]
+
+
+@pytest.mark.parametrize("shapes", RESCALE_SHAPES)
+def test_masks_are_rescaled_a_few_at_a_time_with_the_same_values(shapes):
     import torch.nn.functional as F
 
     from knet.postprocess.instance import rescaled_mask_chunks
 
     generator = torch.Generator().manual_seed(0)
-    mask_logits = torch.randn(7, 12, 16, generator=generator) * 4
-    shapes = (45, 61), (48, 64), (30, 41)  # resized image, padded batch, original image
+    mask_logits = torch.randn(7, *shapes[0], generator=generator) * 4
+    shapes = shapes[1:]
     whole = F.interpolate(mask_logits[None].sigmoid(), size=shapes[1], mode="bilinear", align_corners=False)
-    whole = F.interpolate(whole[:, :, :45, :61], size=shapes[2], mode="bilinear", align_corners=False)[0]
+    whole = whole[:, :, :shapes[0][0], :shapes[0][1]]
+    whole = F.interpolate(whole, size=shapes[2], mode="bilinear", align_corners=False)[0]
     assert torch.equal(rescale_masks(mask_logits, *shapes), whole)
     for chunk in (1, 3, 7, 10):
         pieces = list(rescaled_mask_chunks(mask_logits, *shapes, chunk=chunk))
@@ -59,3 +66,28 @@ def test_masks_are_rescaled_a_few_at_a_time_with_the_same_values():
     cls_logits = torch.randn(7, 5, generator=generator)
     result = instance_inference(cls_logits, mask_logits, *shapes, max_per_img=12, mask_thr=0.5)
     assert torch.equal(result.masks, whole[result.proposal_indices] > 0.5)
+
+
+@pytest.mark.parametrize("size, crop, fast", [
+    ((200, 272), (800, 1067), True),  # a COCO photo's masks
+    ((1, 40), (4, 157), True), ((2, 50), (7, 200), True), ((8, 31), (32, 124), True), ((5, 31), (20, 121), True),
+    # torch's kernel for outputs of at most 128 rows + columns takes another path: so do these
+    ((16, 24), (64, 96), False), ((8, 30), (32, 120), False), ((40, 1), (159, 1), False), ((33, 9), (131, 33), False)])
+def test_resize_and_crop_is_torch_bilinear_bit_for_bit(monkeypatch, size, crop, fast):
+    import torch.nn.functional as F
+
+    from knet.postprocess import instance
+
+    calls = []
+    rows_4x = instance._upsample_rows_4x
+    monkeypatch.setattr(instance, "_upsample_rows_4x", lambda x: calls.append(x.shape) or rows_4x(x))
+    generator = torch.Generator().manual_seed(sum(size))
+    x = (torch.randn(1, 3, *size, generator=generator) * 4).sigmoid()
+    padded = (4 * size[0], 4 * size[1])
+    expected = F.interpolate(x, size=padded, mode="bilinear", align_corners=False)[..., :crop[0], :crop[1]]
+    assert torch.equal(instance.resize_and_crop(x, padded, *crop), expected)
+    assert bool(calls) == fast
+    # Any other size goes through torch's kernel.
+    other = (padded[0] + 1, padded[1])
+    expected = F.interpolate(x, size=other, mode="bilinear", align_corners=False)[..., :crop[0], :crop[1]]
+    assert torch.equal(instance.resize_and_crop(x, other, *crop), expected) and len(calls) == int(fast)
