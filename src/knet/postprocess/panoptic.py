@@ -114,8 +114,8 @@ class PanopticVotes:
         self.count = 0
         self._areas: List[torch.Tensor] = []
         self._votes: Optional[torch.Tensor] = None  # (H, W) int64, the largest vote so far
-        self._weighted: Optional[torch.Tensor] = None  # (H, W) float32 and int64 scratch
-        self._vote: Optional[torch.Tensor] = None
+        self._weighted: Optional[torch.Tensor] = None  # (H, W) float32 scratch: scores[k] x masks[k]
+        self._vote: Optional[torch.Tensor] = None  # (H, W) int64 scratch: candidate k's votes
 
     def add(self, start: int, masks: torch.Tensor) -> None:
         """Candidates ``start .. start + n - 1``: (n, H, W) probabilities."""
@@ -128,7 +128,7 @@ class PanopticVotes:
             if self._votes is None or self._weighted is None or self._vote is None:
                 self._weighted = torch.empty_like(mask)
                 self._vote = torch.empty(mask.shape, dtype=torch.int64, device=mask.device)
-                self._votes = torch.full(mask.shape, -1, dtype=torch.int64, device=mask.device)
+                self._votes = torch.full(mask.shape, -1, dtype=torch.int64, device=mask.device)  # below any vote
             torch.mul(mask, self._weights[k], out=self._weighted)
             self._vote.copy_(self._weighted.view(torch.int32)).bitwise_left_shift_(_CANDIDATE_BITS)
             self._vote.bitwise_or_((1 << _CANDIDATE_BITS) - 1 - k)
