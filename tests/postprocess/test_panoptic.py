@@ -96,7 +96,7 @@ def test_votes_order_probabilities_of_every_magnitude_as_numbers():
     exponents = torch.randint(-140, 1, (23, 7, 5), generator=generator).float()
     masks = torch.rand((23, 7, 5), generator=generator) * torch.pow(2.0, exponents)
     masks[:, 0] = 0.0
-    masks[3:, 1] = 1e-40  # a denormal, tied from candidate 3 on
+    masks[3:, 1] = 1e-40  # a denormal
     scores = torch.rand(23, generator=generator)
     votes = PanopticVotes(scores)
     votes.add(0, masks)

@@ -2,7 +2,7 @@
 
 Also home of :func:`rescale_masks` and :func:`rescaled_mask_chunks`, which the panoptic
 post-processing shares: stride-4 mask logits of the padded batch -> mask probabilities at the
-original image size.
+original image size (the 4x upsampling by :func:`resize_and_crop`).
 """
 from __future__ import annotations
 
