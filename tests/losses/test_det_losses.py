@@ -202,9 +202,9 @@ def test_elementary_losses_against_direct_formulas():
     assert torch.allclose(dice_loss(torch.logit(prob)[None], mask_target[None]), dice, rtol=1e-5)
 
     # Rank targets: a later positive kernel overwrites an earlier one; uncovered pixels are ignored.
-    targets = torch.zeros(1, 3, 1, 3)
-    targets[0, 0, 0, :2] = 1
-    targets[0, 2, 0, 1:2] = 0.3
+    targets = torch.zeros(2, 1, 3)  # kernels 0 and 2, in that order
+    targets[0, 0, :2] = 1
+    targets[1, 0, 1:2] = 0.3
     positive = torch.tensor([[True, False, True]])
     rank_targets = build_rank_targets(targets, positive)
     assert rank_targets.tolist() == [[[0, 2, 255]]]
@@ -215,3 +215,18 @@ def test_elementary_losses_against_direct_formulas():
 
     assert float(accuracy(torch.tensor([[0.1, 0.9], [0.8, 0.2]]), torch.tensor([1, 1]))) == 50.0
     assert float(accuracy(torch.zeros(0, 2), torch.zeros(0, dtype=torch.long))) == 0.0
+
+
+def test_rank_loss_of_coarse_logits_equals_the_loss_of_the_upsampled_logits(one_thread):
+    """Stride-8 logits against stride-4 rank targets: the banded upsampling gives the value and the
+    gradient of upsampling all of them x2 and taking the cross-entropy there."""
+    generator = torch.Generator().manual_seed(0)
+    coarse = (3 * torch.randn(2, 7, 5, 6, generator=generator)).requires_grad_()
+    rank_targets = torch.randint(-1, 7, (2, 10, 12), generator=generator)
+    loss = rank_loss(coarse, rank_targets, ignore_index=-1)
+    (grad,) = torch.autograd.grad(loss, coarse)
+    upsampled = F.interpolate(coarse, scale_factor=2, mode="bilinear", align_corners=False)
+    expected = F.cross_entropy(upsampled, rank_targets, ignore_index=-1, reduction="none").mean()
+    (expected_grad,) = torch.autograd.grad(expected, coarse)
+    assert torch.allclose(loss, expected, rtol=1e-6)
+    assert torch.allclose(grad, expected_grad, rtol=1e-5, atol=1e-9)

@@ -171,10 +171,12 @@ class KNetDetCriterion(nn.Module):
             return logits
         return F.interpolate(logits, scale_factor=self.mask_upsample_stride, mode="bilinear", align_corners=False)
 
-    def _check_resolution(self, logits: Tensor, targets: Sequence[DetTargets]) -> None:
+    def _check_resolution(self, preds: Tensor, targets: Sequence[DetTargets]) -> None:
+        """(..., h, w) predictions at their stride, whose upsampling must give the targets' size."""
+        upsampled = tuple(int(side * self.mask_upsample_stride) for side in preds.shape[-2:])
         expected = tuple(targets[0].masks.shape[-2:])
-        if tuple(logits.shape[-2:]) != expected:
-            raise ValueError(f"upsampled predictions are {tuple(logits.shape[-2:])} but targets are {expected}: "
+        if upsampled != expected:
+            raise ValueError(f"upsampled predictions are {upsampled} but targets are {expected}: "
                              f"check mask_upsample_stride={self.mask_upsample_stride}")
 
     def _check_stuff_labels(self, targets: Sequence[DetTargets]) -> None:
@@ -199,34 +201,45 @@ class KNetDetCriterion(nn.Module):
                                                 None if cls is None else cls.detach(), target.masks, target.labels))
         return results
 
-    def _thing_mask_targets(self, assignments: Sequence[AssignResult], targets: Sequence[DetTargets],
-                            like: Tensor) -> Tuple[Tensor, Tensor]:
-        """(B, N, h, w) mask targets (matched gt masks, zeros elsewhere) and (B, N) int64 labels
-        (num_classes for background) of the thing kernels."""
-        batch = len(targets)
-        mask_targets = like.new_zeros((batch, self.num_proposals, *like.shape[-2:]))
-        labels = torch.full((batch, self.num_proposals), self.num_classes, dtype=torch.long, device=like.device)
+    def _positives(self, assignments: Sequence[AssignResult], targets: Sequence[DetTargets], num_kernels: int,
+                   with_stuff: bool) -> Tuple[Tensor, Tensor]:
+        """The (B, K) int64 labels of the kernels (``num_classes`` for negatives) and the (P, h, w)
+        float targets of the P positive ones, in the order of ``(labels < num_classes).nonzero()``
+        (image, then kernel index): matched thing kernels get their gt mask; with ``with_stuff``,
+        stuff kernel N + s gets its class's mask where the image holds that class."""
+        labels = torch.full((len(targets), num_kernels), self.num_classes, dtype=torch.long,
+                            device=targets[0].masks.device)
+        positive_targets = []
         for i, (result, target) in enumerate(zip(assignments, targets)):
             pos = result.pos_inds
-            mask_targets[i, pos] = target.masks[result.pos_gt_inds].to(like.dtype)
             labels[i, pos] = result.labels[pos]
-        return mask_targets, labels
+            kernels, masks = [pos], [target.masks[result.pos_gt_inds]]
+            if with_stuff and target.stuff_labels is not None and len(target.stuff_labels):
+                rows = self.num_proposals + target.stuff_labels - self.num_thing_classes
+                labels[i, rows] = target.stuff_labels
+                kernels.append(rows)
+                masks.append(target.stuff_masks)
+            order = torch.argsort(torch.cat(kernels))
+            positive_targets.append(torch.cat(masks)[order])
+        return labels, torch.cat(positive_targets).float()
 
-    def _mask_losses(self, mask_logits: Tensor, mask_targets: Tensor, positive: Tensor,
+    def _mask_losses(self, mask_preds: Tensor, positive_targets: Tensor, positive: Tensor,
                      prefix: str) -> Dict[str, Tensor]:
-        """Mask BCE, dice and (panoptic) rank losses; mask_logits/mask_targets (B, K, h, w), positive (B, K)."""
+        """Mask BCE, dice and (panoptic) rank losses of (B, K, h, w) mask logits at the predictions'
+        stride: only the positive kernels' masks are upsampled to the (P, H, W) targets, and the
+        rank loss upsamples all K in bands, so no (B, K, H, W) tensor is made."""
         losses = {}
         if positive.any():
-            losses[f"{prefix}mask"] = self.mask_loss_weight * mask_bce_loss(mask_logits[positive],
-                                                                            mask_targets[positive])
-            losses[f"{prefix}dice"] = self.dice_loss_weight * dice_loss(mask_logits[positive], mask_targets[positive])
+            positive_logits = self.upsample(mask_preds[positive][None])[0]
+            losses[f"{prefix}mask"] = self.mask_loss_weight * mask_bce_loss(positive_logits, positive_targets)
+            losses[f"{prefix}dice"] = self.dice_loss_weight * dice_loss(positive_logits, positive_targets)
             if self.panoptic:
-                rank_targets = build_rank_targets(mask_targets, positive, RANK_IGNORE_INDEX)
-                losses[f"{prefix}rank"] = self.rank_loss_weight * rank_loss(mask_logits, rank_targets,
+                rank_targets = build_rank_targets(positive_targets, positive, RANK_IGNORE_INDEX)
+                losses[f"{prefix}rank"] = self.rank_loss_weight * rank_loss(mask_preds, rank_targets,
                                                                             RANK_IGNORE_INDEX)
         else:
             # Zero losses that still depend on the predictions, so every parameter gets a gradient.
-            zero = mask_logits.sum() * 0
+            zero = mask_preds.sum() * 0
             losses[f"{prefix}mask"] = zero
             losses[f"{prefix}dice"] = zero
             if self.panoptic:
@@ -251,8 +264,8 @@ class KNetDetCriterion(nn.Module):
         Returns:
             {"rpn": [AssignResult per image], "s0": [...], ...}.
         """
+        self._check_resolution(rpn_mask_preds, targets)
         rpn_masks = self.upsample(rpn_mask_preds[:, :self.num_proposals].detach())
-        self._check_resolution(rpn_masks, targets)
         assignments = {"rpn": self._assign_batch(rpn_masks, None, targets)}
         previous_masks, previous_cls = rpn_masks, None
         for stage in range(self.num_stages):
@@ -271,24 +284,23 @@ class KNetDetCriterion(nn.Module):
             assignments: the kernel head's per-image assignments.
             targets: per image :class:`DetTargets`.
         """
-        mask_logits = self.upsample(rpn_mask_preds[:, :self.num_proposals])
+        self._check_resolution(rpn_seg_preds, targets)
         seg_logits = self.upsample(rpn_seg_preds)
-        self._check_resolution(mask_logits, targets)
-        mask_targets, labels = self._thing_mask_targets(assignments, targets, mask_logits)
+        labels, positive_targets = self._positives(assignments, targets, self.num_proposals, with_stuff=False)
         positive = labels < self.num_classes
-        losses = self._mask_losses(mask_logits, mask_targets, positive, "loss_rpn_")
+        losses = self._mask_losses(rpn_mask_preds[:, :self.num_proposals], positive_targets, positive, "loss_rpn_")
 
         # Semantic target: background (num_classes), then stuff classes, then matched things on top,
         # each painting wherever its (soft) mask is non-zero; later kernels win overlaps.
         batch, num_channels = seg_logits.shape[:2]
-        seg_targets = torch.full((batch, *mask_logits.shape[-2:]), self.num_classes, dtype=torch.long,
+        seg_targets = torch.full((batch, *seg_logits.shape[-2:]), self.num_classes, dtype=torch.long,
                                  device=seg_logits.device)
         for i, target in enumerate(targets):
             if target.stuff_masks is not None:
                 for mask, label in zip(target.stuff_masks, target.stuff_labels):
                     seg_targets[i][mask != 0] = label
-            for k in torch.nonzero(positive[i]).flatten().tolist():
-                seg_targets[i][mask_targets[i, k] != 0] = labels[i, k]
+        for target, (i, k) in zip(positive_targets, positive.nonzero().tolist()):
+            seg_targets[i][target != 0] = labels[i, k]
         flat_logits = seg_logits.permute(0, 2, 3, 1).reshape(-1, num_channels)
         flat_targets = seg_targets.flatten()
         num_dense_pos = (flat_targets < self.num_classes).sum().float().clamp(min=1.0)
@@ -308,33 +320,21 @@ class KNetDetCriterion(nn.Module):
             assignments: per-image assignments of the thing rows.
             targets: per image :class:`DetTargets`.
         """
-        mask_logits = self.upsample(mask_preds)
-        self._check_resolution(mask_logits, targets)
-        batch, num_kernels = mask_logits.shape[:2]
+        batch, num_kernels = mask_preds.shape[:2]
         expected_kernels = self.num_proposals + self.num_stuff_classes
         if num_kernels != expected_kernels or cls_scores.shape[:2] != (batch, num_kernels):
             raise ValueError(f"expected {expected_kernels} kernels, got masks {tuple(mask_preds.shape)} "
                              f"and class logits {tuple(cls_scores.shape)}")
-        thing_targets, thing_labels = self._thing_mask_targets(assignments, targets, mask_logits)
+        self._check_resolution(mask_preds, targets)
 
         # Thing kernels are classified over the thing classes only; stuff kernel N + s is only
         # asked about its own class (positive when that stuff is in the image).
-        label_weights = mask_logits.new_zeros((batch, num_kernels, self.num_classes))
+        label_weights = cls_scores.new_zeros((batch, num_kernels, self.num_classes))
         label_weights[:, :self.num_proposals, :self.num_thing_classes] = 1
-        mask_targets = mask_logits.new_zeros(mask_logits.shape)
-        mask_targets[:, :self.num_proposals] = thing_targets
-        labels = torch.full((batch, num_kernels), self.num_classes, dtype=torch.long, device=mask_logits.device)
-        labels[:, :self.num_proposals] = thing_labels
         if self.panoptic:
-            stuff_rows = torch.arange(self.num_stuff_classes, device=mask_logits.device)
+            stuff_rows = torch.arange(self.num_stuff_classes, device=mask_preds.device)
             label_weights[:, self.num_proposals + stuff_rows, self.num_thing_classes + stuff_rows] = 1
-            for i, target in enumerate(targets):
-                if target.stuff_labels is None or len(target.stuff_labels) == 0:
-                    continue
-                rows = self.num_proposals + target.stuff_labels - self.num_thing_classes
-                labels[i, rows] = target.stuff_labels
-                mask_targets[i, rows] = target.stuff_masks.to(mask_logits.dtype)
-
+        labels, positive_targets = self._positives(assignments, targets, num_kernels, with_stuff=self.panoptic)
         positive = labels < self.num_classes
         avg_factor = self.reduce_mean(positive.sum().float()).clamp(min=1.0)
         flat_cls = cls_scores.reshape(batch * num_kernels, -1)
@@ -344,7 +344,7 @@ class KNetDetCriterion(nn.Module):
                 alpha=self.focal_alpha, gamma=self.focal_gamma),
             "pos_acc": accuracy(cls_scores[positive], labels[positive]),
         }
-        losses.update(self._mask_losses(mask_logits, mask_targets, positive, "loss_"))
+        losses.update(self._mask_losses(mask_preds, positive_targets, positive, "loss_"))
         return losses
 
     def forward(self, rpn_mask_preds: Tensor, rpn_seg_preds: Tensor, stage_mask_preds: Sequence[Tensor],

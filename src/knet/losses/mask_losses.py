@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .semantic import pixel_cross_entropy
+
 # mmdet's weight_reduce_loss adds this to avg_factor to avoid a division by zero.
 _AVG_EPS = torch.finfo(torch.float32).eps
 
@@ -127,7 +129,7 @@ def dice_loss(mask_logits: Tensor, mask_targets: Tensor, eps: float = 1e-3) -> T
     return (1 - 2 * intersection / denominator).mean()
 
 
-def build_rank_targets(mask_targets: Tensor, positive: Tensor, ignore_index: int = 255) -> Tensor:
+def build_rank_targets(positive_targets: Tensor, positive: Tensor, ignore_index: int = 255) -> Tensor:
     """Per pixel, the index of the kernel that has to win there.
 
     Positive kernels are visited in ascending index order and paint every pixel where their target
@@ -135,17 +137,17 @@ def build_rank_targets(mask_targets: Tensor, positive: Tensor, ignore_index: int
     overlap, as in the official loop. Pixels no positive target covers get ``ignore_index``.
 
     Args:
-        mask_targets: (B, K, H, W) float targets of every kernel (zeros for negatives).
-        positive: (B, K) bool, which kernels are positives.
+        positive_targets: (P, H, W) float targets of the positive kernels, in the order of
+            ``positive.nonzero()`` (image, then kernel index).
+        positive: (B, K) bool, which kernels are positives (P of them).
     Returns:
         (B, H, W) int64.
     """
-    batch, num_kernels, height, width = mask_targets.shape
-    rank_targets = torch.full((batch, height, width), ignore_index, dtype=torch.long, device=mask_targets.device)
-    covered = mask_targets != 0
-    for i in range(batch):
-        for k in torch.nonzero(positive[i]).flatten().tolist():
-            rank_targets[i][covered[i, k]] = k
+    height, width = positive_targets.shape[-2:]
+    rank_targets = torch.full((positive.shape[0], height, width), ignore_index, dtype=torch.long,
+                              device=positive_targets.device)
+    for target, (image, kernel) in zip(positive_targets, positive.nonzero().tolist()):
+        rank_targets[image][target != 0] = kernel
     return rank_targets
 
 
@@ -153,16 +155,17 @@ def rank_loss(mask_logits: Tensor, rank_targets: Tensor, ignore_index: int = 255
     """Cross-entropy of a per-pixel softmax over kernels against :func:`build_rank_targets`.
 
     As in mmdet 2.x's CrossEntropyLoss (``avg_non_ignore=False``), ignored pixels contribute zero
-    but still count in the mean: the sum is divided by B * H * W.
+    but still count in the mean: the sum is divided by B * H * W. Logits coarser than the targets
+    are upsampled bilinearly to them, in bands (:func:`~knet.losses.pixel_cross_entropy`), so that
+    the (B, K, H, W) upsampled logits and their log-probabilities never exist.
 
     Args:
-        mask_logits: (B, K, H, W) mask logits of all kernels.
+        mask_logits: (B, K, h, w) mask logits of all kernels, h <= H and w <= W.
         rank_targets: (B, H, W) int64 kernel index or ``ignore_index``.
     Returns:
         scalar.
     """
-    per_pixel = F.cross_entropy(mask_logits, rank_targets, ignore_index=ignore_index, reduction="none")
-    return per_pixel.mean()
+    return pixel_cross_entropy(mask_logits, rank_targets, ignore_index)
 
 
 @torch.no_grad()
