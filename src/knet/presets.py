@@ -154,7 +154,9 @@ def _mask_row(name: str, task: str, backbone: Any, multiscale: bool) -> KNetMask
         num_stuff_classes=table.num_stuff,
         backbone=backbone,
         data=_data_ms() if multiscale else _data_1x(),
-        train=_schedule_ms_3x() if multiscale else schedule_1x(),
+        train=dataclasses.replace(_schedule_ms_3x() if multiscale else schedule_1x(),
+                                  cpu_channels_last=isinstance(backbone, PlainResNetConfig)
+                                  and not any(backbone.dcn_stages)),
         class_names=list(table.names),
         palette=[list(colour) for colour in table.palette],
         isthing=list(table.isthing),

@@ -162,6 +162,25 @@ def test_prepare_and_finish_cpu_training_keep_the_parameters_and_the_callers_lay
     assert not T.prepare_cpu_training(swin, cpu, channels_last=False, amp_dtype=torch.bfloat16).made_channels_last
 
 
+def test_the_config_chooses_channels_last_float32_training():
+    """The plain ResNet panoptic/instance presets train channels-last in float32 too
+    (``train.cpu_channels_last``); the option, when given, overrides the config."""
+    cpu = torch.device("cpu")
+    for name, expected in (("knet-r50-fpn-panoptic-tiny", True), ("knet-r50-fpn-instance-tiny", True),
+                           ("knet-r101-dcn-fpn-panoptic-ms3x-tiny", False), ("knet-r50-fcn-tiny", False)):
+        model = knet.build_model(name).train()
+        assert model.config.train.cpu_channels_last is expected, name
+        done = T.prepare_cpu_training(model, cpu)
+        assert done.made_channels_last is expected and _conv_layouts(model) == {
+            "channels_last" if expected else "contiguous"}, name
+        T.finish_cpu_training(model, done)
+        assert _conv_layouts(model) == {"contiguous"}
+    model = knet.build_model("knet-r50-fpn-instance-tiny").train()
+    assert not T.prepare_cpu_training(model, cpu, channels_last=False).made_channels_last
+    model = knet.build_model("knet-r50-fcn-tiny", train={"cpu_channels_last": True}).train()
+    assert T.prepare_cpu_training(model, cpu).made_channels_last
+
+
 @needs_cuda
 def test_a_cpu_trained_model_runs_on_cuda(toy, tmp_path, winograd_calls, no_tf32):
     _, result = _train(toy, tmp_path)

@@ -130,9 +130,10 @@ def add_no_winograd(parser: argparse.ArgumentParser) -> None:
 
 def add_channels_last(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                        help="on the CPU, train in the channels-last (N, H, W, C) layout (default: under --amp bf16 "
-                             "only, where oneDNN's bf16 convolutions need it; in float32 somewhat faster for ResNet "
-                             "models); the trained model is contiguous either way")
+                        help="on the CPU, train in the channels-last (N, H, W, C) layout (default: under --amp bf16, "
+                             "where oneDNN's bf16 convolutions need it, and where the config's "
+                             "train.cpu_channels_last says so: the ResNet panoptic/instance presets); the trained "
+                             "model is contiguous either way")
 
 
 def add_compile(parser: argparse.ArgumentParser) -> None:

@@ -98,10 +98,10 @@ class TrainOptions:
     ``cpu_winograd``: on the CPU, the wide 3x3 convolutions train as Winograd F(4x4, 3x3)
     (:func:`prepare_cpu_training`); the model given back (``TrainResult.model``) holds plain
     convolutions either way. ``cpu_channels_last``: on the CPU, train the model channels-last;
-    None: under ``amp`` only (:func:`prepare_cpu_training`); the model given back is contiguous
-    either way. ``flush_denormals``: on the CPU, each step treats denormal floats as
-    zero on torch's threads (:func:`knet.utils.float_modes.flush_denormals`, restored after the
-    step).
+    None: under ``amp`` and where the config's ``train.cpu_channels_last`` says so
+    (:func:`prepare_cpu_training`); the model given back is contiguous either way.
+    ``flush_denormals``: on the CPU, each step treats denormal floats as zero on torch's threads
+    (:func:`knet.utils.float_modes.flush_denormals`, restored after the step).
     """
 
     work_dir: PathLike
@@ -238,11 +238,11 @@ def prepare_cpu_training(model: nn.Module, device: torch.device, *, winograd: bo
                          amp_dtype: Optional[torch.dtype] = None) -> CpuTraining:
     """For training on the CPU (on other devices nothing changes):
 
-    - ``channels_last`` (None: under autocast only, where oneDNN's low-precision convolutions
-      need that layout to be fast): the model's parameters become channels-last, so the
-      convolutions run oneDNN's (N, H, W, C) kernels, forward and backward. In float32 it is an
-      opt-in: somewhat faster for ResNet models, and a run's rounding, hence its trajectory,
-      differs from the contiguous one's;
+    - ``channels_last`` (None: under autocast, where oneDNN's low-precision convolutions need that
+      layout to be fast, and where the model's ``config.train.cpu_channels_last`` says so): the
+      model's parameters become channels-last, so the convolutions run oneDNN's (N, H, W, C)
+      kernels, forward and backward. A run's rounding, hence its trajectory, differs from the
+      contiguous one's;
     - ``winograd`` (float32 only: under autocast the direct convolutions run in bf16): the wide 3x3
       convolutions run as Winograd F(4x4, 3x3), forward and backward
       (:func:`knet.models.winograd.use_winograd`: the same parameters and state-dict keys,
@@ -255,7 +255,8 @@ def prepare_cpu_training(model: nn.Module, device: torch.device, *, winograd: bo
     if device.type != "cpu":
         return done
     if channels_last is None:
-        channels_last = amp_dtype is not None
+        train_config = getattr(getattr(model, "config", None), "train", None)
+        channels_last = amp_dtype is not None or bool(getattr(train_config, "cpu_channels_last", False))
     conv_weights = [p for p in model.parameters() if p.dim() == 4]
     if channels_last and not all(p.is_contiguous(memory_format=torch.channels_last) for p in conv_weights):
         model.to(memory_format=torch.channels_last)
