@@ -137,8 +137,10 @@ def test_recipes_follow_the_official_configs():
     assert cfg.data.test_scale == (1333, 800) and cfg.data.size_divisor == 32 and cfg.data.flip_prob == 0.5
     assert cfg.data.mean == (123.675, 116.28, 103.53) and cfg.data.std == (58.395, 57.12, 57.375)
     assert cfg.data.train_scales == ((1333, 800),)
+    # The official 1x recipe, plus knet's choice of the CPU memory layout for training.
     assert cfg.train == TrainConfig(lr=1e-4, weight_decay=0.05, backbone_lr_mult=0.25, clip_grad_norm=1.0,
-                                    warmup_iters=1000, warmup_ratio=1e-3, epochs=12, milestone_epochs=(8, 11))
+                                    warmup_iters=1000, warmup_ratio=1e-3, epochs=12, milestone_epochs=(8, 11),
+                                    cpu_channels_last=True)
     ms = knet.get_config("knet-r101-fpn-instance-ms3x")
     assert ms.data.train_scales == ((1333, 640), (1333, 800)) and ms.data.multiscale_mode == "range"
     assert (ms.train.epochs, ms.train.milestone_epochs) == (36, (27, 33))
